@@ -1,0 +1,28 @@
+"""What flows between an adapter and the agent: a user's turn in, a reply out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from assistant.attachments import Attachment
+
+
+@dataclass
+class Turn:
+    """One user message: text (may be empty) and the attachments registered for it."""
+
+    conversation_id: str
+    text: str = ""
+    attachments: list[Attachment] = field(default_factory=list)
+
+
+@dataclass
+class Reply:
+    """The assistant's answer: text (Markdown), media to show (annotated photos/videos),
+    and notes for the adapter (for example that the no-LLM mode answered)."""
+
+    text: str
+    media: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    llm_used: bool = True

@@ -1,0 +1,1 @@
+"""Prompt files (Markdown) the language model reads; loaded with :func:`assistant.prompts.load`."""

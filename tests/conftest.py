@@ -1,0 +1,56 @@
+"""Shared fixtures: where the real weights and media are, and model stand-ins built once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _shared() -> Path:
+    return Path(os.environ.get("ASSISTANT_SHARED_DIR", ROOT.parent / "shared")).resolve()
+
+
+def _shared_models() -> Path:
+    return Path(os.environ.get("ASSISTANT_MODELS_DIR", _shared() / "models")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_models() -> Path:
+    """``../shared/models`` (or ASSISTANT_MODELS_DIR); tests needing it skip when absent."""
+    path = _shared_models()
+    if not (path / "yamnet" / "yamnet.tflite").exists():
+        pytest.skip(f"real models not found at {path} (set ASSISTANT_MODELS_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def media() -> Path:
+    """``../shared/media``: real photos, audio and video."""
+    path = _shared() / "media"
+    if not path.is_dir():
+        pytest.skip(f"real media not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory, shared_models: Path) -> Path:
+    """A full models directory: real YAMNet plus random-weight stand-ins of the others."""
+    from tests.model_builders import build_models_dir
+
+    return build_models_dir(tmp_path_factory.mktemp("models"), shared_models)
+
+
+@pytest.fixture()
+def models_env(models_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Environment for the CLI and the agent: every tool loads from ``models_dir``."""
+    for name in list(os.environ):
+        if name.startswith("ASSISTANT_") and name != "ASSISTANT_SHARED_DIR":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ASSISTANT_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("ASSISTANT_DB", str(tmp_path / "test.sqlite3"))
+    monkeypatch.setenv("ASSISTANT_DEVICE", "cpu")
+    return models_dir

@@ -1,0 +1,1 @@
+"""Perception tools, each wrapping one pretrained model. See :mod:`tools.base`."""

@@ -1,0 +1,196 @@
+"""What every tool shares: the tool contract, typed results, errors, device choice.
+
+A tool knows its model and nothing about chat. It receives attachment *ids*
+(never paths from a language model) and turns them into files through the
+:class:`AttachmentResolver` it is handed in its :class:`ToolContext`.
+Heavy libraries are imported inside ``_load()`` / ``run()``, never at module import.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ValidationError
+
+#: Progress callback: fraction done in [0, 1] and a short status text.
+Progress = Callable[[float, str], None]
+
+
+class ToolError(Exception):
+    """A problem a person can act on (bad input, unknown attachment, missing model).
+
+    The message is meant to be shown as it is: no traceback, no jargon.
+    """
+
+
+class ModelLoadError(ToolError):
+    """A model could not be loaded; says which, from where, and what to set."""
+
+    def __init__(self, what: str, source: str, variable: str, reason: str) -> None:
+        self.what, self.source, self.variable, self.reason = what, source, variable, reason
+        super().__init__(
+            f"Could not load the {what} model from {source}: {reason}. "
+            f"Set {variable} to a local model path (or ASSISTANT_MODELS_DIR to a models "
+            f"directory), or run `assistant models fetch` on a machine with internet access."
+        )
+
+
+class Label(BaseModel):
+    """One class and its confidence."""
+
+    label: str
+    score: float
+
+
+class ToolResult(BaseModel):
+    """Base of every tool's typed result; serialises to JSON.
+
+    ``labels`` are sorted by score, highest first. ``outputs`` are files the tool
+    produced for the user to see (annotated photo or video).
+    """
+
+    tool: str
+    labels: list[Label]
+    outputs: list[str] = []
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def summary(self) -> str:
+        """A short plain-English account of the findings, for people (CLI, no-LLM mode).
+
+        Tools override this where they have more to say than their labels.
+        """
+        top = ", ".join(f"{item.label} ({item.score:.0%})" for item in self.labels[:5])
+        return f"{self.tool}: {top or 'nothing found'}"
+
+
+def sorted_labels(pairs: Iterable[tuple[str, float]], top_k: int | None = None) -> list[Label]:
+    """Labels sorted by score (highest first), optionally cut to ``top_k``."""
+    labels = sorted((Label(label=str(name), score=float(score)) for name, score in pairs),
+                    key=lambda item: item.score, reverse=True)
+    return labels if top_k is None else labels[:top_k]
+
+
+class AttachmentResolver(Protocol):
+    """Turns an attachment id registered by an adapter into a file on disk."""
+
+    def path_of(self, attachment_id: str, kinds: Collection[str]) -> Path:
+        """The file behind ``attachment_id``; :class:`ToolError` if unknown or not of ``kinds``."""
+        ...
+
+
+@dataclass
+class ToolContext:
+    """What a tool gets besides its parameters for one call."""
+
+    attachments: AttachmentResolver
+    output_dir: Path
+    progress: Progress | None = None
+
+    def report(self, fraction: float, message: str) -> None:
+        if self.progress is not None:
+            self.progress(min(max(fraction, 0.0), 1.0), message)
+
+
+class Tool(ABC):
+    """One tool: a name and description an LLM can choose by, validated parameters,
+    a model that loads lazily once and stays warm, and a typed result."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Params: ClassVar[type[BaseModel]]
+    #: Attachment kinds this tool analyses ("image", "audio", "video"); empty for text tools.
+    kinds: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self) -> None:
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @abstractmethod
+    def source(self) -> str:
+        """Where the model comes from (hub id or local path), for messages and `doctor`."""
+
+    @abstractmethod
+    def _load(self) -> Any:
+        """Load the model (heavy imports happen here); raise :class:`ModelLoadError`."""
+
+    @abstractmethod
+    def run(self, params: BaseModel, ctx: ToolContext) -> ToolResult:
+        """Run on validated params. The model is loaded (``self._model``)."""
+
+    def ensure_loaded(self) -> Any:
+        """Load the model once; later calls return the warm one."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = self._load()
+        return self._model
+
+    def call(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        """Validate raw arguments (from an LLM or the CLI), load, and run.
+
+        Calls of one tool are serialised: models are shared and some runtimes
+        (TFLite) are not thread-safe.
+        """
+        params = self.validate(arguments)
+        self.ensure_loaded()
+        with self._lock:
+            return self.run(params, ctx)
+
+    def validate(self, arguments: dict[str, Any]) -> BaseModel:
+        try:
+            return self.Params.model_validate(arguments)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ToolError(f"Invalid arguments for {self.name}: {problems}") from None
+
+    def schema(self) -> dict[str, Any]:
+        """The tool as an OpenAI/Ollama function schema, from its description and Params."""
+        parameters = self.Params.model_json_schema()
+        parameters.pop("title", None)
+        for prop in parameters.get("properties", {}).values():
+            prop.pop("title", None)
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description,
+                         "parameters": parameters},
+        }
+
+
+def select_device(override: str | None = None) -> str:
+    """``override`` (from ASSISTANT_DEVICE) if given, else CUDA when available, else CPU."""
+    import torch
+
+    choice = (override or os.environ.get("ASSISTANT_DEVICE") or "").strip().lower()
+    if choice:
+        if choice.startswith("cuda") and not torch.cuda.is_available():
+            raise ToolError(f"ASSISTANT_DEVICE={choice} but no CUDA device is available; "
+                            "use ASSISTANT_DEVICE=cpu or leave it unset.")
+        return choice
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class ModelSource:
+    """A configured model location: the value and the variable it came from."""
+
+    value: str
+    variable: str
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.value).expanduser().exists()
