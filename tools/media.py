@@ -79,3 +79,57 @@ def read_text_document(path: Path, max_chars: int = 200_000) -> str | None:
         return data.decode("utf-8")[:max_chars]
     except UnicodeDecodeError:
         return None
+
+
+#: Photos larger than this (in pixels) are refused: a guard against decompression bombs.
+MAX_IMAGE_PIXELS = 100_000_000
+
+
+def open_image(path: Path, *, min_size: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS):
+    """Decode a photo as an 8-bit RGB ``PIL.Image`` the way a person sees it.
+
+    EXIF orientation is applied; grayscale, palette, RGBA (onto white), CMYK and 16-bit
+    images are converted. With ``min_size``, a large JPEG is decoded at a reduced scale
+    (DCT scaling) that keeps its shorter side at least ``2 * min_size``, which is far
+    faster and indistinguishable after the model's own resize. :class:`ToolError` for
+    anything that is not a readable image of sane size.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ToolError(f"{path.name}: the image is {width}×{height} pixels, more than the "
+                                f"{max_pixels // 1_000_000} megapixels allowed.")
+            if min_size and image.format == "JPEG" and min(width, height) >= 4 * min_size:
+                scale = min(width, height) / (2 * min_size)
+                image.draft("RGB", (int(width / scale), int(height / scale)))
+            image.load()
+            return _to_rgb(ImageOps.exif_transpose(image))
+    except Image.DecompressionBombError:
+        raise ToolError(f"{path.name}: the image is too large to decode safely "
+                        "(a decompression bomb guard).") from None
+    except UnidentifiedImageError:
+        raise ToolError(f"{path.name}: not an image format that can be read.") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ToolError(f"{path.name}: the image is damaged or truncated ({exc}).") from None
+
+
+def _to_rgb(image):
+    import numpy as np
+    from PIL import Image
+
+    mode = image.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        pixels = np.asarray(image, dtype=np.float32)
+        peak = 65535.0 if mode.startswith("I;16") else float(max(pixels.max(), 1.0))
+        if mode in ("I", "F") and peak <= 255.0:
+            peak = 255.0
+        gray = np.clip(pixels / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if mode == "RGB" else image.convert("RGB")

@@ -1,0 +1,55 @@
+"""Small helpers the benchmark scripts share: timing, memory, stand-in models, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("ASSISTANT_SHARED_DIR", ROOT.parent / "shared")).resolve()
+MEDIA = SHARED / "media"
+CONFIGS = SHARED / "models" / "configs"
+sys.path.insert(0, str(ROOT))
+
+
+def median_ms(fn: Callable[[], object], repeat: int = 10, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+def timed(fn: Callable[[], object]) -> tuple[object, float]:
+    """``fn()``'s result and its wall time in seconds."""
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def scratch_dir(name: str) -> Path:
+    """A temporary directory for stand-in models and outputs."""
+    return Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+
+
+def emit(tool: str, **numbers: object) -> None:
+    """Print one JSON line of results (``benchmarks/run.py`` collects these)."""
+    numbers["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    print(json.dumps({"tool": tool, **{k: (round(v, 3) if isinstance(v, float) else v)
+                                       for k, v in numbers.items()}}, ensure_ascii=False), flush=True)
