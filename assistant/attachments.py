@@ -58,8 +58,9 @@ class AttachmentStore:
     def path_of(self, attachment_id: str, kinds: Collection[str]) -> Path:
         attachment = self.get(attachment_id)
         if kinds and attachment.kind not in kinds:
-            raise ToolError(f"{attachment.id} is {_article(attachment.kind)} {attachment.kind} "
-                            f"({attachment.name}); this tool needs {' or '.join(sorted(kinds))}.")
+            wanted = " or ".join(f"{_article(kind)} {kind}" for kind in sorted(kinds))
+            raise ToolError(f"{attachment.name} ({attachment.id}) is {_article(attachment.kind)} "
+                            f"{attachment.kind} file; this tool needs {wanted}.")
         return attachment.path
 
     def __iter__(self):
