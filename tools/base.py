@@ -184,7 +184,7 @@ def select_device(override: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelSource:
     """A configured model location: the value and the variable it came from."""
 
