@@ -4,6 +4,7 @@ and is imported when chosen, so `--help` never loads torch, tensorflow or transf
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -22,6 +23,11 @@ examples:
 
 Configuration is by environment variables (ASSISTANT_*, OLLAMA_HOST, TELEGRAM_*);
 see the README for the full table."""
+
+
+#: Keep the libraries' start-up chatter off the user's terminal (each can be overridden).
+_QUIET_LIBRARIES = {"TF_CPP_MIN_LOG_LEVEL": "2", "TRANSFORMERS_VERBOSITY": "error",
+                    "TOKENIZERS_PARALLELISM": "false"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
 
+    for name, value in _QUIET_LIBRARIES.items():
+        os.environ.setdefault(name, value)
     from assistant.config import ConfigError, Settings
 
     try:

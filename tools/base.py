@@ -194,3 +194,20 @@ class ModelSource:
     @property
     def is_local(self) -> bool:
         return Path(self.value).expanduser().exists()
+
+
+def import_tensorflow() -> Any:
+    """Import TensorFlow so that PyTorch can still be used in the same process.
+
+    Triton (PyTorch's compiler, imported by torchvision and transformers) crashes the
+    process with a segmentation fault when it is imported *after* TensorFlow; imported
+    before, both work. Every TensorFlow import in the project goes through here.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pass
+    import tensorflow
+
+    return tensorflow

@@ -1,0 +1,160 @@
+"""`assistant analyze`: run the matching tool on files or text, without the language model.
+
+Each input is handled on its own: a bad one is reported and the others still run;
+the exit status is 1 if any input failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from assistant.attachments import Attachment, AttachmentStore
+from assistant.config import Settings
+from assistant.runtime import build_tools
+from tools.base import Progress, Tool, ToolContext, ToolError, ToolResult
+from tools.media import read_text_document
+from tools.registry import ToolRegistry
+
+#: --tool names the user may give, by the kind of file they also fit.
+_DETECTION_BY_KIND = {"image": "detect", "video": "video"}
+
+
+class Analyzer:
+    """Runs tools on CLI inputs and prints each outcome as soon as it is known."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings, tools: ToolRegistry) -> None:
+        self.args, self.settings, self.tools = args, settings, tools
+        self.store = AttachmentStore(max_bytes=int(settings.max_file_mb * 1_000_000))
+        self.output_dir = Path(args.output_dir or ".").expanduser()
+        self.failures = 0
+        self._load_errors: dict[str, ToolError] = {}
+
+    def run(self) -> int:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.args.text:
+            self._texts(self.args.text)
+        for name in self.args.files:
+            self._file(name)
+        return 1 if self.failures else 0
+
+    # -- inputs -----------------------------------------------------------------
+
+    def _texts(self, texts: list[str]) -> None:
+        blank = [text for text in texts if not text.strip()]
+        for text in blank:
+            self._error(text, "the text is empty.")
+        texts = [text for text in texts if text.strip()]
+        if not texts:
+            return
+        try:
+            results = self._loaded("sentiment").classify(texts)
+        except ToolError as exc:
+            for text in texts:
+                self._error(text, str(exc))
+            return
+        for text, result in zip(texts, results):
+            self._print(text, result)
+
+    def _file(self, name: str) -> None:
+        try:
+            attachment = self.store.register(name)
+            tool_name = self._choose(attachment)
+            if tool_name == "sentiment":
+                text = read_text_document(attachment.path)
+                if text is None or not text.strip():
+                    raise ToolError(f"{attachment.name}: not UTF-8 text, so sentiment cannot read it.")
+                result = self._loaded("sentiment").classify([text])[0]
+            else:
+                tool = self._loaded(tool_name)
+                with self._progress(attachment) as progress:
+                    ctx = ToolContext(self.store, self.output_dir, progress)
+                    result = tool.call(self._arguments(tool, attachment), ctx)
+        except ToolError as exc:
+            self._error(name, str(exc))
+        except Exception as exc:  # a bug in a tool must not cost the other inputs
+            self._error(name, f"unexpected error ({type(exc).__name__}: {exc}).")
+        else:
+            self._print(name, result)
+
+    def _choose(self, attachment: Attachment) -> str:
+        wanted = self.args.tool
+        if wanted in ("detect", "video") and attachment.kind in _DETECTION_BY_KIND:
+            return _DETECTION_BY_KIND[attachment.kind]
+        if wanted:
+            return wanted
+        tool = self.tools.tool_for_kind(attachment.kind)
+        if tool is not None:
+            return tool.name
+        return "sentiment"  # a document: sentiment if it is text (checked by the caller)
+
+    def _arguments(self, tool: Tool, attachment: Attachment) -> dict[str, Any]:
+        arguments: dict[str, Any] = {"attachment_id": attachment.id}
+        if tool.name in ("detect", "video") and self.args.threshold is not None:
+            arguments["threshold"] = self.args.threshold
+        if tool.name == "video":
+            if self.args.fps is not None:
+                arguments["fps"] = self.args.fps
+            if self.args.max_frames is not None:
+                arguments["max_frames"] = self.args.max_frames
+        return arguments
+
+    def _loaded(self, name: str) -> Any:
+        """The tool with its model loaded; a model that failed once is not retried per input."""
+        if name in self._load_errors:
+            raise self._load_errors[name]
+        tool = self.tools.get(name)
+        try:
+            tool.ensure_loaded()
+        except ToolError as exc:
+            self._load_errors[name] = exc
+            raise
+        return tool
+
+    # -- output -----------------------------------------------------------------
+
+    def _print(self, name: str, result: ToolResult) -> None:
+        if self.args.json:
+            print(json.dumps({"input": name, **result.to_json()}, ensure_ascii=False), flush=True)
+            return
+        print(f"{name}\n  {result.summary()}")
+        for output in result.outputs:
+            print(f"  annotated: {output}")
+        print(flush=True)
+
+    def _error(self, name: str, message: str) -> None:
+        self.failures += 1
+        if self.args.json:
+            print(json.dumps({"input": name, "error": message}, ensure_ascii=False), flush=True)
+        else:
+            print(f"{name}\n  error: {message}\n", flush=True)
+
+    @contextmanager
+    def _progress(self, attachment: Attachment) -> Iterator[Progress | None]:
+        """A progress bar on standard error for long work, when it is a terminal."""
+        if not sys.stderr.isatty():
+            yield None
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+
+        with Bar(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                 TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task(attachment.name, total=1.0)
+            update: Callable[[float, str], None] = (
+                lambda fraction, message: bar.update(task, completed=fraction,
+                                                     description=f"{attachment.name}: {message}"))
+            yield update
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.files and not args.text:
+        print("assistant analyze: give one or more FILEs or --text \"...\" "
+              "(see `assistant analyze --help`).", file=sys.stderr)
+        return 2
+    return Analyzer(args, settings, build_tools(settings)).run()
