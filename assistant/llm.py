@@ -1,0 +1,172 @@
+"""The language model: Llama 3 served by Ollama, through ``langchain-ollama``'s ChatOllama.
+
+Chat (streaming, native tool calling) goes through :class:`ChatOllama`; status checks
+(is Ollama up, is the model pulled, can it call tools) through the ``ollama`` client.
+Every failure a person can fix becomes an :class:`LLMError` whose message says how.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+
+from assistant.config import Settings
+
+#: Seconds the status checks (`doctor`, `/model`, warm-up's first probe) wait for Ollama.
+STATUS_TIMEOUT = 5.0
+
+
+@dataclass
+class LLMStatus:
+    """What `assistant doctor` and the REPL's /model show about the language model."""
+
+    host: str
+    model: str
+    reachable: bool
+    model_available: bool
+    tool_calling: str  # "native" | "json-fallback" | "unknown"
+    error: str | None = None
+
+
+class LLMError(Exception):
+    """The language model cannot answer; the message says why and how to fix it."""
+
+
+class ToolsUnsupported(LLMError):
+    """The model rejects native tool calling (Ollama answers 400 "... does not support tools")."""
+
+
+class ChatLLM(Protocol):
+    """What the agent needs from a chat model (Ollama here, scripted ones in tests)."""
+
+    #: True: native tool calling; False: JSON tool selection by prompt; None: not known yet.
+    native_tools: bool | None
+
+    def chat(self, messages: Sequence[BaseMessage], *, tools: Sequence[dict[str, Any]] | None = None,
+             on_token: Callable[[str], None] | None = None,
+             cancel: threading.Event | None = None) -> AIMessage:
+        """One model reply (text and/or tool calls), streamed to ``on_token``; stops early
+        when ``cancel`` is set. Raises :class:`LLMError` (or :class:`ToolsUnsupported`)."""
+        ...
+
+    def status(self) -> LLMStatus: ...
+
+    def warm_up(self) -> str | None: ...
+
+
+class OllamaLLM:
+    """Ollama through ChatOllama, with an explicit context window and keep-alive."""
+
+    def __init__(self, settings: Settings) -> None:
+        from langchain_ollama import ChatOllama
+
+        self.host = settings.ollama_host
+        self.model = settings.llm_model
+        self.timeout = settings.llm_timeout
+        self.keep_alive = settings.llm_keep_alive
+        self.native_tools: bool | None = None
+        self._chat = ChatOllama(model=self.model, base_url=self.host, num_ctx=settings.llm_num_ctx,
+                                keep_alive=self.keep_alive, client_kwargs={"timeout": self.timeout})
+
+    def chat(self, messages: Sequence[BaseMessage], *, tools: Sequence[dict[str, Any]] | None = None,
+             on_token: Callable[[str], None] | None = None,
+             cancel: threading.Event | None = None) -> AIMessage:
+        runnable = self._chat.bind_tools(list(tools)) if tools else self._chat
+        full: AIMessageChunk | None = None
+        try:
+            for chunk in runnable.stream(list(messages)):
+                full = chunk if full is None else full + chunk
+                text = _text(chunk.content)
+                if text and on_token is not None:
+                    on_token(text)
+                if cancel is not None and cancel.is_set():
+                    break
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a message with a fix
+            error = self.explain(exc)
+            if isinstance(error, ToolsUnsupported):
+                self.native_tools = False
+            raise error from exc
+        if full is None:
+            return AIMessage(content="")
+        if tools:
+            self.native_tools = True
+        return AIMessage(content=_text(full.content), tool_calls=full.tool_calls)
+
+    def status(self) -> LLMStatus:
+        """Ask Ollama whether it is up, has the model, and whether the model can call tools."""
+        import ollama
+
+        client = ollama.Client(host=self.host, timeout=STATUS_TIMEOUT)
+        status = LLMStatus(self.host, self.model, reachable=False, model_available=False,
+                           tool_calling=self._tool_mode())
+        try:
+            client.list()
+            status.reachable = True
+            capabilities = client.show(self.model).capabilities
+        except Exception as exc:  # noqa: BLE001
+            status.error = str(self.explain(exc))
+            return status
+        status.model_available = True
+        if capabilities is not None:  # Ollama before 0.6.4 does not report capabilities
+            self.native_tools = "tools" in capabilities
+            status.tool_calling = self._tool_mode()
+        return status
+
+    def warm_up(self) -> str | None:
+        """Check Ollama and load the model (kept for ``keep_alive``); one sentence if something is wrong."""
+        import ollama
+
+        status = self.status()
+        if status.error:
+            return status.error
+        try:
+            # An empty chat loads the model without generating anything.
+            ollama.Client(host=self.host, timeout=self.timeout).chat(
+                model=self.model, messages=[], keep_alive=self.keep_alive)
+        except Exception as exc:  # noqa: BLE001
+            return str(self.explain(exc))
+        if self.native_tools is False:
+            return self.no_tools_note()
+        return None
+
+    def no_tools_note(self) -> str:
+        return (f"The model {self.model} does not support native tool calling, so tools are chosen "
+                f"by a JSON prompt instead (less reliable); for native tool calling use a model such "
+                f"as llama3.1:8b (`ollama pull llama3.1:8b`, ASSISTANT_LLM_MODEL=llama3.1:8b).")
+
+    def explain(self, exc: BaseException) -> LLMError:
+        """A client exception as an :class:`LLMError` that says what to do."""
+        import httpx
+        import ollama
+
+        if isinstance(exc, LLMError):
+            return exc
+        if isinstance(exc, (ConnectionError, httpx.ConnectError)):
+            return LLMError(f"Ollama is not reachable at {self.host} – start it with `ollama serve` "
+                            f"(or set OLLAMA_HOST).")
+        if isinstance(exc, httpx.TimeoutException):
+            return LLMError(f"Ollama did not answer within {self.timeout:g} s (ASSISTANT_LLM_TIMEOUT) – "
+                            f"the model may still be loading or the machine is busy; try again.")
+        if isinstance(exc, ollama.ResponseError):
+            message = str(exc.error)
+            if "does not support tools" in message:
+                return ToolsUnsupported(self.no_tools_note())
+            if exc.status_code == 404 or "not found" in message:
+                return LLMError(f"The model {self.model} is not available in Ollama – run "
+                                f"`ollama pull {self.model}` (or set ASSISTANT_LLM_MODEL).")
+            return LLMError(f"Ollama answered with an error: {message}")
+        return LLMError(f"Ollama failed: {exc.__class__.__name__}: {exc}")
+
+    def _tool_mode(self) -> str:
+        return {True: "native", False: "json-fallback", None: "unknown"}[self.native_tools]
+
+
+def _text(content: Any) -> str:
+    """Message content as plain text (content may be a list of parts)."""
+    if isinstance(content, str):
+        return content
+    return "".join(part if isinstance(part, str) else str(part.get("text", "")) for part in content)

@@ -1,0 +1,123 @@
+"""Conversation memory: the messages of each turn, per conversation id, in SQLite.
+
+A turn (the user's message, the tool calls and results, the answer) is stored as one row,
+so that trimming to the context budget always drops whole turns and never separates a
+tool call from its result.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from langchain_core.messages import BaseMessage, HumanMessage, messages_from_dict, messages_to_dict
+
+#: Rough characters per token for budgeting (Llama 3's tokenizer averages ~4 for English,
+#: fewer for Russian; the reserve in the budget absorbs the difference).
+CHARS_PER_TOKEN = 4
+#: Tokens counted per message on top of its text (role markers, tool-call framing).
+MESSAGE_OVERHEAD = 8
+#: Turns read back from the database at most (older ones can never fit a context window).
+MAX_TURNS_LOADED = 200
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS turns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id TEXT NOT NULL,
+    messages TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns (conversation_id, id);
+"""
+
+
+class Memory:
+    """Turns of every conversation in one SQLite file (WAL; safe to share between threads)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def turns(self, conversation_id: str) -> list[list[BaseMessage]]:
+        """The stored turns of a conversation, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT messages FROM turns WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
+                (conversation_id, MAX_TURNS_LOADED)).fetchall()
+        return [messages_from_dict(json.loads(row[0])) for row in reversed(rows)]
+
+    def append(self, conversation_id: str, messages: Sequence[BaseMessage]) -> None:
+        """Store one turn's messages."""
+        data = json.dumps(messages_to_dict(list(messages)), ensure_ascii=False)
+        with self._lock:
+            self._db.execute("INSERT INTO turns (conversation_id, messages, created) VALUES (?, ?, ?)",
+                             (conversation_id, data, time.time()))
+
+    def clear(self, conversation_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM turns WHERE conversation_id = ?", (conversation_id,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def estimate_tokens(messages: Sequence[BaseMessage]) -> int:
+    """A cheap token estimate: characters / 4 plus a little per message."""
+    total = 0
+    for message in messages:
+        chars = len(message.content) if isinstance(message.content, str) else len(str(message.content))
+        for call in getattr(message, "tool_calls", None) or ():
+            chars += len(call["name"]) + len(json.dumps(call["args"], ensure_ascii=False))
+        total += chars // CHARS_PER_TOKEN + MESSAGE_OVERHEAD
+    return total
+
+
+def fit_history(turns: Sequence[Sequence[BaseMessage]], budget_tokens: int) -> list[BaseMessage]:
+    """The newest turns that fit ``budget_tokens``, oldest first; when older turns are
+    dropped, a short note in their place says how many and what they were about."""
+    kept: list[Sequence[BaseMessage]] = []
+    used = 0
+    for turn in reversed(turns):
+        cost = estimate_tokens(turn)
+        if used + cost > budget_tokens:
+            break
+        kept.append(turn)
+        used += cost
+    kept.reverse()
+    dropped = turns[:len(turns) - len(kept)]
+    history = [message for turn in kept for message in turn]
+    if not dropped:
+        return history
+    note = _dropped_note(dropped, budget_tokens - used)
+    return [note, *history] if note is not None else history
+
+
+def _dropped_note(dropped: Sequence[Sequence[BaseMessage]], budget_tokens: int) -> HumanMessage | None:
+    """What the dropped turns were about (the start of each user message), within the budget left."""
+    header = (f"[Memory note: {len(dropped)} earlier turn(s) of this conversation were left out "
+              f"to fit the context window. The user had written:")
+    topics: list[str] = []
+    budget_chars = budget_tokens * CHARS_PER_TOKEN - len(header) - MESSAGE_OVERHEAD * CHARS_PER_TOKEN
+    if budget_chars <= 0:
+        return None
+    for turn in reversed(dropped):
+        first = next((m for m in turn if isinstance(m, HumanMessage)), None)
+        if first is None:
+            continue
+        text = " ".join(str(first.content).split())
+        topic = f' "{text[:80]}{"…" if len(text) > 80 else ""}"'
+        if sum(map(len, topics)) + len(topic) > budget_chars:
+            break
+        topics.insert(0, topic)
+    return HumanMessage(content=header + ";".join(topics) + "]")

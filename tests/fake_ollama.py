@@ -1,0 +1,230 @@
+"""A local HTTP server that speaks enough of Ollama's API for ChatOllama and the ollama client.
+
+Use the ``fake_ollama`` fixture (import it into a test module: ``from tests.fake_ollama import
+fake_ollama  # noqa: F401``) or :class:`FakeOllama` directly::
+
+    fake_ollama.script.append(tool_call("image", {"attachment_id": "att_1"}))
+    fake_ollama.script.append(answer("A cat."))
+    settings = Settings(ollama_host=fake_ollama.url, ...)
+
+Endpoints: ``GET /api/version``, ``GET /api/tags``, ``POST /api/show`` (with ``capabilities``),
+``POST /api/chat`` (streamed NDJSON or one JSON; ``tools``; ``message.tool_calls``; an empty
+``messages`` list loads the model like Ollama does). Failure modes: an unknown model answers
+404 ``model '...' not found``; a model without the "tools" capability answers 400
+``... does not support tools`` when tools are sent; :func:`slow` delays a scripted reply.
+Every request is recorded in :attr:`FakeOllama.requests`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+#: Capabilities Ollama reports for a model with native tool calling, and for plain llama3.
+TOOLS = ["completion", "tools"]
+NO_TOOLS = ["completion"]
+
+
+@dataclass
+class Scripted:
+    """One scripted /api/chat reply: text and/or tool calls, optionally after a delay,
+    or an HTTP error."""
+
+    content: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    delay: float = 0.0
+    status: int = 200
+    error: str = ""
+
+
+def answer(text: str) -> Scripted:
+    return Scripted(content=text)
+
+
+def tool_call(*calls: tuple[str, dict[str, Any]] | str, **arguments: Any) -> Scripted:
+    """``tool_call("image", attachment_id="att_1")`` or ``tool_call(("a", {...}), ("b", {...}))``."""
+    if len(calls) == 1 and isinstance(calls[0], str):
+        pairs = [(calls[0], arguments)]
+    else:
+        pairs = list(calls)  # type: ignore[arg-type]
+    return Scripted(tool_calls=[{"function": {"name": name, "arguments": args}} for name, args in pairs])
+
+
+def slow(seconds: float, reply: Scripted | None = None) -> Scripted:
+    reply = reply or answer("late answer")
+    reply.delay = seconds
+    return reply
+
+
+def failure(status: int, error: str) -> Scripted:
+    return Scripted(status=status, error=error)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    body: dict[str, Any]
+
+
+class FakeOllama:
+    """A threaded fake Ollama on 127.0.0.1 and a free port."""
+
+    def __init__(self, models: dict[str, list[str]] | None = None) -> None:
+        #: Pulled models and their capabilities (names as Ollama lists them, with a tag).
+        self.models = dict(models if models is not None else {"llama3.1:8b": TOOLS, "llama3:latest": NO_TOOLS})
+        self.script: list[Scripted] = []
+        self.requests: list[Request] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> FakeOllama:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        """Bodies of /api/chat requests that asked for a reply (not the empty warm-up load)."""
+        return [r.body for r in self.requests if r.path == "/api/chat" and r.body.get("messages")]
+
+    def model(self, name: str) -> list[str] | None:
+        """Capabilities of a pulled model (``llama3`` means ``llama3:latest``), or None."""
+        full = name if ":" in name else f"{name}:latest"
+        return self.models.get(full)
+
+    def next_reply(self) -> Scripted:
+        with self._lock:
+            if not self.script:
+                return failure(500, "fake ollama: no scripted reply left")
+            return self.script.pop(0)
+
+    def record(self, request: Request) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+
+def _handler(fake: FakeOllama) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            fake.record(Request("GET", self.path, {}))
+            if self.path == "/api/version":
+                self.send_json(200, {"version": "0.12.0"})
+            elif self.path == "/api/tags":
+                self.send_json(200, {"models": [
+                    {"name": name, "model": name, "size": 4_900_000_000, "digest": "0" * 64,
+                     "modified_at": "2025-01-01T00:00:00Z", "details": {"family": "llama"}}
+                    for name in fake.models]})
+            else:
+                self.send_json(404, {"error": "not found"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            fake.record(Request("POST", self.path, body))
+            model = str(body.get("model") or body.get("name") or "")
+            capabilities = fake.model(model)
+            if self.path not in ("/api/show", "/api/chat"):
+                self.send_json(404, {"error": "not found"})
+            elif capabilities is None:
+                self.send_json(404, {"error": f"model '{model}' not found"})
+            elif self.path == "/api/show":
+                self.send_json(200, {"modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
+                                     "details": {"family": "llama", "parameter_size": "8.0B"},
+                                     "model_info": {"llama.context_length": 131072},
+                                     "capabilities": capabilities})
+            elif body.get("tools") and "tools" not in capabilities:
+                self.send_json(400, {"error": f"registry.ollama.ai/library/{model} does not support tools"})
+            elif not body.get("messages"):
+                self.send_json(200, {"model": model, "created_at": _now(), "done": True,
+                                     "done_reason": "load", "message": {"role": "assistant", "content": ""}})
+            else:
+                self.chat(model, body)
+
+        def chat(self, model: str, body: dict[str, Any]) -> None:
+            reply = fake.next_reply()
+            if reply.delay:
+                time.sleep(reply.delay)
+            if reply.status != 200:
+                self.send_json(reply.status, {"error": reply.error})
+                return
+            message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+            if reply.tool_calls:
+                message["tool_calls"] = reply.tool_calls
+            final = {"model": model, "created_at": _now(), "done": True, "done_reason": "stop",
+                     "total_duration": 1_000_000, "prompt_eval_count": 10, "eval_count": 5}
+            if not body.get("stream", True):
+                self.send_json(200, {**final, "message": message})
+                return
+            parts = [{"model": model, "created_at": _now(), "done": False,
+                      "message": {"role": "assistant", "content": piece}}
+                     for piece in _pieces(reply.content)]
+            if reply.tool_calls:
+                parts.append({"model": model, "created_at": _now(), "done": False,
+                              "message": {"role": "assistant", "content": "", "tool_calls": reply.tool_calls}})
+            parts.append({**final, "message": {"role": "assistant", "content": ""}})
+            data = b"".join(json.dumps(part).encode() + b"\n" for part in parts)
+            self.send_bytes(200, data, "application/x-ndjson")
+
+        def send_json(self, status: int, data: dict[str, Any]) -> None:
+            self.send_bytes(status, json.dumps(data).encode(), "application/json")
+
+        def send_bytes(self, status: int, data: bytes, content_type: str) -> None:
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (timeout test)
+
+    return Handler
+
+
+def _pieces(text: str) -> list[str]:
+    """Text cut into word-sized stream chunks that join back to it exactly."""
+    return re.findall(r"\s*\S+\s*?(?=\s|$)|\s+$", text) or [""]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+
+
+def unused_url() -> str:
+    """A URL where nothing listens (for "Ollama is down")."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture()
+def fake_ollama() -> Iterator[FakeOllama]:
+    """A started :class:`FakeOllama` with llama3.1:8b (tools) and llama3:latest (no tools)."""
+    server = FakeOllama().start()
+    yield server
+    server.stop()
