@@ -47,10 +47,16 @@ def sniff_kind(path: Path) -> str:
         return _probe_streams(path) or "document"
     if mime.startswith("audio/"):
         return "audio"
-    if not mime:
-        # MPEG audio without an ID3 tag and raw ADTS AAC have no magic filetype knows.
+    if not mime and _mpeg_audio_sync(path):
+        # MPEG audio without an ID3 tag and raw ADTS AAC have no magic that filetype knows.
         return _probe_streams(path) or "document"
     return "document"
+
+
+def _mpeg_audio_sync(path: Path) -> bool:
+    with path.open("rb") as file:
+        head = file.read(2)
+    return len(head) == 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0
 
 
 def _probe_streams(path: Path) -> str | None:
