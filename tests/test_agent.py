@@ -1,0 +1,391 @@
+"""The agent loop with scripted chat models and small fake tools (no Ollama, no real models)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from pydantic import BaseModel
+
+from assistant.agent import NO_LLM_NOTE, Agent, parse_json_calls, wants_detection
+from assistant.llm import LLMError, ToolsUnsupported
+from assistant.memory import Memory
+from assistant.turns import Turn
+from tests.scripted_llm import ScriptedLLM, call_tools, say
+from tools.base import Label, Tool, ToolContext, ToolResult
+from tools.registry import ToolRegistry
+
+
+class AttachmentParams(BaseModel):
+    attachment_id: str
+
+
+class TextParams(BaseModel):
+    text: str
+
+
+class FakeTool(Tool):
+    """Answers a fixed label; records its calls; attachment tools resolve the id first."""
+
+    def __init__(self, name: str, kinds: frozenset[str], label: str, *, writes_output: bool = False) -> None:
+        super().__init__()
+        self.name, self.kinds, self.label, self.writes_output = name, kinds, label, writes_output  # type: ignore[misc]
+        self.description = f"Fake {name} tool."  # type: ignore[misc]
+        self.Params = AttachmentParams if kinds else TextParams  # type: ignore[misc]
+        self.calls: list[dict[str, Any]] = []
+
+    def source(self) -> str:
+        return "fake"
+
+    def _load(self) -> object:
+        return object()
+
+    def run(self, params: BaseModel, ctx: ToolContext) -> ToolResult:
+        self.calls.append(params.model_dump())
+        outputs = []
+        if isinstance(params, AttachmentParams):
+            ctx.attachments.path_of(params.attachment_id, self.kinds)
+            if self.writes_output:
+                out = ctx.output_dir / f"{params.attachment_id}_annotated.jpg"
+                out.write_bytes(b"annotated")
+                outputs.append(str(out))
+        return ToolResult(tool=self.name, labels=[Label(label=self.label, score=0.87)], outputs=outputs)
+
+
+class BrokenTool(FakeTool):
+    def run(self, params: BaseModel, ctx: ToolContext) -> ToolResult:
+        raise RuntimeError("boom")
+
+
+@pytest.fixture()
+def tools() -> ToolRegistry:
+    return ToolRegistry([
+        FakeTool("sentiment", frozenset(), "positive"),
+        FakeTool("audio", frozenset({"audio"}), "Siren"),
+        FakeTool("image", frozenset({"image"}), "tabby"),
+        FakeTool("detect", frozenset({"image"}), "cat", writes_output=True),
+        FakeTool("video", frozenset({"video"}), "car", writes_output=True),
+    ])
+
+
+@pytest.fixture()
+def make_agent(tools: ToolRegistry, tmp_path: Path):
+    def make(llm: ScriptedLLM | None, **kwargs: Any) -> Agent:
+        return Agent(tools, Memory(tmp_path / "db" / "memory.sqlite3"), llm,
+                     output_root=tmp_path / "outputs", **kwargs)
+    return make
+
+
+@pytest.fixture()
+def photo(tmp_path: Path) -> Path:
+    path = tmp_path / "cat.jpg"
+    path.write_bytes(b"\xff\xd8\xff fake jpeg")
+    return path
+
+
+def attach(agent: Agent, conversation: str, path: Path, kind: str):
+    return agent.attachments(conversation).register(path, kind=kind)
+
+
+def tool_messages(messages: list) -> list[ToolMessage]:
+    return [m for m in messages if isinstance(m, ToolMessage)]
+
+
+def test_answer_without_tools(make_agent, tools: ToolRegistry) -> None:
+    llm = ScriptedLLM([say("Hello! How can I help?")])
+    tokens: list[str] = []
+    reply = make_agent(llm).respond(Turn("c", "Привет"), on_token=tokens.append)
+
+    assert reply.text == "Hello! How can I help?"
+    assert reply.llm_used and reply.media == [] and reply.notes == []
+    assert "".join(tokens).strip() == reply.text
+    (call,) = llm.calls
+    assert isinstance(call.messages[0], SystemMessage) and "language the user wrote in" in call.messages[0].content
+    assert call.messages[-1] == HumanMessage(content="Привет")
+    assert call.tools == tools.schemas()
+    assert all(not tool.calls for tool in tools)  # type: ignore[attr-defined]
+
+
+def test_one_tool_call_result_goes_back_to_the_model(make_agent, tools: ToolRegistry) -> None:
+    llm = ScriptedLLM([call_tools(("sentiment", {"text": "Отличный проект!"})), say("Позитивный отзыв (87%).")])
+    reply = make_agent(llm).respond(Turn("c", "Какой тон у фразы «Отличный проект!»?"))
+
+    assert reply.text == "Позитивный отзыв (87%)."
+    assert tools.get("sentiment").calls == [{"text": "Отличный проект!"}]  # type: ignore[attr-defined]
+    second = llm.calls[1].messages
+    assert isinstance(second[-2], AIMessage) and second[-2].tool_calls[0]["name"] == "sentiment"
+    result = json.loads(second[-1].content)
+    assert result["tool"] == "sentiment" and result["labels"][0] == {"label": "positive", "score": 0.87}
+    assert second[-1].tool_call_id == second[-2].tool_calls[0]["id"]
+
+
+def test_attachments_are_always_routed_before_the_model(make_agent, tools: ToolRegistry, photo: Path,
+                                                        tmp_path: Path) -> None:
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(b"RIFF fake")
+    llm = ScriptedLLM([say("A cat and a siren.")])
+    agent = make_agent(llm)
+    image = attach(agent, "c", photo, "image")
+    audio = attach(agent, "c", clip, "audio")
+
+    agent.respond(Turn("c", "nice, right?", [image, audio]))
+
+    assert tools.get("image").calls == [{"attachment_id": image.id}]  # type: ignore[attr-defined]
+    assert tools.get("audio").calls == [{"attachment_id": audio.id}]  # type: ignore[attr-defined]
+    assert tools.get("detect").calls == []  # type: ignore[attr-defined]  # not asked what/where
+    first = llm.calls[0].messages
+    assert first[1].content == (f"nice, right?\n\nAttachments: {image.id} (image, cat.jpg), "
+                                f"{audio.id} (audio, clip.wav)")
+    assert [m.name for m in tool_messages(first)] == ["image", "audio"]
+
+
+@pytest.mark.parametrize("text", ["Что на фото?", "Where is the cat?", "Сколько здесь котов"])
+def test_photo_also_goes_to_detection_when_asked_what_or_where(make_agent, tools: ToolRegistry,
+                                                              photo: Path, text: str) -> None:
+    llm = ScriptedLLM([say("Кот.")])
+    agent = make_agent(llm)
+    image = attach(agent, "c", photo, "image")
+
+    reply = agent.respond(Turn("c", text, [image]))
+
+    assert [m.name for m in tool_messages(llm.calls[0].messages)] == ["image", "detect"]
+    assert reply.media == [agent.output_dir("c") / f"{image.id}_annotated.jpg"]
+    assert reply.media[0].read_bytes() == b"annotated"
+
+
+def test_detection_keywords() -> None:
+    assert wants_detection("what's in the picture") and wants_detection("Найди машины")
+    assert not wants_detection("Классная картинка") and not wants_detection("thanks!")
+
+
+def test_two_tools_in_one_round(make_agent, tools: ToolRegistry, photo: Path) -> None:
+    llm = ScriptedLLM([call_tools(("sentiment", {"text": "милый котик"}), ("detect", {"attachment_id": "att_1"})),
+                       say("Done.")])
+    agent = make_agent(llm)
+    image = attach(agent, "c", photo, "image")
+
+    reply = agent.respond(Turn("c", "милый котик", [image]))
+
+    assert reply.text == "Done." and len(llm.calls) == 2
+    results = tool_messages(llm.calls[1].messages)
+    assert [m.name for m in results] == ["image", "sentiment", "detect"]
+    assert all("error" not in json.loads(m.content) for m in results)
+
+
+def test_tool_error_goes_back_to_the_model(make_agent, tools: ToolRegistry) -> None:
+    llm = ScriptedLLM([call_tools(("sentiment", {"txt": "oops"})), call_tools(("sentiment", {"text": "ok"})),
+                       say("Fixed it.")])
+    reply = make_agent(llm).respond(Turn("c", "mood?"))
+
+    assert reply.text == "Fixed it."
+    error = json.loads(tool_messages(llm.calls[1].messages)[-1].content)["error"]
+    assert "Invalid arguments for sentiment" in error and "text" in error
+    assert tools.get("sentiment").calls == [{"text": "ok"}]  # type: ignore[attr-defined]
+
+
+def test_a_crashing_tool_is_reported_not_raised(tmp_path: Path) -> None:
+    broken = BrokenTool("sentiment", frozenset(), "x")
+    llm = ScriptedLLM([call_tools(("sentiment", {"text": "a"})), say("The tool failed.")])
+    agent = Agent(ToolRegistry([broken]), Memory(tmp_path / "m.sqlite3"), llm, output_root=tmp_path)
+
+    reply = agent.respond(Turn("c", "a"))
+
+    assert reply.text == "The tool failed."
+    error = json.loads(tool_messages(llm.calls[1].messages)[-1].content)["error"]
+    assert error == "sentiment failed unexpectedly: RuntimeError: boom"
+
+
+def test_unknown_and_foreign_attachment_ids_are_tool_errors(make_agent, tools: ToolRegistry, photo: Path) -> None:
+    llm = ScriptedLLM([call_tools(("image", {"attachment_id": "att_99"}), ("detect", {"attachment_id": "att_1"})),
+                       say("I cannot see those files.")])
+    agent = make_agent(llm)
+    attach(agent, "other-conversation", photo, "image")  # att_1, but not in conversation "c"
+
+    reply = agent.respond(Turn("c", "look at att_99 and att_1"))
+
+    assert reply.text == "I cannot see those files."
+    errors = [json.loads(m.content)["error"] for m in tool_messages(llm.calls[1].messages)]
+    assert errors[0].startswith("Unknown attachment id 'att_99'")
+    assert errors[1].startswith("Unknown attachment id 'att_1' (this conversation has: none)")
+
+
+def test_round_limit_stops_the_loop(make_agent, tools: ToolRegistry) -> None:
+    llm = ScriptedLLM([call_tools(("sentiment", {"text": "again"}))], repeat_last=True)
+    reply = make_agent(llm, max_tool_rounds=2).respond(Turn("c", "loop forever"))
+
+    assert len(llm.calls) == 3  # two rounds with tools, then one without
+    assert [c.tools is not None for c in llm.calls] == [True, True, False]
+    assert "No more tool calls" in llm.calls[-1].messages[-1].content
+    assert len(tools.get("sentiment").calls) == 2  # type: ignore[attr-defined]
+    assert "ASSISTANT_MAX_TOOL_ROUNDS" in reply.text and "tool-round limit reached" in reply.notes
+
+
+def test_json_fallback_for_models_without_native_tools(make_agent, tools: ToolRegistry, photo: Path) -> None:
+    request = {"tool_calls": [{"name": "sentiment", "arguments": {"text": "прекрасно"}}]}
+    llm = ScriptedLLM([say("```json\n" + json.dumps(request, ensure_ascii=False) + "\n```"), say("Позитивно.")],
+                      native_tools=False)
+    agent = make_agent(llm)
+    image = attach(agent, "c", photo, "image")
+    tokens: list[str] = []
+
+    reply = agent.respond(Turn("c", "прекрасно", [image]), on_token=tokens.append)
+
+    assert reply.text == "Позитивно."
+    assert "".join(tokens).strip() == "Позитивно."  # the JSON request was not shown to the user
+    assert all(c.tools is None for c in llm.calls)
+    system = llm.calls[0].messages[0].content
+    assert '{"tool_calls": [{"name": "<tool name>"' in system and "- detect: Fake detect tool." in system
+    second = llm.calls[1].messages
+    assert not any(isinstance(m, ToolMessage) or getattr(m, "tool_calls", None) for m in second)
+    assert second[2].content.startswith('{"tool_calls": [{"name": "image"')  # routed call, as text
+    assert second[3].content.startswith("[Tool result of image]:")
+    assert second[-1].content.startswith("[Tool result of sentiment]:")
+    assert tools.get("sentiment").calls == [{"text": "прекрасно"}]  # type: ignore[attr-defined]
+
+
+def test_rejected_tools_switch_to_json_and_say_so_once(make_agent, tools: ToolRegistry) -> None:
+    llm = ScriptedLLM([ToolsUnsupported("The model llama3 does not support native tool calling."),
+                       say('{"name": "nope", "arguments": {}}'), say("Plain answer."), say("Second.")])
+
+    def reject(*args: Any, **kwargs: Any) -> AIMessage:
+        llm.native_tools = False
+        raise ToolsUnsupported("The model llama3 does not support native tool calling.")
+
+    llm.script[0] = lambda messages: reject()
+    agent = make_agent(llm)
+
+    first = agent.respond(Turn("c", "hi"))
+    second = agent.respond(Turn("c", "again"))
+
+    assert first.text == "Plain answer." and first.notes == ["The model llama3 does not support native tool calling."]
+    rejection = llm.calls[2].messages[-1].content
+    assert rejection.startswith("[Tool request rejected: unknown tool 'nope'; available: sentiment, audio")
+    assert second.text == "Second." and second.notes == []
+    assert llm.calls[-1].tools is None
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('{"name": "sentiment", "parameters": {"text": "x"}}', (["sentiment"], None)),
+    ('{"tool": "sentiment", "arguments": {"text": "x"}}', (["sentiment"], None)),
+    ('{"tool_calls": [{"name": "image", "arguments": {"attachment_id": "att_1"}}, '
+     '{"name": "sentiment", "arguments": {"text": "y"}}]}', (["image", "sentiment"], None)),
+    ("Just an answer with {braces}.", ([], None)),
+    ("{not json at all", ([], None)),
+    ('{"name": "rm -rf", "arguments": {}}', ([], "unknown tool 'rm -rf'")),
+    ('{"name": "sentiment", "arguments": "text"}', ([], "arguments of sentiment must be a JSON object")),
+    ('{"tool_calls": []}', ([], "tool_calls must be a non-empty list")),
+    ('{"tool_calls": ["sentiment"]}', ([], "each tool call must be a JSON object")),
+])
+def test_json_tool_requests_are_validated_strictly(tools: ToolRegistry, text: str, expected: tuple) -> None:
+    calls, problem = parse_json_calls(text, tools)
+    names, expected_problem = expected
+    assert [c["name"] for c in calls] == names
+    if expected_problem is None:
+        assert problem is None
+    else:
+        assert problem is not None and problem.startswith(expected_problem)
+
+
+def test_llm_failure_answers_attachments_from_templates(make_agent, tools: ToolRegistry, photo: Path) -> None:
+    reason = "Ollama is not reachable at http://127.0.0.1:11434 – start it with `ollama serve`."
+    agent = make_agent(ScriptedLLM([LLMError(reason)]))
+    image = attach(agent, "c", photo, "image")
+
+    reply = agent.respond(Turn("c", "что это?", [image]))
+
+    assert not reply.llm_used and reply.notes == [NO_LLM_NOTE]
+    assert reply.text.startswith("**Language model unavailable – tool results only:**\n" + reason)
+    assert f"- **image on {image.id}**: image: tabby (87%)" in reply.text
+    assert f"- **detect on {image.id}**: detect: cat (87%)" in reply.text
+    assert reply.media and reply.media[0].name == f"{image.id}_annotated.jpg"
+
+
+def test_no_llm_mode(make_agent, tools: ToolRegistry, photo: Path) -> None:
+    agent = make_agent(None)
+    image = attach(agent, "c", photo, "image")
+
+    with_photo = agent.respond(Turn("c", "", [image]))
+    text_only = agent.respond(Turn("c", "hello"))
+
+    assert not with_photo.llm_used and "- **image on att_1**: image: tabby (87%)" in with_photo.text
+    assert "only analyse attachments" in text_only.text
+    assert agent.warm_up() is None
+    status = agent.llm_status()
+    assert not status.reachable and "no-LLM" in (status.error or "")
+
+
+def test_cancel_before_tools_run(make_agent, tools: ToolRegistry, photo: Path) -> None:
+    llm = ScriptedLLM([say("never")])
+    agent = make_agent(llm)
+    image = attach(agent, "c", photo, "image")
+    cancel = threading.Event()
+    cancel.set()
+
+    reply = agent.respond(Turn("c", "what is it", [image]), cancel=cancel)
+
+    assert "cancelled" in reply.notes and reply.text.endswith("_(cancelled)_")
+    assert tools.get("image").calls == [] and llm.calls == []  # type: ignore[attr-defined]
+
+
+def test_cancel_while_streaming_stops_the_turn(make_agent, tools: ToolRegistry) -> None:
+    cancel = threading.Event()
+    llm = ScriptedLLM([say("one two three four")])
+    tokens: list[str] = []
+
+    def on_token(token: str) -> None:
+        tokens.append(token)
+        cancel.set()
+
+    reply = make_agent(llm).respond(Turn("c", "count"), on_token=on_token, cancel=cancel)
+
+    assert tokens == ["one "] and "cancelled" in reply.notes
+
+
+def test_unexpected_llm_failure_is_a_reply_not_an_exception(make_agent) -> None:
+    reply = make_agent(ScriptedLLM([ValueError("weird")])).respond(Turn("c", "hi"))
+    assert reply.text == "Something went wrong while answering: weird" and not reply.llm_used
+
+
+def test_memory_survives_a_new_agent_and_reset_forgets(make_agent, tools: ToolRegistry, photo: Path) -> None:
+    first = make_agent(ScriptedLLM([call_tools(("sentiment", {"text": "мне нравится"})), say("Позитивно.")]))
+    first.respond(Turn("c", "мне нравится"))
+
+    llm = ScriptedLLM([say("Вы спрашивали про «мне нравится»."), say("Новый разговор.")])
+    second = make_agent(llm)  # a fresh agent on the same database, as after a restart
+    second.respond(Turn("c", "о чём я спрашивал?"))
+    history = llm.calls[0].messages
+
+    assert [type(m).__name__ for m in history] == ["SystemMessage", "HumanMessage", "AIMessage", "ToolMessage",
+                                                   "AIMessage", "HumanMessage"]
+    assert history[1].content == "мне нравится" and history[4].content == "Позитивно."
+    assert history[3].tool_call_id == history[2].tool_calls[0]["id"]
+
+    second.reset("c")
+    second.respond(Turn("c", "привет"))
+    assert [type(m).__name__ for m in llm.calls[1].messages] == ["SystemMessage", "HumanMessage"]
+
+
+def test_conversations_are_separate(make_agent) -> None:
+    llm = ScriptedLLM([say("A"), say("B")])
+    agent = make_agent(llm)
+    agent.respond(Turn("alice", "secret of alice"))
+    agent.respond(Turn("bob", "hi"))
+    assert all("secret of alice" not in str(m.content) for m in llm.calls[1].messages)
+
+
+def test_context_budget_drops_the_oldest_turns(make_agent) -> None:
+    long = "word " * 400  # ~500 tokens per turn
+    llm = ScriptedLLM([say("ok")], repeat_last=True)
+    agent = make_agent(llm, num_ctx=4096)
+    for i in range(6):
+        agent.respond(Turn("c", f"turn {i}: {long}"))
+
+    last = llm.calls[-1].messages
+    contents = [str(m.content) for m in last]
+    assert contents[1].startswith("[Memory note: ") and "earlier turn(s)" in contents[1]
+    assert any(c.startswith("turn 4:") for c in contents) and not any(c.startswith("turn 0:") for c in contents)
+    assert sum(len(c) for c in contents) // 4 < 4096 - 1024
