@@ -1,0 +1,801 @@
+"""The Telegram bot: the same assistant as the REPL, for every allowed Telegram user.
+
+Channel I/O only: an incoming message (or album) becomes one :class:`Turn` with its files
+downloaded and registered as attachments; the agent's :class:`Reply` is rendered as Telegram
+HTML, split below the message limit, and its annotated photos and videos are sent back.
+
+Concurrency: updates are handled concurrently; one chat's messages are answered in order
+(a lock per chat); inference runs in a worker thread; turns with media share a bounded
+number of slots, and a user whose job waits is told their place in the queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import html
+import logging
+import re
+import secrets
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from telegram import BotCommand, LinkPreviewOptions, Message, Update, User
+from telegram.constants import ChatAction, ParseMode
+from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, TelegramError, TimedOut
+from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, ApplicationHandlerStop,
+                          CommandHandler, ContextTypes, MessageHandler, TypeHandler, filters)
+
+from assistant.config import Settings
+from assistant.turns import Reply, Turn
+from tools.base import ToolError
+
+if TYPE_CHECKING:
+    from assistant.agent import Agent
+
+log = logging.getLogger("assistant.telegram")
+
+PUBLIC_API = "https://api.telegram.org"
+#: The public Bot API serves downloads up to 20 MB; a self-hosted server has no such limit.
+MB = 1024 * 1024
+PUBLIC_DOWNLOAD_LIMIT = 20 * MB
+#: Telegram's limit on one text message.
+MESSAGE_LIMIT = 4096
+
+COMMANDS = (
+    ("start", "what this bot does"),
+    ("help", "how to use it"),
+    ("reset", "forget this conversation"),
+    ("tools", "the tools I can use"),
+)
+
+HELP_TEXT = """\
+I'm a local assistant. Send me:
+• text — ask anything, or ask for the mood (sentiment) of a text;
+• a photo (or an album) — I say what's in it and can find objects;
+• audio or a voice note — I say what sounds I hear;
+• a video — I find the objects in it.
+Add a caption to say what you want to know about a file.
+
+Commands: /reset forgets this conversation, /tools lists what I can use, /help shows this."""
+
+#: Documents are downloaded only when their MIME type says they may be media or text.
+_DOCUMENT_PREFIXES = ("image/", "audio/", "video/", "text/")
+_UNKNOWN_MIMES = ("", "application/octet-stream")
+
+
+@dataclass(frozen=True)
+class BotOptions:
+    """Timing and capacity knobs (the defaults suit a small machine; tests shorten them)."""
+
+    album_wait: float = 1.0  # an album is complete this long after its last message
+    heavy_jobs: int = 1  # turns with media analysed at the same time
+    progress_interval: float = 2.5  # at most one status edit this often
+    action_interval: float = 4.5  # a chat action shows for ~5 s; renew it this often
+    keep_turns: int = 3  # per chat, the downloads of this many recent turns stay for follow-ups
+    concurrent_updates: int = 64
+    max_retries: int = 3  # retries after Telegram's flood limit (429 retry_after)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """`assistant telegram`: check the configuration, build the agent, poll until stopped."""
+    if not settings.telegram_token:
+        print("assistant telegram: TELEGRAM_BOT_TOKEN is not set. Create a bot with @BotFather "
+              "in Telegram and set TELEGRAM_BOT_TOKEN to the token it gives you.", file=sys.stderr)
+        return 2
+    allow_all = bool(getattr(args, "allow_all", False))
+    if not settings.telegram_allowed_users and not allow_all:
+        print("assistant telegram: no allowlist. Set ASSISTANT_TELEGRAM_ALLOWED_USERS to the "
+              "Telegram user ids and/or @usernames allowed to use the bot (for example "
+              "ASSISTANT_TELEGRAM_ALLOWED_USERS=123456789,@alice), or pass --allow-all to "
+              "serve everyone.", file=sys.stderr)
+        return 2
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request URL at INFO, and the URL contains the bot token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    from assistant.agent import build_agent
+
+    agent = build_agent(settings)
+    note = agent.warm_up()
+    if note:
+        log.warning("%s", note)
+    application = build_application(settings, agent, allow_all=allow_all)
+    log.info("Telegram bot polling %s (Ctrl+C stops it)", settings.telegram_api_base_url)
+    try:
+        application.run_polling(allowed_updates=[Update.MESSAGE])
+    except InvalidToken:
+        print("assistant telegram: Telegram rejected TELEGRAM_BOT_TOKEN; check it with @BotFather.",
+              file=sys.stderr)
+        return 2
+    except NetworkError as exc:
+        print(f"assistant telegram: cannot reach the Bot API at {settings.telegram_api_base_url} "
+              f"({exc}); check the network or TELEGRAM_API_BASE_URL.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_application(settings: Settings, agent: Agent, *, allow_all: bool = False,
+                      options: BotOptions = BotOptions()) -> Application:
+    """The python-telegram-bot Application with every handler of the bot."""
+    api = settings.telegram_api_base_url.rstrip("/")
+    bot = TelegramBot(agent, settings, allow_all=allow_all, options=options)
+    application = (
+        ApplicationBuilder()
+        .token(settings.telegram_token or "")
+        .base_url(f"{api}/bot")
+        .base_file_url(f"{api}/file/bot")
+        .concurrent_updates(options.concurrent_updates)
+        .rate_limiter(AIORateLimiter(max_retries=options.max_retries))
+        .read_timeout(30)
+        .media_write_timeout(120)
+        .post_init(bot.post_init)
+        .post_shutdown(bot.post_shutdown)
+        .build()
+    )
+    application.add_handler(TypeHandler(Update, bot.gate), group=-1)
+    application.add_handler(CommandHandler("start", bot.on_start))
+    application.add_handler(CommandHandler("help", bot.on_help))
+    application.add_handler(CommandHandler("reset", bot.on_reset))
+    application.add_handler(CommandHandler("tools", bot.on_tools))
+    application.add_handler(MessageHandler(filters.COMMAND, bot.on_unknown_command))
+    application.add_handler(MessageHandler(filters.UpdateType.MESSAGE & ~filters.COMMAND, bot.on_message))
+    application.add_error_handler(bot.on_error)
+    return application
+
+
+# ---------------------------------------------------------------------------------------------
+# The bot
+
+@dataclass(frozen=True)
+class IncomingFile:
+    """A file in a Telegram message, before it is downloaded."""
+
+    file_id: str
+    size: int | None
+    name: str
+    refusal: str | None = None  # why it is not taken (a document of an unsupported type)
+
+
+class TelegramBot:
+    """Handlers and the state they share: access, per-chat order, the heavy-job queue, downloads."""
+
+    def __init__(self, agent: Agent, settings: Settings, *, allow_all: bool = False,
+                 options: BotOptions = BotOptions()) -> None:
+        self.agent = agent
+        self.options = options
+        self.access = Access(settings.telegram_allowed_users, allow_all=allow_all)
+        self.download_limit = download_limit(settings)
+        self.public_api = settings.telegram_api_base_url.rstrip("/") == PUBLIC_API
+        self.heavy = HeavyQueue(options.heavy_jobs)
+        self.downloads = Downloads(options.keep_turns)
+        self._chat_locks: dict[int, asyncio.Lock] = {}
+        self._albums: dict[tuple[int, str], Album] = {}
+        self._cancels: set[threading.Event] = set()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def post_init(self, application: Application) -> None:
+        await application.bot.set_my_commands([BotCommand(name, text) for name, text in COMMANDS])
+        log.info("Serving as @%s", application.bot.username)
+
+    async def post_shutdown(self, application: Application) -> None:
+        for cancel in list(self._cancels):
+            cancel.set()
+        self.downloads.close()
+
+    # -- access ---------------------------------------------------------------------------------
+
+    async def gate(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Runs before every handler: strangers get one polite reply and nothing else."""
+        user = update.effective_user
+        if user is not None and self.access.allows(user):
+            return
+        if user is not None and update.effective_chat is not None and self.access.first_refusal(user):
+            log.info("Refused Telegram user %s (not in ASSISTANT_TELEGRAM_ALLOWED_USERS)", user.id)
+            await context.bot.send_message(
+                update.effective_chat.id,
+                f"Sorry, this is a private assistant. Your Telegram user id is {user.id}. "
+                "If you know the owner, ask them to add it to ASSISTANT_TELEGRAM_ALLOWED_USERS "
+                "and restart the bot.")
+        raise ApplicationHandlerStop
+
+    # -- commands -------------------------------------------------------------------------------
+
+    async def on_start(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        async with self._in_order(update.effective_chat.id):
+            name = update.effective_user.first_name if update.effective_user else "there"
+            await self._send_text(context, update.effective_chat.id, f"Hi {name}! {HELP_TEXT}", plain=True)
+
+    async def on_help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        async with self._in_order(update.effective_chat.id):
+            limit = f"Files up to {_megabytes(self.download_limit)}."
+            await self._send_text(context, update.effective_chat.id, f"{HELP_TEXT}\n\n{limit}", plain=True)
+
+    async def on_reset(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        chat_id = update.effective_chat.id
+        async with self._in_order(chat_id):
+            await asyncio.to_thread(self.agent.reset, conversation_id(chat_id))
+            self.downloads.forget(chat_id)
+            await self._send_text(context, chat_id, "Done: I've forgotten this conversation.", plain=True)
+
+    async def on_tools(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        async with self._in_order(update.effective_chat.id):
+            lines = [f"• **{tool.name}**: {_first_sentence(tool.description)}" for tool in self.agent.tools]
+            await self._send_text(context, update.effective_chat.id,
+                                  "I can use these tools:\n" + "\n".join(lines))
+
+    async def on_unknown_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        async with self._in_order(update.effective_chat.id):
+            await self._send_text(context, update.effective_chat.id,
+                                  "I don't know that command; /help lists what I understand.", plain=True)
+
+    # -- messages -------------------------------------------------------------------------------
+
+    async def on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.message
+        chat_id = message.chat_id
+        if message.media_group_id:
+            key = (chat_id, message.media_group_id)
+            album = self._albums.get(key)
+            if album is not None:  # the first message of the album answers for all of them
+                album.add(message)
+                return
+            album = self._albums[key] = Album(message)
+            async with self._in_order(chat_id):
+                await album.complete(self.options.album_wait)
+                del self._albums[key]
+                await self._answer(context, chat_id, album.messages)
+            return
+        async with self._in_order(chat_id):
+            await self._answer(context, chat_id, [message])
+
+    async def _answer(self, context: ContextTypes.DEFAULT_TYPE, chat_id: int, messages: list[Message]) -> None:
+        """One turn: the text and files of ``messages``, answered with the agent's reply."""
+        text = "\n\n".join(m.text or m.caption for m in messages if m.text or m.caption).strip()
+        files = [f for f in map(incoming_file, messages) if f is not None]
+        refusals = [f.refusal for f in files if f.refusal]
+        if refusals:
+            await self._send_text(context, chat_id, "\n".join(refusals), plain=True)
+            return
+        if not text and not files:
+            await self._send_text(context, chat_id, "I can read text, photos, audio, voice notes "
+                                  "and video; this kind of message I can't use.", plain=True)
+            return
+        too_big = [f for f in files if f.size is not None and f.size > self.download_limit]
+        if too_big:
+            await self._send_text(context, chat_id, self._too_big_message(too_big), plain=True)
+            return
+
+        conversation = conversation_id(chat_id)
+        status = Status(context.bot, chat_id, self.options)
+        try:
+            turn = Turn(conversation, text)
+            if files:
+                await status.action(ChatAction.TYPING)  # downloading takes a moment too
+                store = self.agent.attachments(conversation)
+                folder = self.downloads.new_turn(chat_id)
+                for index, incoming in enumerate(files, 1):
+                    path = await self._download(context, incoming, folder / f"{index}_{incoming.name}")
+                    if path is None:
+                        await self._send_text(context, chat_id, self._too_big_message([incoming]), plain=True)
+                        return
+                    try:
+                        turn.attachments.append(store.register(path, name=incoming.name))
+                    except ToolError as exc:
+                        await self._send_text(context, chat_id, str(exc), plain=True)
+                        return
+                async with self.heavy.slot(status.queued):
+                    reply = await self._respond(turn, status)
+            else:
+                reply = await self._respond(turn, status)
+        finally:
+            await status.close()
+        await self._send_reply(context, chat_id, reply)
+
+    async def _download(self, context: ContextTypes.DEFAULT_TYPE, incoming: IncomingFile,
+                        destination: Path) -> Path | None:
+        """The file saved at ``destination``; None when Telegram says it is too big to download."""
+        try:
+            remote = await context.bot.get_file(incoming.file_id)
+        except BadRequest as exc:
+            if "too big" in str(exc).lower():
+                return None
+            raise
+        if remote.file_size is not None and remote.file_size > self.download_limit:
+            return None
+        return await remote.download_to_drive(destination, read_timeout=120)
+
+    def _too_big_message(self, files: Iterable[IncomingFile]) -> str:
+        sizes = ", ".join(f"{f.name} is {_megabytes(f.size)}" if f.size else f.name for f in files)
+        message = f"That file is too large for me ({sizes}); I take files up to " \
+                  f"{_megabytes(self.download_limit)}."
+        if self.public_api and self.download_limit == PUBLIC_DOWNLOAD_LIMIT:
+            message += (" Telegram lets bots download at most 20 MB; the bot's owner can lift that "
+                        "with a self-hosted Bot API server (TELEGRAM_API_BASE_URL).")
+        return message
+
+    async def _respond(self, turn: Turn, status: Status) -> Reply:
+        """The agent's reply, computed in a worker thread while the status shows progress."""
+        cancel = threading.Event()
+        self._cancels.add(cancel)
+        await status.action(ChatAction.TYPING)
+        ticker = asyncio.create_task(status.run())
+        try:
+            return await asyncio.to_thread(self.agent.respond, turn, on_progress=status.progress,
+                                           cancel=cancel)
+        finally:
+            self._cancels.discard(cancel)
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
+    async def _send_reply(self, context: ContextTypes.DEFAULT_TYPE, chat_id: int, reply: Reply) -> None:
+        if reply.notes:  # for the adapter, not the user (the text already says what matters)
+            log.info("Reply notes for chat %s: %s", chat_id, "; ".join(reply.notes))
+        text = reply.text.strip()
+        if text:
+            await self._send_text(context, chat_id, text)
+        elif not reply.media:
+            await self._send_text(context, chat_id, "(I have no answer to that.)", plain=True)
+        for path in reply.media:
+            await self._send_media(context, chat_id, Path(path))
+
+    async def _send_text(self, context: ContextTypes.DEFAULT_TYPE, chat_id: int, text: str,
+                         *, plain: bool = False) -> None:
+        """``text`` (Markdown unless ``plain``) as one or more messages below the limit."""
+        chunks = [Chunk(None, part) for part in split_text(text)] if plain else render_markdown(text)
+        for chunk in chunks:
+            if chunk.html is not None:
+                try:
+                    await _retry(lambda: context.bot.send_message(
+                        chat_id, chunk.html, parse_mode=ParseMode.HTML,
+                        link_preview_options=LinkPreviewOptions(is_disabled=True)))
+                    continue
+                except BadRequest as exc:  # Telegram could not parse it: say it plainly instead
+                    log.warning("HTML reply refused (%s); sending it as plain text", exc)
+            for part in split_text(chunk.plain):
+                await _retry(lambda: context.bot.send_message(chat_id, part))
+
+    async def _send_media(self, context: ContextTypes.DEFAULT_TYPE, chat_id: int, path: Path) -> None:
+        """An annotated photo or video; as a document if Telegram refuses it as media."""
+        if not path.is_file():
+            log.warning("Reply media %s does not exist; skipped", path)
+            return
+        video = path.suffix.lower() in (".mp4", ".mov", ".webm", ".mkv")
+        action = ChatAction.UPLOAD_VIDEO if video else ChatAction.UPLOAD_PHOTO
+        with contextlib.suppress(TelegramError):
+            await context.bot.send_chat_action(chat_id, action)
+        try:
+            with path.open("rb") as handle:
+                if video:
+                    await context.bot.send_video(chat_id, handle, filename=path.name, supports_streaming=True)
+                else:
+                    await context.bot.send_photo(chat_id, handle, filename=path.name)
+        except BadRequest as exc:  # too large for a photo, unusual dimensions, ...
+            log.warning("Sending %s as media failed (%s); sending it as a document", path.name, exc)
+            with path.open("rb") as handle:
+                await context.bot.send_document(chat_id, handle, filename=path.name)
+
+    # -- errors ---------------------------------------------------------------------------------
+
+    async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Log with an error id; tell the user that id in a short apology."""
+        error_id = secrets.token_hex(4)
+        error = context.error
+        if not isinstance(update, Update):  # fetching updates failed: python-telegram-bot retries
+            log.warning("Telegram error %s: %s: %s", error_id, type(error).__name__, error)
+            return
+        log.error("Error %s while handling update %s", error_id, update.update_id, exc_info=error)
+        if update.effective_chat is None or isinstance(error, Forbidden):
+            return
+        try:
+            await context.bot.send_message(
+                update.effective_chat.id,
+                f"Sorry, something went wrong on my side (error id {error_id}). Please try again.")
+        except TelegramError as exc:
+            log.warning("Could not send the apology for error %s: %s", error_id, exc)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _in_order(self, chat_id: int) -> asyncio.Lock:
+        """The lock that keeps one chat's messages answered in the order they came."""
+        return self._chat_locks.setdefault(chat_id, asyncio.Lock())
+
+
+def conversation_id(chat_id: int) -> str:
+    return f"telegram:{chat_id}"
+
+
+def download_limit(settings: Settings) -> int:
+    """Bytes the bot downloads at most: ASSISTANT_MAX_FILE_MB, and 20 MB on the public Bot API."""
+    limit = int(settings.max_file_mb * MB)
+    if settings.telegram_api_base_url.rstrip("/") == PUBLIC_API:
+        limit = min(limit, PUBLIC_DOWNLOAD_LIMIT)
+    return limit
+
+
+def incoming_file(message: Message) -> IncomingFile | None:
+    """The file a message carries (the largest photo size), or None for text and unknown kinds."""
+    if message.photo:
+        largest = max(message.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
+        return IncomingFile(largest.file_id, largest.file_size, f"photo_{message.message_id}.jpg")
+    named = ((message.audio, "audio"), (message.voice, "voice.oga"), (message.video, "video.mp4"),
+             (message.video_note, "video_note.mp4"), (message.animation, "animation.mp4"))
+    for media, default in named:
+        if media is not None:
+            return IncomingFile(media.file_id, media.file_size,
+                                _safe_name(getattr(media, "file_name", None) or default))
+    document = message.document
+    if document is None:
+        return None
+    mime = (document.mime_type or "").lower()
+    name = _safe_name(document.file_name or "document")
+    refusal = None
+    if not (mime.startswith(_DOCUMENT_PREFIXES) or mime in _UNKNOWN_MIMES):
+        refusal = f"I can't read {name} ({mime}); send photos, audio, video or text files."
+    return IncomingFile(document.file_id, document.file_size, name, refusal)
+
+
+def _safe_name(name: str) -> str:
+    cleaned = re.sub(r"[^\w.\- ]", "_", Path(name).name).strip(" .")
+    return cleaned[-100:] or "file"
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / MB:.3g} MB"
+
+
+def _first_sentence(text: str) -> str:
+    text = " ".join(text.split())
+    end = text.find(". ")
+    return text if end < 0 else text[:end + 1]
+
+
+async def _retry(send: Callable[[], Awaitable[object]], attempts: int = 3) -> object:
+    """``send()``, retried with back-off on network errors (flood limits are the rate limiter's)."""
+    for attempt in range(attempts):
+        try:
+            return await send()
+        except (BadRequest, Forbidden, TimedOut):
+            raise  # a refusal, or a timeout after which the message may have been delivered
+        except NetworkError as exc:
+            if attempt == attempts - 1:
+                raise
+            log.warning("Network error sending a message (%s); retrying", exc)
+            await asyncio.sleep(2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+class Access:
+    """The allowlist: Telegram user ids and/or @usernames (or everyone with ``allow_all``)."""
+
+    def __init__(self, allowed: Iterable[str], *, allow_all: bool = False) -> None:
+        entries = [entry.strip() for entry in allowed if entry.strip()]
+        self.ids = {int(entry) for entry in entries if entry.lstrip("-").isdigit()}
+        self.usernames = {entry.lstrip("@").lower() for entry in entries if not entry.lstrip("-").isdigit()}
+        self.allow_all = allow_all and not entries
+        self._refused: set[int] = set()
+
+    def allows(self, user: User) -> bool:
+        if self.allow_all or user.id in self.ids:
+            return True
+        return bool(user.username) and user.username.lower() in self.usernames
+
+    def first_refusal(self, user: User) -> bool:
+        """True the first time ``user`` is refused in this process (they are told once)."""
+        if user.id in self._refused:
+            return False
+        self._refused.add(user.id)
+        return True
+
+
+class Album:
+    """The messages of one media group, collected until none has come for a moment."""
+
+    def __init__(self, first: Message) -> None:
+        self.messages = [first]
+        self._last = time.monotonic()
+
+    def add(self, message: Message) -> None:
+        self.messages.append(message)
+        self._last = time.monotonic()
+
+    async def complete(self, quiet: float) -> None:
+        while (remaining := self._last + quiet - time.monotonic()) > 0:
+            await asyncio.sleep(remaining)
+        self.messages.sort(key=lambda m: m.message_id)
+
+
+class HeavyQueue:
+    """A bounded number of turns with media at a time; the rest wait in line, in order."""
+
+    def __init__(self, slots: int) -> None:
+        self._semaphore = asyncio.Semaphore(max(1, slots))
+        self._waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self, on_wait: Callable[[int], Awaitable[None]]) -> AsyncIterator[None]:
+        if self._semaphore.locked():
+            self._waiting += 1
+            try:
+                await on_wait(self._waiting)
+                await self._semaphore.acquire()
+            finally:
+                self._waiting -= 1
+        else:
+            await self._semaphore.acquire()
+        try:
+            yield
+        finally:
+            self._semaphore.release()
+
+
+class Status:
+    """What the user sees while a turn works: the chat action, and for long media one status
+    message edited with the latest progress (throttled, and only when its text changes)."""
+
+    def __init__(self, bot, chat_id: int, options: BotOptions) -> None:
+        self.bot = bot
+        self.chat_id = chat_id
+        self.options = options
+        self._latest: str | None = None  # set from the worker thread; a str assignment is atomic
+        self._shown: str | None = None
+        self._message: Message | None = None
+        self._last_edit = 0.0
+
+    def progress(self, fraction: float, message: str) -> None:
+        """The agent's progress callback (called from the worker thread)."""
+        self._latest = f"⏳ {message.strip() or 'Working'}… {min(max(fraction, 0.0), 1.0):.0%}"
+
+    async def queued(self, position: int) -> None:
+        await self._show(f"⏳ Another file is being analysed; yours is number {position} in the queue. "
+                         "I'll start as soon as it's your turn.")
+
+    async def action(self, action: str) -> None:
+        with contextlib.suppress(TelegramError):
+            await self.bot.send_chat_action(self.chat_id, action)
+
+    async def run(self) -> None:
+        """Until cancelled: renew the chat action; show new progress at most once an interval."""
+        next_action = time.monotonic() + self.options.action_interval
+        while True:
+            now = time.monotonic()
+            if now >= next_action:
+                await self.action(ChatAction.TYPING)
+                next_action = now + self.options.action_interval
+            latest = self._latest
+            if latest is not None and latest != self._shown \
+                    and now - self._last_edit >= self.options.progress_interval:
+                await self._show(latest)
+            await asyncio.sleep(min(self.options.progress_interval, self.options.action_interval))
+
+    async def _show(self, text: str) -> None:
+        try:
+            if self._message is None:
+                self._message = await self.bot.send_message(self.chat_id, text)
+            else:
+                await self._message.edit_text(text)
+        except TelegramError as exc:  # progress is a nicety; never fail a turn for it
+            log.debug("Status update failed: %s", exc)
+        self._shown = text
+        self._last_edit = time.monotonic()
+
+    async def close(self) -> None:
+        if self._message is not None:
+            with contextlib.suppress(TelegramError):
+                await self._message.delete()
+            self._message = None
+
+
+class Downloads:
+    """Per-chat temporary folders for downloaded files: the last few turns' files stay (the
+    user may ask about them again), older ones, /reset and shutdown remove them."""
+
+    def __init__(self, keep_turns: int) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="assistant-telegram-"))
+        self.keep_turns = max(1, keep_turns)
+        self._turns: dict[int, deque[Path]] = {}
+        self._count = 0
+
+    def new_turn(self, chat_id: int) -> Path:
+        self._count += 1
+        folder = self.root / f"chat_{chat_id}" / f"turn_{self._count}"
+        folder.mkdir(parents=True)
+        turns = self._turns.setdefault(chat_id, deque())
+        turns.append(folder)
+        while len(turns) > self.keep_turns:
+            shutil.rmtree(turns.popleft(), ignore_errors=True)
+        return folder
+
+    def forget(self, chat_id: int) -> None:
+        self._turns.pop(chat_id, None)
+        shutil.rmtree(self.root / f"chat_{chat_id}", ignore_errors=True)
+
+    def close(self) -> None:
+        self._turns.clear()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown → Telegram HTML, split below the message limit
+
+@dataclass(frozen=True)
+class Chunk:
+    """One message: Telegram HTML (None to send it as plain text) and its plain-text fallback."""
+
+    html: str | None
+    plain: str
+
+
+def render_markdown(text: str, limit: int = MESSAGE_LIMIT) -> list[Chunk]:
+    """The agent's Markdown as messages of Telegram HTML, each at most ``limit`` characters,
+    split between paragraphs (blocks); a block too long on its own goes as plain text split at
+    lines, then words. Everything is escaped; only tags Telegram knows are produced."""
+    chunks: list[Chunk] = []
+    html_parts: list[str] = []
+    plain_parts: list[str] = []
+
+    def flush() -> None:
+        if html_parts:
+            chunks.append(Chunk("\n\n".join(html_parts), "\n\n".join(plain_parts)))
+            html_parts.clear()
+            plain_parts.clear()
+
+    for block_html, block_plain in _markdown_blocks(text):
+        if not block_html.strip():
+            continue
+        if len(block_html) > limit:
+            flush()
+            chunks.extend(Chunk(None, part) for part in split_text(block_plain, limit))
+            continue
+        if len("\n\n".join([*html_parts, block_html])) > limit:
+            flush()
+        html_parts.append(block_html)
+        plain_parts.append(block_plain)
+    flush()
+    return chunks
+
+
+def split_text(text: str, limit: int = MESSAGE_LIMIT,
+               separators: tuple[str, ...] = ("\n\n", "\n", " ")) -> list[str]:
+    """``text`` in pieces of at most ``limit`` characters, cut at paragraphs, then lines, then
+    words (and mid-word only when a word alone is longer)."""
+    if len(text) <= limit:
+        return [text] if text.strip() else []
+    if not separators:
+        return [text[i:i + limit] for i in range(0, len(text), limit)]
+    separator, finer = separators[0], separators[1:]
+    pieces: list[str] = []
+    current = ""
+    for part in text.split(separator):
+        candidate = f"{current}{separator}{part}" if current else part
+        if len(candidate) <= limit:
+            current = candidate
+            continue
+        if current.strip():
+            pieces.append(current)
+        current = ""
+        if len(part) <= limit:
+            current = part
+        else:
+            pieces.extend(split_text(part, limit, finer))
+    if current.strip():
+        pieces.append(current)
+    return pieces
+
+
+_SAFE_LINK = re.compile(r"^(https?://|tg://|mailto:)", re.IGNORECASE)
+
+
+def _markdown_blocks(text: str) -> list[tuple[str, str]]:
+    """Top-level Markdown blocks as (Telegram HTML, the block's Markdown source)."""
+    from markdown_it import MarkdownIt
+
+    source_lines = text.splitlines()
+    tokens = MarkdownIt("commonmark").enable(["table", "strikethrough"]).parse(text)
+    blocks: list[tuple[str, str]] = []
+    start = 0
+    for index, token in enumerate(tokens):
+        if token.level != 0:
+            continue
+        if token.nesting == 1:
+            start = index
+            continue
+        block = tokens[start:index + 1] if token.nesting == -1 else [token]
+        first = block[0]
+        lines = first.map or [0, len(source_lines)]
+        blocks.append((_render_block(block).strip(), "\n".join(source_lines[lines[0]:lines[1]]).strip()))
+    return blocks
+
+
+def _render_block(tokens: list) -> str:
+    out = ""
+    lists: list[list] = []  # [ordered?, next number]
+    cells = 0
+    for token in tokens:
+        kind = token.type
+        if kind == "inline":
+            out += _render_inline(token.children or [])
+        elif kind == "heading_open":
+            out += "<b>"
+        elif kind == "heading_close":
+            out += "</b>\n"
+        elif kind == "paragraph_close" and not token.hidden and token.level > 0:
+            out += "\n"
+        elif kind in ("bullet_list_open", "ordered_list_open"):
+            ordered = kind == "ordered_list_open"
+            lists.append([ordered, int(token.attrGet("start") or 1) if ordered else 0])
+        elif kind in ("bullet_list_close", "ordered_list_close"):
+            lists.pop()
+        elif kind == "list_item_open":
+            if out and not out.endswith("\n"):
+                out += "\n"
+            marker = "•"
+            if lists and lists[-1][0]:
+                marker = f"{lists[-1][1]}."
+                lists[-1][1] += 1
+            out += "   " * (len(lists) - 1) + marker + " "
+        elif kind == "list_item_close":
+            out = out.rstrip("\n") + "\n"
+        elif kind == "blockquote_open":
+            out += "<blockquote>"
+        elif kind == "blockquote_close":
+            out = out.rstrip("\n") + "</blockquote>\n"
+        elif kind in ("fence", "code_block"):
+            language = re.sub(r"[^\w+#-]", "", (token.info or "").split(" ")[0])
+            code = html.escape(token.content.rstrip("\n"), quote=False)
+            out += (f'<pre><code class="language-{language}">{code}</code></pre>' if language
+                    else f"<pre>{code}</pre>")
+        elif kind == "hr":
+            out += "———"
+        elif kind == "html_block":
+            out += html.escape(token.content, quote=False)
+        elif kind == "tr_open":
+            cells = 0
+        elif kind in ("th_open", "td_open"):
+            out += " | " if cells else ""
+            out += "<b>" if kind == "th_open" else ""
+            cells += 1
+        elif kind == "th_close":
+            out += "</b>"
+        elif kind == "tr_close":
+            out += "\n"
+    return out
+
+
+def _render_inline(tokens: list) -> str:
+    out = ""
+    links: list[bool] = []
+    tags = {"strong_open": "<b>", "strong_close": "</b>", "em_open": "<i>", "em_close": "</i>",
+            "s_open": "<s>", "s_close": "</s>"}
+    for token in tokens:
+        kind = token.type
+        if kind in tags:
+            out += tags[kind]
+        elif kind == "code_inline":
+            out += f"<code>{html.escape(token.content, quote=False)}</code>"
+        elif kind == "link_open":
+            href = str(token.attrGet("href") or "")
+            links.append(bool(_SAFE_LINK.match(href)))
+            out += f'<a href="{html.escape(href, quote=True)}">' if links[-1] else ""
+        elif kind == "link_close":
+            out += "</a>" if links and links.pop() else ""
+        elif kind in ("softbreak", "hardbreak"):
+            out += "\n"
+        else:  # text, html_inline, image (its alt text), anything new: shown as text
+            out += html.escape(token.content, quote=False)
+    return out

@@ -1,0 +1,467 @@
+"""The Telegram bot: the real python-telegram-bot Application against a local fake Bot API.
+
+Most tests use a stub agent (fast and deterministic); one runs the real agent in no-LLM mode
+on real media. Each test drives the Application in its own event loop, the way
+``run_polling`` does: initialize, post_init, start, start_polling ... stop, shutdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import shutil
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from telegram import Update
+
+from adapters.telegram import (MB, PUBLIC_API, PUBLIC_DOWNLOAD_LIMIT, BotOptions, build_application,
+                               download_limit, render_markdown, run, split_text)
+from assistant.attachments import AttachmentStore
+from assistant.config import Settings
+from assistant.turns import Reply, Turn
+from tests.fake_bot_api import FakeBotAPI, make_user, visible_text
+
+OWNER = 1001  # allowed by id; the chat id of a private chat is the user's id
+FRIEND = 1002  # allowed by @username
+STRANGER = 6666
+FAST = BotOptions(album_wait=0.3, progress_interval=0.1, action_interval=0.5)
+
+
+class StubAgent:
+    """The agent interface the bot uses, answering with ``answer(turn, progress)``."""
+
+    def __init__(self, answer: Callable[[Turn, Callable], Reply] | None = None) -> None:
+        self.answer = answer or (lambda turn, progress: Reply(text=f"You said: **{turn.text}**"))
+        self.turns: list[Turn] = []
+        self.files: list[list[tuple[str, str, str]]] = []  # per turn: (kind, name, sha256)
+        self.resets: list[str] = []
+        self.tools = [SimpleNamespace(name="sentiment", description="Mood of a text. Russian too."),
+                      SimpleNamespace(name="detect", description="Objects in a photo.")]
+        self._stores: dict[str, AttachmentStore] = {}
+
+    def attachments(self, conversation_id: str) -> AttachmentStore:
+        return self._stores.setdefault(conversation_id, AttachmentStore())
+
+    def respond(self, turn: Turn, *, on_token=None, on_progress=None, cancel=None) -> Reply:
+        self.turns.append(turn)
+        self.files.append([(a.kind, a.name, _sha(a.path)) for a in turn.attachments])
+        return self.answer(turn, on_progress or (lambda fraction, message: None))
+
+    def reset(self, conversation_id: str) -> None:
+        self.resets.append(conversation_id)
+
+    def warm_up(self) -> str | None:
+        return None
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _settings(api: FakeBotAPI, **changes) -> Settings:
+    return replace(Settings(telegram_token=api.token, telegram_api_base_url=api.base_url,
+                            telegram_allowed_users=(str(OWNER), "@Friend")), **changes)
+
+
+@contextlib.asynccontextmanager
+async def running_bot(api: FakeBotAPI, agent, *, options: BotOptions = FAST, allow_all: bool = False,
+                      **settings) -> AsyncIterator[None]:
+    application = build_application(_settings(api, **settings), agent, allow_all=allow_all,
+                                    options=options)
+    await application.initialize()
+    await application.post_init(application)
+    await application.start()
+    await application.updater.start_polling(poll_interval=0, timeout=1,
+                                            allowed_updates=[Update.MESSAGE])
+    try:
+        yield
+    finally:
+        await application.updater.stop()
+        await application.stop()
+        await application.shutdown()
+        await application.post_shutdown(application)
+
+
+def scenario(api: FakeBotAPI, agent, body: Callable[[], object], **kwargs) -> None:
+    """Run the bot around ``body()`` (a coroutine function) in a fresh event loop."""
+    async def main() -> None:
+        async with running_bot(api, agent, **kwargs):
+            await body()
+    asyncio.run(main())
+
+
+@pytest.fixture()
+def api() -> FakeBotAPI:
+    with FakeBotAPI() as server:
+        yield server
+
+
+# -- text, commands, access -----------------------------------------------------------------
+
+def test_text_turn_rendered_as_html_and_commands_registered(api: FakeBotAPI) -> None:
+    agent = StubAgent()
+    api.message(OWNER, text="Hello <there> & you")
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(OWNER))
+
+    scenario(api, agent, body)
+    commands = api.sent("setMyCommands")[0].params["commands"]
+    assert [c["command"] for c in commands] == ["start", "help", "reset", "tools"]
+    assert agent.turns[0].conversation_id == f"telegram:{OWNER}"
+    assert agent.turns[0].text == "Hello <there> & you"
+    sent = api.sent("sendMessage", OWNER)[0].params
+    assert sent["parse_mode"] == "HTML"
+    assert sent["text"] == "You said: <b>Hello &lt;there&gt; &amp; you</b>"
+    assert any(c.params["action"] == "typing" for c in api.sent("sendChatAction", OWNER))
+
+
+def test_stranger_gets_one_reply_and_nothing_is_processed(api: FakeBotAPI, media: Path) -> None:
+    agent = StubAgent()
+    api.message(STRANGER, text="hi")
+    api.message(STRANGER, photo=media / "images/inet_zebra.jpg", caption="what is this?")
+    api.message(STRANGER, text="/reset")
+    api.message(FRIEND, user=make_user(FRIEND, username="friend"), text="I'm allowed by name")
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(FRIEND))
+
+    scenario(api, agent, body)
+    refusals = api.texts(STRANGER)
+    assert len(refusals) == 1
+    assert str(STRANGER) in refusals[0] and "ASSISTANT_TELEGRAM_ALLOWED_USERS" in refusals[0]
+    assert [t.text for t in agent.turns] == ["I'm allowed by name"]
+    assert agent.resets == []
+    assert not api.sent("getFile") and not api.downloads
+
+
+def test_commands(api: FakeBotAPI) -> None:
+    agent = StubAgent()
+    for text in ("/start", "/help", "/tools", "/reset", "/nonsense"):
+        api.message(OWNER, text=text)
+
+    async def body() -> None:
+        await api.wait_for(lambda: len(api.texts(OWNER)) == 5)
+
+    scenario(api, agent, body)
+    start, help_, tools, reset, unknown = api.texts(OWNER)
+    assert "photo" in start and "/reset" in help_
+    assert "<b>sentiment</b>: Mood of a text." in tools and "<b>detect</b>" in tools
+    assert agent.resets == [f"telegram:{OWNER}"] and "forgotten" in reset
+    assert "/help" in unknown
+    assert agent.turns == []
+
+
+def test_run_refuses_to_start_without_token_or_allowlist(capsys: pytest.CaptureFixture) -> None:
+    assert run(argparse.Namespace(allow_all=False), Settings(telegram_allowed_users=("1",))) == 2
+    assert "TELEGRAM_BOT_TOKEN" in capsys.readouterr().err
+    assert run(argparse.Namespace(allow_all=False), Settings(telegram_token="1:x")) == 2
+    err = capsys.readouterr().err
+    assert "ASSISTANT_TELEGRAM_ALLOWED_USERS" in err and "--allow-all" in err
+
+
+def test_cli_telegram_without_allowlist_exits_2(monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture) -> None:
+    from assistant.cli import main
+
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "1:x")
+    monkeypatch.delenv("ASSISTANT_TELEGRAM_ALLOWED_USERS", raising=False)
+    assert main(["telegram"]) == 2
+    err = capsys.readouterr().err
+    assert "--allow-all" in err and "Traceback" not in err
+
+
+def test_allow_all_serves_everyone(api: FakeBotAPI) -> None:
+    agent = StubAgent()
+    api.message(STRANGER, text="anyone home?")
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(STRANGER))
+
+    scenario(api, agent, body, allow_all=True, telegram_allowed_users=())
+    assert [t.text for t in agent.turns] == ["anyone home?"]
+
+
+# -- media ----------------------------------------------------------------------------------
+
+def test_photo_voice_video_audio_and_documents_become_attachments(api: FakeBotAPI, media: Path) -> None:
+    agent = StubAgent(lambda turn, progress: Reply(text=f"got {len(turn.attachments)}"))
+    photo = api.message(OWNER, photo=media / "images/inet_zebra.jpg", caption="What animal?")
+    api.message(OWNER, voice=media / "audio/voice_note_ru.oga")
+    api.message(OWNER, video=media / "video/car_traffic_small.mp4", caption="count the cars")
+    api.message(OWNER, audio=media / "audio/bird_robin.mp3")
+    api.message(OWNER, document=media / "audio/us8k_siren_102853-8-0-0.wav", mime_type="audio/x-wav")
+    api.message(OWNER, document=media / "images/inet_pizza.jpg", mime_type="image/jpeg", caption="food?")
+
+    async def body() -> None:
+        await api.wait_for(lambda: len(api.texts(OWNER)) == 6)
+
+    scenario(api, agent, body)
+    expected = [("image", "images/inet_zebra.jpg", "What animal?"),
+                ("audio", "audio/voice_note_ru.oga", ""),
+                ("video", "video/car_traffic_small.mp4", "count the cars"),
+                ("audio", "audio/bird_robin.mp3", ""),
+                ("audio", "audio/us8k_siren_102853-8-0-0.wav", ""),
+                ("image", "images/inet_pizza.jpg", "food?")]
+    assert [t.text for t in agent.turns] == [text for _, _, text in expected]
+    for files, (kind, source, _) in zip(agent.files, expected):
+        assert [(k, sha) for k, _, sha in files] == [(kind, _sha(media / source))]
+    largest = photo["photo"][-1]["file_id"]
+    assert api.sent("getFile")[0].params["file_id"] == largest
+    assert len(api.downloads) == 6
+
+
+def test_album_is_one_turn_with_the_caption(api: FakeBotAPI, media: Path) -> None:
+    agent = StubAgent(lambda turn, progress: Reply(text="three photos"))
+    images = ["inet_goldfish.jpg", "inet_school_bus.jpg", "ext_tabby_cat.jpg"]
+    for index, name in enumerate(images):
+        api.message(OWNER, photo=media / "images" / name, media_group_id="album1",
+                    caption="Which one is the cat?" if index == 1 else None)
+    api.message(OWNER, text="and after the album")
+
+    async def body() -> None:
+        await api.wait_for(lambda: len(api.texts(OWNER)) == 2)
+
+    scenario(api, agent, body)
+    assert len(agent.turns) == 2
+    album, after = agent.turns
+    assert album.text == "Which one is the cat?"
+    assert [sha for _, _, sha in agent.files[0]] == [_sha(media / "images" / n) for n in images]
+    assert after.text == "and after the album"
+
+
+def test_oversized_file_is_refused_before_download(api: FakeBotAPI, media: Path) -> None:
+    agent = StubAgent()
+    api.message(OWNER, video=media / "video/car_traffic_small.mp4", file_size=3 * MB)
+    api.message(OWNER, document=media / "images/inet_zebra.jpg", mime_type="application/pdf")
+
+    async def body() -> None:
+        await api.wait_for(lambda: len(api.texts(OWNER)) == 2)
+
+    scenario(api, agent, body, max_file_mb=2.0)
+    too_big, unsupported = api.texts(OWNER)
+    assert "too large" in too_big and "3 MB" in too_big and "2 MB" in too_big
+    assert "application/pdf" in unsupported
+    assert not api.sent("getFile") and not api.downloads and agent.turns == []
+
+
+def test_download_limit_public_and_self_hosted() -> None:
+    assert download_limit(Settings(max_file_mb=200)) == PUBLIC_DOWNLOAD_LIMIT
+    assert download_limit(Settings(max_file_mb=5)) == 5 * MB
+    assert Settings().telegram_api_base_url == PUBLIC_API
+    assert download_limit(Settings(max_file_mb=200, telegram_api_base_url="http://localhost:8081")) == 200 * MB
+
+
+def test_progress_status_message_and_media_reply(api: FakeBotAPI, media: Path, tmp_path: Path) -> None:
+    photo = shutil.copy(media / "images/street_scooters.jpg", tmp_path / "annotated.jpg")
+    video = shutil.copy(media / "video/car_traffic_small.mp4", tmp_path / "annotated.mp4")
+    finish = threading.Event()
+
+    def answer(turn: Turn, progress) -> Reply:
+        for step in range(1, 4):
+            progress(step / 4, "Analysing frames")
+            finish.wait(10)  # until the status message shows progress
+            finish.clear()
+        return Reply(text="Found **3 cars**.", media=[Path(photo), Path(video)])
+
+    agent = StubAgent(answer)
+    api.message(OWNER, video=media / "video/car_traffic_small.mp4")
+
+    async def body() -> None:
+        for step in range(1, 4):
+            await api.wait_for(lambda: any(f"{step * 25}%" in c.params["text"]
+                                           for c in api.calls if c.method in ("sendMessage", "editMessageText")))
+            finish.set()
+        await api.wait_for(lambda: api.sent("sendVideo"))
+
+    scenario(api, agent, body)
+    status = api.sent("sendMessage", OWNER)[0]
+    assert "Analysing frames" in status.params["text"] and "25%" in status.params["text"]
+    edits = [c.params["text"] for c in api.sent("editMessageText")]
+    assert edits and all(a != b for a, b in zip([status.params["text"], *edits], edits))
+    assert api.sent("deleteMessage")  # the status message is gone at the end
+    assert api.texts(OWNER)[-1] == "Found <b>3 cars</b>."
+    assert api.sent("sendPhoto")[0].files["photo"][1] == Path(photo).read_bytes()
+    assert api.sent("sendVideo")[0].files["video"][1] == Path(video).read_bytes()
+    actions = [c.params["action"] for c in api.sent("sendChatAction", OWNER)]
+    assert "upload_photo" in actions and "upload_video" in actions
+
+
+# -- long replies and Markdown ---------------------------------------------------------------
+
+def test_long_reply_is_split_at_paragraphs(api: FakeBotAPI) -> None:
+    paragraphs = [f"Paragraph {i}: " + " ".join(["word"] * 300) for i in range(8)]
+    agent = StubAgent(lambda turn, progress: Reply(text="\n\n".join(paragraphs)))
+    api.message(OWNER, text="tell me a lot")
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(OWNER) and "Paragraph 7" in api.texts(OWNER)[-1])
+
+    scenario(api, agent, body)
+    texts = api.texts(OWNER)
+    assert len(texts) >= 3
+    assert all(len(text) <= 4096 for text in texts)
+    assert [p for text in texts for p in text.split("\n\n")] == paragraphs  # cut between paragraphs
+
+
+def test_split_text_cuts_lines_then_words() -> None:
+    line = "x" * 30
+    assert split_text("\n".join([line] * 4), 70) == [f"{line}\n{line}", f"{line}\n{line}"]
+    assert split_text("aaa bbb ccc", 7) == ["aaa bbb", "ccc"]
+    assert split_text("a" * 10, 4) == ["aaaa", "aaaa", "aa"]
+    assert split_text("   ", 10) == []
+
+
+def test_markdown_renders_to_html_telegram_accepts() -> None:
+    text = ("# Result\n\nA **zebra** (97 %) <script>alert(1)</script> & _maybe_ `x<y` "
+            "[docs](https://example.org/?a=1&b=2) [bad](javascript:alert(1)) ~~old~~\n\n"
+            "- one\n- two\n  - nested\n\n3. three\n4. four\n\n```python\nif a < b:\n    pass\n```\n\n"
+            "> quoted\n\n| label | score |\n|---|---|\n| zebra | 0.97 |\n\nUnclosed **bold and *stars")
+    (chunk,) = render_markdown(text)
+    shown = visible_text(chunk.html)  # raises like Telegram's "can't parse entities"
+    assert "<b>zebra</b>" in chunk.html and "<i>maybe</i>" in chunk.html and "<code>x&lt;y</code>" in chunk.html
+    assert '<a href="https://example.org/?a=1&amp;b=2">docs</a>' in chunk.html
+    assert "<s>old</s>" in chunk.html and '<pre><code class="language-python">' in chunk.html
+    assert "<script>" in shown and "javascript" not in re.findall(r'href="([^"]*)"', chunk.html)[0]
+    assert "• one" in shown and "   • nested" in shown and "3. three\n4. four" in shown
+    assert "Unclosed **bold and *stars" in shown
+
+
+def test_oversized_block_goes_as_plain_text() -> None:
+    code = "```\n" + "\n".join(f"line {i} <tag>" for i in range(900)) + "\n```"
+    chunks = render_markdown(f"Intro **bold**\n\n{code}\n\nOutro")
+    assert chunks[0].html == "Intro <b>bold</b>"
+    assert all(c.html is None and len(c.plain) <= 4096 for c in chunks[1:-1])
+    assert chunks[-1].html == "Outro"
+
+
+def test_html_refused_by_telegram_is_resent_as_plain_text(api: FakeBotAPI) -> None:
+    agent = StubAgent(lambda turn, progress: Reply(text="**bold** answer"))
+    api.fail_next("sendMessage", 400, "Bad Request: can't parse entities: whatever", retry_after=None)
+    api.message(OWNER, text="hi")
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(OWNER))
+
+    scenario(api, agent, body)
+    assert api.texts(OWNER) == ["**bold** answer"]
+    assert "parse_mode" not in api.sent("sendMessage", OWNER)[0].params
+
+
+# -- under load and faults -------------------------------------------------------------------
+
+def test_handler_error_apologises_with_an_id_and_the_bot_keeps_serving(
+        api: FakeBotAPI, caplog: pytest.LogCaptureFixture) -> None:
+    def answer(turn: Turn, progress) -> Reply:
+        if turn.text == "boom":
+            raise RuntimeError("the stub agent exploded")
+        return Reply(text="fine")
+
+    agent = StubAgent(answer)
+    api.message(OWNER, text="boom")
+    api.message(OWNER, text="and now?")
+
+    async def body() -> None:
+        await api.wait_for(lambda: len(api.texts(OWNER)) == 2)
+
+    with caplog.at_level(logging.ERROR, logger="assistant.telegram"):
+        scenario(api, agent, body)
+    apology, answer_text = api.texts(OWNER)
+    error_id = re.search(r"error id ([0-9a-f]{8})", apology).group(1)
+    assert "exploded" not in apology and answer_text == "fine"
+    logged = [r for r in caplog.records if error_id in r.getMessage()]
+    assert logged and "exploded" in str(logged[0].exc_info[1])
+
+
+def test_two_chats_concurrently_and_one_chat_in_order(api: FakeBotAPI) -> None:
+    other = 2002
+    release = threading.Event()
+
+    def answer(turn: Turn, progress) -> Reply:
+        if turn.text == "slow":
+            release.wait(10)  # held until the other chat has been answered
+        return Reply(text=f"re: {turn.text}")
+
+    agent = StubAgent(answer)
+    for text in ("slow", "second", "third"):
+        api.message(OWNER, text=text)
+    api.message(other, user=make_user(other), text="other chat")
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(other))
+        assert api.texts(OWNER) == []  # the first chat is still busy with "slow"
+        release.set()
+        await api.wait_for(lambda: len(api.texts(OWNER)) == 3)
+
+    scenario(api, agent, body, telegram_allowed_users=(str(OWNER), str(other)))
+    assert api.texts(other) == ["re: other chat"]
+    assert api.texts(OWNER) == ["re: slow", "re: second", "re: third"]
+
+
+def test_heavy_jobs_queue_and_the_waiting_user_is_told(api: FakeBotAPI, media: Path) -> None:
+    other = 2002
+    release = threading.Event()
+
+    def answer(turn: Turn, progress) -> Reply:
+        if turn.conversation_id == f"telegram:{OWNER}":
+            release.wait(10)
+        return Reply(text="done")
+
+    agent = StubAgent(answer)
+    api.message(OWNER, photo=media / "images/inet_zebra.jpg")
+
+    async def body() -> None:
+        await api.wait_for(lambda: agent.turns)  # the owner's job holds the only slot
+        api.message(other, user=make_user(other), photo=media / "images/inet_pizza.jpg")
+        await api.wait_for(lambda: api.texts(other))
+        release.set()
+        await api.wait_for(lambda: "done" in api.texts(other) and "done" in api.texts(OWNER))
+
+    scenario(api, agent, body, telegram_allowed_users=(str(OWNER), str(other)))
+    waiting = api.texts(other)[0]
+    assert "number 1 in the queue" in waiting
+    assert api.sent("deleteMessage", other)  # the queue message is removed when the job is done
+
+
+def test_flood_limit_429_is_retried_after_retry_after(api: FakeBotAPI) -> None:
+    agent = StubAgent(lambda turn, progress: Reply(text="delivered anyway"))
+    api.fail_next("sendMessage", 429, retry_after=1)
+    api.message(OWNER, text="hi")
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(OWNER))
+
+    scenario(api, agent, body)
+    attempts = [c for c in api.calls if c.method == "sendMessage"]
+    assert attempts[0].error and "retry after" in attempts[0].error.lower()
+    assert attempts[1].error is None and attempts[1].params["text"] == "delivered anyway"
+
+
+# -- end to end with the real agent ----------------------------------------------------------
+
+def test_real_agent_without_llm_answers_a_photo(api: FakeBotAPI, media: Path, models_env: Path) -> None:
+    from assistant.agent import build_agent
+
+    settings = Settings.from_env()
+    agent = build_agent(settings, use_llm=False)
+    api.message(OWNER, photo=media / "images/street_scooters.jpg", caption="What objects are there?")
+    api.message(OWNER, text="/reset")
+
+    async def body() -> None:
+        await api.wait_for(lambda: len(api.texts(OWNER)) == 2, timeout=120)
+
+    scenario(api, agent, body)
+    answer, reset = api.texts(OWNER)
+    assert "image" in answer.lower() or "detect" in answer.lower()
+    assert "forgotten" in reset
+    sent_media = api.sent("sendPhoto") + api.sent("sendDocument")
+    assert sent_media, "the annotated photo from detection is sent back"
