@@ -156,8 +156,9 @@ def decode_audio(path: Path, rate: int = SAMPLE_RATE, max_seconds: float = MAX_A
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
-                what = "video has no sound track" if container.streams.video else "file has no audio"
-                raise ToolError(f"{name}: the {what}.")
+                what = ("no sound track (the file holds only pictures or video)"
+                        if container.streams.video else "no audio stream")
+                raise ToolError(f"{name}: {what}.")
             stream = container.streams.audio[0]
             if container.duration is not None and container.duration / av.time_base > max_seconds + 1:
                 raise too_long
@@ -334,7 +335,10 @@ def frame_scores(model: _Yamnet, wave: np.ndarray, chunk_frames: int = CHUNK_FRA
     starts = range(0, max(len(wave) - extra, 1), step)
     parts = []
     for number, start in enumerate(starts, 1):
-        parts.append(model.scores(wave[start:start + step + extra]))
+        scores = model.scores(wave[start:start + step + extra])
+        # YAMNet's own padding arithmetic may add a frame when the input ends exactly on a
+        # hop; inside the wave that frame is the next chunk's first.
+        parts.append(scores if number == len(starts) else scores[:chunk_frames])
         if progress is not None:
             progress(number / len(starts))
     return np.concatenate(parts)
