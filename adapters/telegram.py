@@ -48,6 +48,8 @@ PUBLIC_API = "https://api.telegram.org"
 #: The public Bot API serves downloads up to 20 MB; a self-hosted server has no such limit.
 MB = 1024 * 1024
 PUBLIC_DOWNLOAD_LIMIT = 20 * MB
+#: ... and takes uploads from bots up to 50 MB.
+PUBLIC_UPLOAD_LIMIT = 50 * MB
 #: Telegram's limit on one text message.
 MESSAGE_LIMIT = 4096
 
@@ -374,6 +376,11 @@ class TelegramBot:
         """An annotated photo or video; as a document if Telegram refuses it as media."""
         if not path.is_file():
             log.warning("Reply media %s does not exist; skipped", path)
+            return
+        size = path.stat().st_size
+        if self.public_api and size > PUBLIC_UPLOAD_LIMIT:
+            await self._send_text(context, chat_id, f"The annotated {path.name} is {_megabytes(size)}, "
+                                  "more than Telegram lets a bot send (50 MB).", plain=True)
             return
         video = path.suffix.lower() in (".mp4", ".mov", ".webm", ".mkv")
         action = ChatAction.UPLOAD_VIDEO if video else ChatAction.UPLOAD_PHOTO

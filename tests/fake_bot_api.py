@@ -233,6 +233,12 @@ class FakeBotAPI:
             return {"ok": True, "result": result}
 
     def _get_updates(self, params: dict) -> dict:
+        with self._cond:
+            failures = self._failures.get("getUpdates")
+            if failures:
+                answer = failures.pop(0)
+                self.calls.append(Call("getUpdates", params, error=answer["description"]))
+                return answer
         offset = int(params.get("offset") or 0)
         deadline = time.monotonic() + float(params.get("timeout") or 0)
         with self._cond:
@@ -373,7 +379,8 @@ class _Handler(BaseHTTPRequestHandler):
         method = path[len(prefix):]
         params, files = _parse_params(self.headers.get("Content-Type", ""), body)
         if method == "getUpdates":
-            return self._json(200, api._get_updates(params))
+            answer = api._get_updates(params)
+            return self._json(200 if answer["ok"] else answer["error_code"], answer)
         answer = api._record(Call(method, params, files))
         self._json(200 if answer["ok"] else answer["error_code"], answer)
 

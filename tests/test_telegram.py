@@ -43,6 +43,7 @@ class StubAgent:
         self.answer = answer or (lambda turn, progress: Reply(text=f"You said: **{turn.text}**"))
         self.turns: list[Turn] = []
         self.files: list[list[tuple[str, str, str]]] = []  # per turn: (kind, name, sha256)
+        self.paths: list[Path] = []  # every attachment's file, as the bot downloaded it
         self.resets: list[str] = []
         self.tools = [SimpleNamespace(name="sentiment", description="Mood of a text. Russian too."),
                       SimpleNamespace(name="detect", description="Objects in a photo.")]
@@ -54,6 +55,7 @@ class StubAgent:
     def respond(self, turn: Turn, *, on_token=None, on_progress=None, cancel=None) -> Reply:
         self.turns.append(turn)
         self.files.append([(a.kind, a.name, _sha(a.path)) for a in turn.attachments])
+        self.paths.extend(a.path for a in turn.attachments)
         return self.answer(turn, on_progress or (lambda fraction, message: None))
 
     def reset(self, conversation_id: str) -> None:
@@ -218,6 +220,23 @@ def test_photo_voice_video_audio_and_documents_become_attachments(api: FakeBotAP
     largest = photo["photo"][-1]["file_id"]
     assert api.sent("getFile")[0].params["file_id"] == largest
     assert len(api.downloads) == 6
+    root = Path(__file__).resolve().parent.parent
+    assert not any(path.is_relative_to(root) for path in agent.paths)  # never into the repository
+    assert not any(path.exists() for path in agent.paths)  # the temporary area is cleaned up
+
+
+def test_downloads_of_old_turns_are_removed(api: FakeBotAPI, media: Path) -> None:
+    agent = StubAgent(lambda turn, progress: Reply(text="ok"))
+    for name in ("inet_zebra.jpg", "inet_pizza.jpg", "inet_goldfish.jpg"):
+        api.message(OWNER, photo=media / "images" / name)
+    exist_at_end: list[bool] = []
+
+    async def body() -> None:
+        await api.wait_for(lambda: len(api.texts(OWNER)) == 3)
+        exist_at_end.extend(path.exists() for path in agent.paths)
+
+    scenario(api, agent, body, options=replace(FAST, keep_turns=2))
+    assert exist_at_end == [False, True, True]  # follow-up questions can use the recent ones
 
 
 def test_album_is_one_turn_with_the_caption(api: FakeBotAPI, media: Path) -> None:
@@ -444,6 +463,19 @@ def test_flood_limit_429_is_retried_after_retry_after(api: FakeBotAPI) -> None:
     attempts = [c for c in api.calls if c.method == "sendMessage"]
     assert attempts[0].error and "retry after" in attempts[0].error.lower()
     assert attempts[1].error is None and attempts[1].params["text"] == "delivered anyway"
+
+
+def test_polling_survives_a_failed_get_updates(api: FakeBotAPI) -> None:
+    agent = StubAgent()
+    api.fail_next("getUpdates", 502, "Bad Gateway", retry_after=None)
+    api.message(OWNER, text="still there?")
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(OWNER))
+
+    scenario(api, agent, body)
+    assert [c.error for c in api.calls if c.method == "getUpdates"][0] == "Bad Gateway"
+    assert [t.text for t in agent.turns] == ["still there?"]
 
 
 # -- end to end with the real agent ----------------------------------------------------------
