@@ -43,7 +43,7 @@ DETECT_TOOL = "detect"
 #: Words (English and Russian stems) that ask what or where things are, or to find/count objects.
 _DETECT_WORDS = re.compile(
     r"\b(what|whats|where|which|find|count|how many|detect|locate|spot|objects?|things?|anything)\b"
-    r"|(?<!\w)(что|где|как(ие|ой|ая|ое)|найд|найт|посчита|подсчита|сколько|объект|обнаруж|предмет|"
+    r"|(?<!\w)(что|где|какие|найд|найт|посчита|подсчита|сколько|объект|обнаруж|предмет|"
     r"изображ|есть ли|покажи)", re.IGNORECASE)
 #: JSON inside an optional ```json fence.
 _FENCED = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)

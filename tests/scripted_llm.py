@@ -1,4 +1,5 @@
-"""A chat model that replays a script, for agent tests without Ollama.
+"""A chat model that replays a script, and small fake tools, for agent tests without Ollama
+or real models.
 
 Each step of the script is an :class:`AIMessage` (returned, its text streamed word by word),
 an exception (raised), or a callable taking the messages and returning one of those.
@@ -13,8 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage
+from pydantic import BaseModel
 
 from assistant.llm import LLMStatus
+from tools.base import Label, Tool, ToolContext, ToolResult
+from tools.registry import ToolRegistry
 
 
 @dataclass
@@ -70,3 +74,55 @@ class ScriptedLLM:
     def warm_up(self) -> str | None:
         self.warmed = True
         return None
+
+
+class AttachmentParams(BaseModel):
+    attachment_id: str
+
+
+class TextParams(BaseModel):
+    text: str
+
+
+class FakeTool(Tool):
+    """Answers a fixed label; records its calls; attachment tools resolve the id first."""
+
+    def __init__(self, name: str, kinds: frozenset[str], label: str, *, writes_output: bool = False) -> None:
+        super().__init__()
+        self.name, self.kinds, self.label, self.writes_output = name, kinds, label, writes_output  # type: ignore[misc]
+        self.description = f"Fake {name} tool."  # type: ignore[misc]
+        self.Params = AttachmentParams if kinds else TextParams  # type: ignore[misc]
+        self.calls: list[dict[str, Any]] = []
+
+    def source(self) -> str:
+        return "fake"
+
+    def _load(self) -> object:
+        return object()
+
+    def run(self, params: BaseModel, ctx: ToolContext) -> ToolResult:
+        self.calls.append(params.model_dump())
+        outputs = []
+        if isinstance(params, AttachmentParams):
+            ctx.attachments.path_of(params.attachment_id, self.kinds)
+            if self.writes_output:
+                out = ctx.output_dir / f"{params.attachment_id}_annotated.jpg"
+                out.write_bytes(b"annotated")
+                outputs.append(str(out))
+        return ToolResult(tool=self.name, labels=[Label(label=self.label, score=0.87)], outputs=outputs)
+
+
+class BrokenTool(FakeTool):
+    def run(self, params: BaseModel, ctx: ToolContext) -> ToolResult:
+        raise RuntimeError("boom")
+
+
+def fake_tools() -> ToolRegistry:
+    """Fakes of the five real tools (same names, kinds and attachment parameter)."""
+    return ToolRegistry([
+        FakeTool("sentiment", frozenset(), "positive"),
+        FakeTool("audio", frozenset({"audio"}), "Siren"),
+        FakeTool("image", frozenset({"image"}), "tabby"),
+        FakeTool("detect", frozenset({"image"}), "cat", writes_output=True),
+        FakeTool("video", frozenset({"video"}), "car", writes_output=True),
+    ])

@@ -9,67 +9,18 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
-from pydantic import BaseModel
 
 from assistant.agent import NO_LLM_NOTE, Agent, parse_json_calls, wants_detection
 from assistant.llm import LLMError, ToolsUnsupported
 from assistant.memory import Memory
 from assistant.turns import Turn
-from tests.scripted_llm import ScriptedLLM, call_tools, say
-from tools.base import Label, Tool, ToolContext, ToolResult
+from tests.scripted_llm import BrokenTool, ScriptedLLM, call_tools, fake_tools, say
 from tools.registry import ToolRegistry
-
-
-class AttachmentParams(BaseModel):
-    attachment_id: str
-
-
-class TextParams(BaseModel):
-    text: str
-
-
-class FakeTool(Tool):
-    """Answers a fixed label; records its calls; attachment tools resolve the id first."""
-
-    def __init__(self, name: str, kinds: frozenset[str], label: str, *, writes_output: bool = False) -> None:
-        super().__init__()
-        self.name, self.kinds, self.label, self.writes_output = name, kinds, label, writes_output  # type: ignore[misc]
-        self.description = f"Fake {name} tool."  # type: ignore[misc]
-        self.Params = AttachmentParams if kinds else TextParams  # type: ignore[misc]
-        self.calls: list[dict[str, Any]] = []
-
-    def source(self) -> str:
-        return "fake"
-
-    def _load(self) -> object:
-        return object()
-
-    def run(self, params: BaseModel, ctx: ToolContext) -> ToolResult:
-        self.calls.append(params.model_dump())
-        outputs = []
-        if isinstance(params, AttachmentParams):
-            ctx.attachments.path_of(params.attachment_id, self.kinds)
-            if self.writes_output:
-                out = ctx.output_dir / f"{params.attachment_id}_annotated.jpg"
-                out.write_bytes(b"annotated")
-                outputs.append(str(out))
-        return ToolResult(tool=self.name, labels=[Label(label=self.label, score=0.87)], outputs=outputs)
-
-
-class BrokenTool(FakeTool):
-    def run(self, params: BaseModel, ctx: ToolContext) -> ToolResult:
-        raise RuntimeError("boom")
 
 
 @pytest.fixture()
 def tools() -> ToolRegistry:
-    return ToolRegistry([
-        FakeTool("sentiment", frozenset(), "positive"),
-        FakeTool("audio", frozenset({"audio"}), "Siren"),
-        FakeTool("image", frozenset({"image"}), "tabby"),
-        FakeTool("detect", frozenset({"image"}), "cat", writes_output=True),
-        FakeTool("video", frozenset({"video"}), "car", writes_output=True),
-    ])
+    return fake_tools()
 
 
 @pytest.fixture()
