@@ -243,7 +243,7 @@ class _TFLiteYamnet(_Yamnet):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
             self._interpreter = tf.lite.Interpreter(model_path=str(model_path),
-                                                    num_threads=os.cpu_count())
+                                                    num_threads=min(4, os.cpu_count() or 1))
         self._input = self._interpreter.get_input_details()[0]["index"]
         outputs = [d for d in self._interpreter.get_output_details()
                    if d["shape_signature"][-1] == len(self.class_names)]
@@ -253,7 +253,7 @@ class _TFLiteYamnet(_Yamnet):
         self._length = -1
 
     def scores(self, wave: np.ndarray) -> np.ndarray:
-        if len(wave) != self._length:  # re-planning costs more than the call for short clips
+        if len(wave) != self._length:  # re-plan only when the length changes
             self._interpreter.resize_tensor_input(self._input, [len(wave)], strict=True)
             self._interpreter.allocate_tensors()
             self._length = len(wave)
@@ -290,7 +290,7 @@ class _SavedModelYamnet(_Yamnet):
 
 
 def load_yamnet(source: ModelSource) -> _Yamnet:
-    """The YAMNet at ``source``, checked on one second of silence; :class:`ModelLoadError` if it cannot."""
+    """The YAMNet at ``source``, checked on one window of silence; :class:`ModelLoadError` if it cannot."""
     import numpy as np
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
@@ -319,7 +319,11 @@ def load_yamnet(source: ModelSource) -> _Yamnet:
         scores = model.scores(np.zeros(MIN_SAMPLES, np.float32))
     except ModelLoadError:
         raise
-    except Exception as exc:  # TF, TF Hub and the network raise many kinds; the reason is what matters
+    except OSError as exc:
+        if "://" in value:
+            raise fail(f"the model hub could not be reached ({_reason(exc)})") from None
+        raise fail(_reason(exc)) from None
+    except Exception as exc:  # TF and TF Hub raise many kinds; the reason is what matters
         raise fail(_reason(exc)) from None
     if scores.ndim != 2 or scores.shape != (1, len(model.class_names)):
         raise fail(f"unexpected output shape {tuple(scores.shape)} for {len(model.class_names)} classes")
