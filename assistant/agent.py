@@ -73,6 +73,8 @@ class Agent:
         self._turn_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._told_no_tools: set[str] = set()
+        self.schemas = tools.schemas()  # the tools never change; their schemas are built once
+        self.schema_tokens = len(json.dumps(self.schemas, ensure_ascii=False)) // 4
 
     # -- the fixed interface -------------------------------------------------------------
 
@@ -233,7 +235,7 @@ class _TurnRun:
             stream = _Streamer(self.on_token)
             try:
                 answer = llm.chat(self.prompt(native, offer_tools), on_token=stream.feed, cancel=self.cancel,
-                                  tools=self.agent.tools.schemas() if native and offer_tools else None)
+                                  tools=self.agent.schemas if native and offer_tools else None)
             except ToolsUnsupported as exc:
                 if self.agent.tell_no_tools_once(self.turn.conversation_id):
                     self.notes.append(str(exc))
@@ -274,7 +276,7 @@ class _TurnRun:
         fixed = [SystemMessage(content=system), *turn]
         budget = self.agent.num_ctx - ANSWER_RESERVE_TOKENS - estimate_tokens(fixed)
         if native and offer_tools:
-            budget -= len(json.dumps(self.agent.tools.schemas())) // 4
+            budget -= self.agent.schema_tokens
         history = fit_history(self.history, max(budget, 0))
         if not native:
             history = _as_plain_messages(history)
@@ -283,7 +285,7 @@ class _TurnRun:
     def tool_list(self) -> str:
         return "\n".join(f"- {schema['function']['name']}: {schema['function']['description']}\n"
                          f"  arguments: {json.dumps(schema['function']['parameters'], ensure_ascii=False)}"
-                         for schema in self.agent.tools.schemas())
+                         for schema in self.agent.schemas)
 
     def tool_calls_in(self, answer: AIMessage) -> tuple[list[dict[str, Any]], str | None]:
         """Native tool calls, or calls written as JSON in the text (the fallback, and models that

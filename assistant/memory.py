@@ -11,7 +11,9 @@ import json
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from langchain_core.messages import BaseMessage, HumanMessage, messages_from_dict, messages_to_dict
@@ -23,6 +25,8 @@ CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD = 8
 #: Turns read back from the database at most (older ones can never fit a context window).
 MAX_TURNS_LOADED = 200
+#: Conversations whose turns are kept parsed in memory (least recently used ones are let go).
+CACHED_CONVERSATIONS = 256
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS turns (
@@ -35,8 +39,24 @@ CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns (conversation_id, id);
 """
 
 
+@dataclass(frozen=True)
+class StoredTurn:
+    """One remembered turn: its messages and their estimated size in tokens."""
+
+    messages: list[BaseMessage]
+    tokens: int
+
+    @classmethod
+    def of(cls, messages: Sequence[BaseMessage]) -> StoredTurn:
+        return cls(list(messages), estimate_tokens(messages))
+
+
 class Memory:
-    """Turns of every conversation in one SQLite file (WAL; safe to share between threads)."""
+    """Turns of every conversation in one SQLite file (WAL; safe to share between threads).
+
+    Recent conversations are also kept parsed in memory, so a turn does not re-read and
+    re-parse its history; this process is assumed to be the only writer of a conversation.
+    """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -45,27 +65,44 @@ class Memory:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # durable enough with WAL, no fsync per turn
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._cache: OrderedDict[str, list[StoredTurn]] = OrderedDict()
 
-    def turns(self, conversation_id: str) -> list[list[BaseMessage]]:
-        """The stored turns of a conversation, oldest first."""
+    def turns(self, conversation_id: str) -> list[StoredTurn]:
+        """The stored turns of a conversation (the latest ``MAX_TURNS_LOADED``), oldest first."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT messages FROM turns WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
-                (conversation_id, MAX_TURNS_LOADED)).fetchall()
-        return [messages_from_dict(json.loads(row[0])) for row in reversed(rows)]
+            return list(self._cached(conversation_id))
 
     def append(self, conversation_id: str, messages: Sequence[BaseMessage]) -> None:
         """Store one turn's messages."""
         data = json.dumps(messages_to_dict(list(messages)), ensure_ascii=False)
         with self._lock:
+            turns = self._cached(conversation_id)
             self._db.execute("INSERT INTO turns (conversation_id, messages, created) VALUES (?, ?, ?)",
                              (conversation_id, data, time.time()))
+            turns.append(StoredTurn.of(messages))
+            del turns[:-MAX_TURNS_LOADED]
 
     def clear(self, conversation_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM turns WHERE conversation_id = ?", (conversation_id,))
+            self._cache.pop(conversation_id, None)
+
+    def _cached(self, conversation_id: str) -> list[StoredTurn]:
+        """The conversation's parsed turns (loaded on first use); call with the lock held."""
+        turns = self._cache.get(conversation_id)
+        if turns is None:
+            rows = self._db.execute(
+                "SELECT messages FROM turns WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
+                (conversation_id, MAX_TURNS_LOADED)).fetchall()
+            turns = [StoredTurn.of(messages_from_dict(json.loads(row[0]))) for row in reversed(rows)]
+            self._cache[conversation_id] = turns
+            while len(self._cache) > CACHED_CONVERSATIONS:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(conversation_id)
+        return turns
 
     def close(self) -> None:
         with self._lock:
@@ -83,27 +120,26 @@ def estimate_tokens(messages: Sequence[BaseMessage]) -> int:
     return total
 
 
-def fit_history(turns: Sequence[Sequence[BaseMessage]], budget_tokens: int) -> list[BaseMessage]:
+def fit_history(turns: Sequence[StoredTurn], budget_tokens: int) -> list[BaseMessage]:
     """The newest turns that fit ``budget_tokens``, oldest first; when older turns are
     dropped, a short note in their place says how many and what they were about."""
-    kept: list[Sequence[BaseMessage]] = []
+    kept: list[StoredTurn] = []
     used = 0
     for turn in reversed(turns):
-        cost = estimate_tokens(turn)
-        if used + cost > budget_tokens:
+        if used + turn.tokens > budget_tokens:
             break
         kept.append(turn)
-        used += cost
+        used += turn.tokens
     kept.reverse()
     dropped = turns[:len(turns) - len(kept)]
-    history = [message for turn in kept for message in turn]
+    history = [message for turn in kept for message in turn.messages]
     if not dropped:
         return history
     note = _dropped_note(dropped, budget_tokens - used)
     return [note, *history] if note is not None else history
 
 
-def _dropped_note(dropped: Sequence[Sequence[BaseMessage]], budget_tokens: int) -> HumanMessage | None:
+def _dropped_note(dropped: Sequence[StoredTurn], budget_tokens: int) -> HumanMessage | None:
     """What the dropped turns were about (the start of each user message), within the budget left."""
     header = (f"[Memory note: {len(dropped)} earlier turn(s) of this conversation were left out "
               f"to fit the context window. The user had written:")
@@ -112,7 +148,7 @@ def _dropped_note(dropped: Sequence[Sequence[BaseMessage]], budget_tokens: int) 
     if budget_chars <= 0:
         return None
     for turn in reversed(dropped):
-        first = next((m for m in turn if isinstance(m, HumanMessage)), None)
+        first = next((m for m in turn.messages if isinstance(m, HumanMessage)), None)
         if first is None:
             continue
         text = " ".join(str(first.content).split())

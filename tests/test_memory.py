@@ -8,11 +8,15 @@ from pathlib import Path
 
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-from assistant.memory import Memory, estimate_tokens, fit_history
+from assistant.memory import Memory, StoredTurn, estimate_tokens, fit_history
 
 
 def turn(user: str, answer: str = "ok") -> list:
     return [HumanMessage(content=user), AIMessage(content=answer)]
+
+
+def stored(user: str) -> StoredTurn:
+    return StoredTurn.of(turn(user))
 
 
 def test_turns_persist_across_instances_in_a_new_directory(tmp_path: Path) -> None:
@@ -26,7 +30,9 @@ def test_turns_persist_across_instances_in_a_new_directory(tmp_path: Path) -> No
     memory.close()
 
     reopened = Memory(path)
-    (stored,) = reopened.turns("a")
+    (turn_a,) = reopened.turns("a")
+    stored = turn_a.messages
+    assert turn_a.tokens == estimate_tokens(stored)
     assert [m.content for m in stored] == ["фото", "", '{"tool":"image"}', "Кошка."]
     assert stored[1].tool_calls[0]["args"] == {"attachment_id": "att_1"} and stored[2].name == "image"
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -49,12 +55,13 @@ def test_appends_from_many_threads(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert [len(memory.turns(f"c{n}")) for n in range(4)] == [20, 20, 20, 20]
-    assert [t[0].content for t in memory.turns("c2")] == [f"2-{i}" for i in range(20)]
+    assert [t.messages[0].content for t in memory.turns("c2")] == [f"2-{i}" for i in range(20)]
+    assert [t.messages[0].content for t in Memory(tmp_path / "m.sqlite3").turns("c2")] == [f"2-{i}" for i in range(20)]
 
 
 def test_fit_history_keeps_newest_turns_and_notes_the_dropped() -> None:
-    turns = [turn(f"question {i} " + "x" * 400) for i in range(5)]
-    per_turn = estimate_tokens(turns[0])
+    turns = [stored(f"question {i} " + "x" * 400) for i in range(5)]
+    per_turn = turns[0].tokens
 
     history = fit_history(turns, budget_tokens=per_turn * 2 + 60)
 
@@ -65,8 +72,8 @@ def test_fit_history_keeps_newest_turns_and_notes_the_dropped() -> None:
 
 
 def test_fit_history_everything_fits_or_nothing() -> None:
-    turns = [turn("short"), turn("also short")]
-    assert fit_history(turns, 10_000) == [m for t in turns for m in t]
+    turns = [stored("short"), stored("also short")]
+    assert fit_history(turns, 10_000) == [m for t in turns for m in t.messages]
     assert fit_history(turns, 0) == []
 
 
