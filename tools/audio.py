@@ -85,7 +85,8 @@ class AudioResult(ToolResult):
     events: list[AudioEvent] = []
 
     def summary(self) -> str:
-        top = ", ".join(f"{item.label} ({item.score:.0%})" for item in self.labels[:5])
+        shown = [item for item in self.labels[:5] if item.score >= 0.05] or self.labels[:1]
+        top = ", ".join(f"{item.label} ({item.score:.0%})" for item in shown)
         text = f"audio, {self.duration_s:.1f} s: {top or 'nothing recognised'}."
         if self.events:
             text += " Events: " + "; ".join(
