@@ -199,14 +199,12 @@ def test_json_fallback_for_models_without_native_tools(make_agent, tools: ToolRe
 
 
 def test_rejected_tools_switch_to_json_and_say_so_once(make_agent, tools: ToolRegistry) -> None:
-    llm = ScriptedLLM([ToolsUnsupported("The model llama3 does not support native tool calling."),
-                       say('{"name": "nope", "arguments": {}}'), say("Plain answer."), say("Second.")])
-
-    def reject(*args: Any, **kwargs: Any) -> AIMessage:
+    def reject(messages: list) -> AIMessage:  # what OllamaLLM does on Ollama's 400
         llm.native_tools = False
         raise ToolsUnsupported("The model llama3 does not support native tool calling.")
 
-    llm.script[0] = lambda messages: reject()
+    llm = ScriptedLLM([reject, say('{"name": "nope", "arguments": {}}'), say("Plain answer."), say("Second.")],
+                      native_tools=None)
     agent = make_agent(llm)
 
     first = agent.respond(Turn("c", "hi"))
