@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from telegram import BotCommand, LinkPreviewOptions, Message, Update, User
+from telegram import Bot, BotCommand, LinkPreviewOptions, Message, Update, User
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, TelegramError, TimedOut
 from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, ApplicationHandlerStop,
@@ -108,6 +108,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request URL at INFO, and the URL contains the bot token.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # python-telegram-bot's network retry loop logs tracebacks (one even shows the token);
+    # its one-line messages say enough.
+    logging.getLogger("telegram.ext").addFilter(_without_traceback)
 
     from assistant.agent import build_agent
 
@@ -128,6 +131,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
               f"({exc}); check the network or TELEGRAM_API_BASE_URL.", file=sys.stderr)
         return 1
     return 0
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    record.exc_info = None
+    record.exc_text = None
+    return True
 
 
 def build_application(settings: Settings, agent: Agent, *, allow_all: bool = False,
@@ -186,7 +195,6 @@ class TelegramBot:
         self.downloads = Downloads(options.keep_turns)
         self._chat_locks: dict[int, asyncio.Lock] = {}
         self._albums: dict[tuple[int, str], Album] = {}
-        self._cancels: set[threading.Event] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -195,8 +203,6 @@ class TelegramBot:
         log.info("Serving as @%s", application.bot.username)
 
     async def post_shutdown(self, application: Application) -> None:
-        for cancel in list(self._cancels):
-            cancel.set()
         self.downloads.close()
 
     # -- access ---------------------------------------------------------------------------------
@@ -259,7 +265,7 @@ class TelegramBot:
             album = self._albums[key] = Album(message)
             async with self._in_order(chat_id):
                 await album.complete(self.options.album_wait)
-                del self._albums[key]
+                self._albums.pop(key, None)
                 await self._answer(context, chat_id, album.messages)
             return
         async with self._in_order(chat_id):
@@ -301,9 +307,9 @@ class TelegramBot:
                         await self._send_text(context, chat_id, str(exc), plain=True)
                         return
                 async with self.heavy.slot(status.queued):
-                    reply = await self._respond(turn, status)
+                    reply = await self._respond(context, turn, status)
             else:
-                reply = await self._respond(turn, status)
+                reply = await self._respond(context, turn, status)
         finally:
             await status.close()
         await self._send_reply(context, chat_id, reply)
@@ -330,17 +336,16 @@ class TelegramBot:
                         "with a self-hosted Bot API server (TELEGRAM_API_BASE_URL).")
         return message
 
-    async def _respond(self, turn: Turn, status: Status) -> Reply:
-        """The agent's reply, computed in a worker thread while the status shows progress."""
+    async def _respond(self, context: ContextTypes.DEFAULT_TYPE, turn: Turn, status: Status) -> Reply:
+        """The agent's reply, computed in a worker thread while the status shows progress.
+        When the bot stops (Ctrl+C), the turn is cancelled rather than waited for."""
         cancel = threading.Event()
-        self._cancels.add(cancel)
         await status.action(ChatAction.TYPING)
-        ticker = asyncio.create_task(status.run())
+        ticker = asyncio.create_task(status.run(cancel, lambda: not context.application.running))
         try:
             return await asyncio.to_thread(self.agent.respond, turn, on_progress=status.progress,
                                            cancel=cancel)
         finally:
-            self._cancels.discard(cancel)
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
@@ -363,14 +368,13 @@ class TelegramBot:
         for chunk in chunks:
             if chunk.html is not None:
                 try:
-                    await _retry(lambda: context.bot.send_message(
-                        chat_id, chunk.html, parse_mode=ParseMode.HTML,
-                        link_preview_options=LinkPreviewOptions(is_disabled=True)))
+                    await _retry(context.bot.send_message, chat_id, chunk.html, parse_mode=ParseMode.HTML,
+                                 link_preview_options=LinkPreviewOptions(is_disabled=True))
                     continue
                 except BadRequest as exc:  # Telegram could not parse it: say it plainly instead
                     log.warning("HTML reply refused (%s); sending it as plain text", exc)
             for part in split_text(chunk.plain):
-                await _retry(lambda: context.bot.send_message(chat_id, part))
+                await _retry(context.bot.send_message, chat_id, part)
 
     async def _send_media(self, context: ContextTypes.DEFAULT_TYPE, chat_id: int, path: Path) -> None:
         """An annotated photo or video; as a document if Telegram refuses it as media."""
@@ -472,11 +476,13 @@ def _first_sentence(text: str) -> str:
     return text if end < 0 else text[:end + 1]
 
 
-async def _retry(send: Callable[[], Awaitable[object]], attempts: int = 3) -> object:
-    """``send()``, retried with back-off on network errors (flood limits are the rate limiter's)."""
+async def _retry(send: Callable[..., Awaitable[object]], *args: object, attempts: int = 3,
+                 **kwargs: object) -> object:
+    """``send(*args, **kwargs)``, retried with back-off on network errors (flood limits are
+    python-telegram-bot's rate limiter's)."""
     for attempt in range(attempts):
         try:
-            return await send()
+            return await send(*args, **kwargs)
         except (BadRequest, Forbidden, TimedOut):
             raise  # a refusal, or a timeout after which the message may have been delivered
         except NetworkError as exc:
@@ -555,7 +561,7 @@ class Status:
     """What the user sees while a turn works: the chat action, and for long media one status
     message edited with the latest progress (throttled, and only when its text changes)."""
 
-    def __init__(self, bot, chat_id: int, options: BotOptions) -> None:
+    def __init__(self, bot: Bot, chat_id: int, options: BotOptions) -> None:
         self.bot = bot
         self.chat_id = chat_id
         self.options = options
@@ -576,10 +582,13 @@ class Status:
         with contextlib.suppress(TelegramError):
             await self.bot.send_chat_action(self.chat_id, action)
 
-    async def run(self) -> None:
-        """Until cancelled: renew the chat action; show new progress at most once an interval."""
+    async def run(self, cancel: threading.Event, stopping: Callable[[], bool]) -> None:
+        """Until cancelled: renew the chat action; show new progress at most once an interval;
+        set ``cancel`` once ``stopping()`` says the bot is shutting down."""
         next_action = time.monotonic() + self.options.action_interval
         while True:
+            if stopping():
+                cancel.set()
             now = time.monotonic()
             if now >= next_action:
                 await self.action(ChatAction.TYPING)

@@ -39,7 +39,7 @@ FAST = BotOptions(album_wait=0.3, progress_interval=0.1, action_interval=0.5)
 class StubAgent:
     """The agent interface the bot uses, answering with ``answer(turn, progress)``."""
 
-    def __init__(self, answer: Callable[[Turn, Callable], Reply] | None = None) -> None:
+    def __init__(self, answer: Callable[..., Reply] | None = None) -> None:
         self.answer = answer or (lambda turn, progress: Reply(text=f"You said: **{turn.text}**"))
         self.turns: list[Turn] = []
         self.files: list[list[tuple[str, str, str]]] = []  # per turn: (kind, name, sha256)
@@ -56,6 +56,7 @@ class StubAgent:
         self.turns.append(turn)
         self.files.append([(a.kind, a.name, _sha(a.path)) for a in turn.attachments])
         self.paths.extend(a.path for a in turn.attachments)
+        self.cancel = cancel
         return self.answer(turn, on_progress or (lambda fraction, message: None))
 
     def reset(self, conversation_id: str) -> None:
@@ -449,6 +450,23 @@ def test_heavy_jobs_queue_and_the_waiting_user_is_told(api: FakeBotAPI, media: P
     waiting = api.texts(other)[0]
     assert "number 1 in the queue" in waiting
     assert api.sent("deleteMessage", other)  # the queue message is removed when the job is done
+
+
+def test_stopping_the_bot_cancels_a_running_turn(api: FakeBotAPI) -> None:
+    seen: list[bool] = []
+
+    def answer(turn: Turn, progress) -> Reply:
+        seen.append(agent.cancel.wait(20))  # a long job that honours cancel
+        return Reply(text="_(cancelled)_")
+
+    agent = StubAgent(answer)
+    api.message(OWNER, text="analyse something long")
+
+    async def body() -> None:
+        await api.wait_for(lambda: agent.turns)  # the job runs; now the bot is stopped
+
+    scenario(api, agent, body)
+    assert seen == [True]
 
 
 def test_flood_limit_429_is_retried_after_retry_after(api: FakeBotAPI) -> None:
