@@ -62,20 +62,31 @@ class OllamaLLM:
     """Ollama through ChatOllama, with an explicit context window and keep-alive."""
 
     def __init__(self, settings: Settings) -> None:
-        from langchain_ollama import ChatOllama
-
         self.host = settings.ollama_host
         self.model = settings.llm_model
+        self.num_ctx = settings.llm_num_ctx
         self.timeout = settings.llm_timeout
         self.keep_alive = settings.llm_keep_alive
         self.native_tools: bool | None = None
-        self._chat = ChatOllama(model=self.model, base_url=self.host, num_ctx=settings.llm_num_ctx,
-                                keep_alive=self.keep_alive, client_kwargs={"timeout": self.timeout})
+        self._chat_model: Any = None
+        self._lock = threading.Lock()
+
+    def _chat(self) -> Any:
+        """The ChatOllama, made on first use: importing langchain-ollama takes seconds
+        (it pulls in langsmith), which must not delay an adapter's start."""
+        with self._lock:
+            if self._chat_model is None:
+                from langchain_ollama import ChatOllama
+
+                self._chat_model = ChatOllama(
+                    model=self.model, base_url=self.host, num_ctx=self.num_ctx,
+                    keep_alive=self.keep_alive, client_kwargs={"timeout": self.timeout})
+            return self._chat_model
 
     def chat(self, messages: Sequence[BaseMessage], *, tools: Sequence[dict[str, Any]] | None = None,
              on_token: Callable[[str], None] | None = None,
              cancel: threading.Event | None = None) -> AIMessage:
-        runnable = self._chat.bind_tools(list(tools)) if tools else self._chat
+        runnable = self._chat().bind_tools(list(tools)) if tools else self._chat()
         full: AIMessageChunk | None = None
         try:
             for chunk in runnable.stream(list(messages)):
@@ -117,9 +128,13 @@ class OllamaLLM:
         return status
 
     def warm_up(self) -> str | None:
-        """Check Ollama and load the model (kept for ``keep_alive``); one sentence if something is wrong."""
+        """Check Ollama and load the model (kept for ``keep_alive``); one sentence if something is wrong.
+
+        Also makes the ChatOllama, so that an adapter warming up in the background has the
+        first reply's imports done too."""
         import ollama
 
+        self._chat()
         status = self.status()
         if status.error:
             return status.error
