@@ -316,6 +316,20 @@ def test_progress_status_message_and_media_reply(api: FakeBotAPI, media: Path, t
     assert "upload_photo" in actions and "upload_video" in actions
 
 
+def test_photo_refused_as_media_is_sent_as_a_document(api: FakeBotAPI, media: Path) -> None:
+    agent = StubAgent(lambda turn, progress: Reply(text="", media=[media / "images/inet_zebra.jpg"]))
+    api.fail_next("sendPhoto", 400, "Bad Request: PHOTO_INVALID_DIMENSIONS", retry_after=None)
+    api.message(OWNER, text="draw boxes")
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.sent("sendDocument"))
+
+    scenario(api, agent, body)
+    document = api.sent("sendDocument")[0].files["document"]
+    assert document == ("inet_zebra.jpg", (media / "images/inet_zebra.jpg").read_bytes())
+    assert api.texts(OWNER) == []  # no text reply when the agent only returned media
+
+
 # -- long replies and Markdown ---------------------------------------------------------------
 
 def test_long_reply_is_split_at_paragraphs(api: FakeBotAPI) -> None:
