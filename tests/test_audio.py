@@ -13,7 +13,7 @@ import pytest
 from assistant.attachments import AttachmentStore
 from tools.audio import (SAMPLE_RATE, AudioResult, AudioTool, decode_audio, frame_scores,
                          load_yamnet)
-from tools.base import ModelLoadError, ModelSource, ToolContext, ToolError
+from tools.base import ModelLoadError, ModelSource, ToolContext, ToolError, import_tensorflow
 
 AUDIO = "audio"
 SIREN = {"Siren", "Emergency vehicle", "Civil defense siren", "Police car (siren)",
@@ -284,7 +284,7 @@ def test_model_load_errors(shared_models, tmp_path, setup, reason):
 
 def test_savedmodel_directory(tmp_path, shared_models):
     """The SavedModel / TF Hub path (hub.load), on a tiny stand-in with YAMNet's interface."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     class_map = tmp_path / "yamnet_class_map.csv"
     class_map.write_text("index,mid,display_name\n0,/m/a,Speech\n1,/m/b,Dog\n2,/m/c,\"Inside, small room\"\n")

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from tools.base import ModelLoadError, ModelSource, Tool, ToolContext, ToolError, ToolResult, sorted_labels
+from tools.base import (ModelLoadError, ModelSource, Tool, ToolContext, ToolError, ToolResult,
+                        import_tensorflow, sorted_labels)
 
 if TYPE_CHECKING:
     import av
@@ -238,7 +239,7 @@ class _TFLiteYamnet(_Yamnet):
     """YAMNet as TensorFlow Lite (``tf.lite.Interpreter``); class names from a CSV beside it."""
 
     def __init__(self, model_path: Path, class_map: Path) -> None:
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         self.class_names = read_class_map(class_map.read_text(encoding="utf-8"))
         with warnings.catch_warnings():
@@ -267,7 +268,7 @@ class _SavedModelYamnet(_Yamnet):
     """YAMNet as a TF Hub handle or SavedModel directory; class names from its own asset."""
 
     def __init__(self, handle: str, timeout_s: float = DEFAULT_HUB_TIMEOUT_S) -> None:
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tensorflow_hub imports pkg_resources
@@ -294,7 +295,6 @@ def load_yamnet(source: ModelSource) -> _Yamnet:
     """The YAMNet at ``source``, checked on one window of silence; :class:`ModelLoadError` if it cannot."""
     import numpy as np
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     value = source.value.strip()
     path = Path(value).expanduser()
 
