@@ -1,0 +1,521 @@
+"""`assistant chat`: the terminal REPL.
+
+On a terminal: a prompt with history (prompt_toolkit), replies streamed live and rendered
+as Markdown (rich), a progress bar while a tool works on long media, Ctrl-C cancels the
+reply in progress. With standard input not a terminal: one line in, plain text out
+(errors and notices on standard error), so it can be scripted.
+
+The agent is built and the language model warmed up in a background thread: the first
+prompt never waits for langchain, torch or tensorflow to import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from tools.base import ToolError
+
+if TYPE_CHECKING:
+    from assistant.agent import Agent
+    from assistant.attachments import Attachment
+    from assistant.config import Settings
+    from assistant.llm import LLMStatus
+    from assistant.turns import Reply
+
+COMMANDS = ("/attach", "/reset", "/tools", "/model", "/help", "/quit", "/exit")
+
+WELCOME = "Local assistant. Type a message, /attach PATH to add files, /help for commands, /quit to leave."
+
+HELP = """\
+Type a message and press Enter; the assistant answers with its tools.
+  /attach PATH...  attach photos, audio, video or text files to your next message
+                   (a message that is only file paths sends those files at once)
+  /reset           forget this conversation
+  /tools           list the tools and where their models come from
+  /model           show the language model's status (Ollama)
+  /help            this help
+  /quit            leave (also /exit or Ctrl-D)
+Paths may be quoted and may start with ~. Ctrl-C cancels the reply in progress."""
+
+
+class AgentUnavailable(Exception):
+    """The agent could not be built (the message says why)."""
+
+
+class AgentStarter:
+    """Builds the agent and warms its language model in a background thread."""
+
+    def __init__(self, settings: Settings, use_llm: bool) -> None:
+        self._settings, self.use_llm = settings, use_llm
+        self._built, self._warm = threading.Event(), threading.Event()
+        self._agent: Agent | None = None
+        self._error: str | None = None
+        self.warm_message: str | None = None
+        #: Called with the warm-up message (if any) from the starter thread.
+        self.on_warm: list[Callable[[str], None]] = []
+
+    def start(self) -> None:
+        threading.Thread(target=self._work, name="agent-start", daemon=True).start()
+
+    def _work(self) -> None:
+        try:
+            from assistant.agent import build_agent
+
+            self._agent = build_agent(self._settings, use_llm=self.use_llm)
+        except Exception as exc:  # noqa: BLE001 - shown to the person, who can fix the setting
+            self._error = f"Could not start the assistant: {exc}"
+        self._built.set()
+        if self._agent is not None:
+            self.warm_message = self._agent.warm_up()
+        self._warm.set()
+        if self.warm_message:
+            for callback in self.on_warm:
+                callback(self.warm_message)
+
+    @property
+    def warmed(self) -> bool:
+        return self._warm.is_set()
+
+    def agent(self) -> Agent:
+        """The agent, waiting for it to be built; :class:`AgentUnavailable` if that failed."""
+        _wait(self._built)
+        if self._agent is None:
+            raise AgentUnavailable(self._error or "Could not start the assistant.")
+        return self._agent
+
+    def wait_warm(self) -> None:
+        _wait(self._warm)
+
+
+def _wait(event: threading.Event) -> None:
+    # Short timeouts keep the main thread responsive to Ctrl-C.
+    while not event.wait(0.1):
+        pass
+
+
+def parse_paths(line: str) -> list[str] | None:
+    """The paths of a message that consists only of existing files, else None.
+
+    Accepts a bare path with spaces, quoted paths and ``~``.
+    """
+    if Path(line).expanduser().is_file():
+        return [line]
+    try:
+        words = shlex.split(line)
+    except ValueError:
+        return None
+    if words and all(Path(word).expanduser().is_file() for word in words):
+        return words
+    return None
+
+
+def _looks_like_path(word: str) -> bool:
+    return word.startswith(("~", "./", "../")) or "/" in word[1:]
+
+
+class Repl:
+    """The command loop, independent of how lines are read and replies shown."""
+
+    def __init__(self, ui: PlainUI, starter: AgentStarter, conversation_id: str) -> None:
+        self.ui = ui
+        self.starter = starter
+        self.conversation_id = conversation_id
+        self.pending: list[Attachment] = []
+
+    def loop(self) -> int:
+        self.ui.notice(WELCOME)
+        while True:
+            line = self.ui.read(len(self.pending))
+            if line is None:
+                return 0
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                if not self.handle(line):
+                    return 0
+            except AgentUnavailable as exc:
+                self.ui.error(str(exc))
+                return 1
+            except ToolError as exc:
+                self.ui.error(str(exc))
+
+    def handle(self, line: str) -> bool:
+        """Act on one line; False to leave."""
+        command, _, rest = line.partition(" ")
+        if command not in COMMANDS:
+            paths = parse_paths(line)
+            if paths is not None:
+                self.send("", self.register(paths))
+                return True
+        if line.startswith("/"):
+            if command in ("/quit", "/exit"):
+                return False
+            if command == "/attach":
+                self.attach(rest)
+            elif command == "/reset":
+                self.starter.agent().reset(self.conversation_id)
+                self.pending = []
+                self.ui.notice("Conversation reset: its memory and attachments are forgotten.")
+            elif command == "/tools":
+                self.ui.show_tools(self.starter.agent())
+            elif command == "/model":
+                self.show_model()
+            elif command == "/help":
+                self.ui.say(HELP)
+            elif _looks_like_path(command):
+                raise ToolError(f"{command}: no such file.")
+            else:
+                raise ToolError(f"Unknown command {command}; /help lists the commands.")
+            return True
+        self.send(line, [])
+        return True
+
+    def show_model(self) -> None:
+        if not self.starter.use_llm:
+            self.ui.say("The language model is off (--no-llm): attachments go straight to their "
+                        "tools and results are shown from templates.")
+            return
+        self.ui.show_status(self.starter.agent().llm_status())
+
+    def attach(self, rest: str) -> None:
+        try:
+            words = shlex.split(rest)
+        except ValueError as exc:
+            raise ToolError(f"Cannot read the paths ({exc}); quote paths that contain spaces.") from None
+        if not words:
+            raise ToolError("Usage: /attach PATH... (the files go with your next message).")
+        attachments = []
+        for word in words:
+            try:
+                attachments.extend(self.register([word]))
+            except ToolError as exc:
+                self.ui.error(str(exc))
+        if attachments:
+            self.pending.extend(attachments)
+            listed = ", ".join(item.describe() for item in attachments)
+            self.ui.notice(f"Attached {listed}; {'it goes' if len(attachments) == 1 else 'they go'} "
+                           "with your next message.")
+
+    def register(self, paths: list[str]) -> list[Attachment]:
+        store = self.starter.agent().attachments(self.conversation_id)
+        return [store.register(Path(path).expanduser()) for path in paths]
+
+    def send(self, text: str, attachments: list[Attachment]) -> None:
+        from assistant.turns import Turn
+
+        agent = self.starter.agent()
+        if not self.starter.warmed:
+            self.ui.waiting(self.starter.wait_warm)
+        turn = Turn(self.conversation_id, text, self.pending + attachments)
+        self.pending = []
+        self.ui.answer(agent, turn)
+
+
+class PlainUI:
+    """Lines from standard input; plain replies on standard output, notices on standard error."""
+
+    def __init__(self, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> None:
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+
+    def read(self, pending: int) -> str | None:
+        line = self.stdin.readline()
+        return line.rstrip("\r\n") if line else None
+
+    def say(self, text: str) -> None:
+        print(text, file=self.stdout, flush=True)
+
+    def notice(self, text: str) -> None:
+        print(text, file=self.stderr, flush=True)
+
+    def error(self, text: str) -> None:
+        print(f"error: {text}", file=self.stderr, flush=True)
+
+    def show_tools(self, agent: Agent) -> None:
+        for tool in agent.tools:
+            state = "loaded" if tool.loaded else "not loaded yet"
+            self.say(f"{tool.name}: {first_sentence(tool.description)} "
+                     f"(model: {tool.source()}; {state})")
+
+    def show_status(self, status: LLMStatus) -> None:
+        for label, value in status_lines(status):
+            self.say(f"{label}: {value}")
+
+    def waiting(self, wait) -> None:
+        wait()
+
+    def answer(self, agent: Agent, turn) -> None:
+        reply = run_turn(agent, turn, lambda token: None, lambda fraction, message: None,
+                         self.cancelled)
+        if reply is not None:
+            self.show_reply(reply)
+
+    def cancelled(self) -> None:
+        self.notice("cancelled")
+
+    def show_reply(self, reply: Reply) -> None:
+        for note in reply.notes:
+            self.say(f"note: {note}")
+        self.say(reply.text)
+        for path in reply.media:
+            self.say(f"saved: {path}")
+        self.say("")
+
+
+def run_turn(agent: Agent, turn, on_token, on_progress, on_cancel) -> Reply | None:
+    """``agent.respond`` in a worker thread so that Ctrl-C cancels the reply, not the program.
+
+    Returns the reply, or None when it was cancelled (``on_cancel`` has been called).
+    """
+    cancel = threading.Event()
+    outcome: dict[str, Reply] = {}
+
+    def work() -> None:
+        outcome["reply"] = agent.respond(turn, on_token=on_token, on_progress=on_progress,
+                                         cancel=cancel)
+
+    worker = threading.Thread(target=work, name="reply", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        # The agent stops at its next step and stores the turn; the next turn of this
+        # conversation waits for that, so the prompt can come back at once.
+        cancel.set()
+        on_cancel()
+        return None
+    if "reply" not in outcome:
+        from assistant.turns import Reply
+
+        return Reply(text="Something went wrong while answering (see the log).", llm_used=False)
+    return outcome["reply"]
+
+
+def first_sentence(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    head, dot, _ = line.partition(". ")
+    return head + dot.strip()
+
+
+def status_lines(status: LLMStatus) -> list[tuple[str, str]]:
+    """The language model's status as (label, value) lines for /model."""
+    lines = [("Ollama", f"{status.host} – {'reachable' if status.reachable else 'not reachable'}"),
+             ("Model", f"{status.model} – " + ("available" if status.model_available
+                                               else "not available")),
+             ("Tool calling", status.tool_calling)]
+    if status.error:
+        lines.append(("Problem", status.error))
+    return lines
+
+
+class RichUI(PlainUI):
+    """A terminal: prompt_toolkit input with history, rich rendering, live streaming."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdin, sys.stdout, sys.stderr)
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
+        from rich.console import Console
+
+        self.console = Console(highlight=False)
+        self.session = PromptSession(history=_history(), auto_suggest=AutoSuggestFromHistory(),
+                                     completer=_completer(), complete_while_typing=False)
+        self._lock = threading.Lock()
+        self._prompt_out: TextIO | None = None  # stdout proxy while the prompt is shown
+        self._queued: list[str] = []
+
+    def read(self, pending: int) -> str | None:
+        from prompt_toolkit.patch_stdout import patch_stdout
+
+        with self._lock:
+            queued, self._queued = self._queued, []
+        for text in queued:
+            self.notice(text)
+        prompt = f"you ({pending} file{'s' if pending > 1 else ''})› " if pending else "you› "
+        try:
+            with patch_stdout(raw=True):
+                with self._lock:
+                    self._prompt_out = sys.stdout
+                try:
+                    return self.session.prompt(prompt)
+                finally:
+                    with self._lock:
+                        self._prompt_out = None
+        except KeyboardInterrupt:
+            return ""
+        except EOFError:
+            return None
+
+    def notify(self, text: str) -> None:
+        """Show ``text`` now, above the prompt if it is displayed; thread-safe."""
+        with self._lock:
+            if self._prompt_out is None:
+                self._queued.append(text)
+                return
+            from rich.console import Console
+
+            console = Console(file=self._prompt_out, force_terminal=True, highlight=False,
+                              width=self.console.width)
+            console.print(f"[yellow]{_escape(text)}[/]")
+            self._prompt_out.flush()
+
+    def say(self, text: str) -> None:
+        self.console.print(text, markup=False)
+
+    def notice(self, text: str) -> None:
+        self.console.print(f"[dim]{_escape(text)}[/]")
+
+    def error(self, text: str) -> None:
+        self.console.print(f"[red]{_escape(text)}[/]")
+
+    def cancelled(self) -> None:
+        self.console.print("[yellow]cancelled[/]")
+
+    def show_tools(self, agent: Agent) -> None:
+        from rich.table import Table
+
+        table = Table(box=None, show_header=True, header_style="bold")
+        for column in ("tool", "what it does", "model", ""):
+            table.add_column(column)
+        for tool in agent.tools:
+            table.add_row(tool.name, first_sentence(tool.description), tool.source(),
+                          "[green]loaded[/]" if tool.loaded else "[dim]loads on first use[/]")
+        self.console.print(table)
+
+    def show_status(self, status: LLMStatus) -> None:
+        for label, value in status_lines(status):
+            self.console.print(f"[bold]{label}:[/] {_escape(value)}")
+
+    def waiting(self, wait) -> None:
+        with self.console.status("[dim]starting the language model…[/]"):
+            try:
+                wait()
+            except KeyboardInterrupt:
+                pass  # the first reply waits for the model anyway
+
+    def answer(self, agent: Agent, turn) -> None:
+        from rich.live import Live
+
+        view = _LiveReply()
+        with Live(view, console=self.console, refresh_per_second=10,
+                  vertical_overflow="visible") as live:
+            reply = run_turn(agent, turn, view.add_token, view.set_progress, view.cancel)
+            view.finish(reply)
+            live.refresh()
+        if reply is None:
+            self.cancelled()
+            return
+        for note in reply.notes:
+            self.console.print(f"[dim italic]note: {_escape(note)}[/]")
+        for path in reply.media:
+            self.console.print(f"[cyan]saved:[/] {_escape(str(path))}")
+        self.console.print()
+
+
+class _LiveReply:
+    """What the Live display shows during a reply: a spinner, a progress bar, streamed text."""
+
+    def __init__(self) -> None:
+        from rich.spinner import Spinner
+
+        self._lock = threading.Lock()
+        self._text = ""
+        self._progress: tuple[float, str] | None = None
+        self._spinner = Spinner("dots", text=" thinking…", style="dim")
+        self._done = False
+
+    def add_token(self, token: str) -> None:
+        with self._lock:
+            self._text += token
+            self._progress = None
+
+    def set_progress(self, fraction: float, message: str) -> None:
+        with self._lock:
+            self._progress = (fraction, message)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._done, self._progress = True, None
+
+    def finish(self, reply: Reply | None) -> None:
+        with self._lock:
+            self._done, self._progress = True, None
+            if reply is not None:
+                self._text = reply.text
+
+    def __rich_console__(self, console, options):
+        from rich.markdown import Markdown
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+
+        with self._lock:
+            text, progress, done = self._text, self._progress, self._done
+        if text:
+            yield Markdown(text)
+        if progress is not None:
+            fraction, message = progress
+            row = Table.grid(padding=(0, 1))
+            row.add_row(ProgressBar(total=1.0, completed=fraction, width=30),
+                        f"{fraction:4.0%}", message)
+            yield row
+        elif not done and not text:
+            yield self._spinner
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _history():
+    """Input history in the user's data folder (in memory if that is not writable)."""
+    from platformdirs import user_data_path
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+    folder = user_data_path("local-assistant", appauthor=False)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "repl_history"
+        path.touch()
+        return FileHistory(str(path))
+    except OSError:
+        return InMemoryHistory()
+
+
+def _completer():
+    """Completes command names, and paths after /attach."""
+    from prompt_toolkit.completion import Completer, Completion, PathCompleter
+    from prompt_toolkit.document import Document
+
+    paths = PathCompleter(expanduser=True)
+
+    class CommandsAndPaths(Completer):
+        def get_completions(self, document, complete_event):
+            text = document.text_before_cursor
+            if text.startswith("/attach "):
+                word = document.get_word_before_cursor(WORD=True)
+                yield from paths.get_completions(Document(word, len(word)), complete_event)
+            elif text.startswith("/") and " " not in text:
+                for command in COMMANDS:
+                    if command.startswith(text):
+                        yield Completion(command, start_position=-len(text))
+
+    return CommandsAndPaths()
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """`assistant chat`: the REPL until /quit or end of input."""
+    starter = AgentStarter(settings, use_llm=not args.no_llm)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    ui: PlainUI = RichUI() if interactive else PlainUI(sys.stdin, sys.stdout, sys.stderr)
+    starter.on_warm.append(ui.notify if interactive else ui.notice)
+    starter.start()
+    return Repl(ui, starter, args.conversation).loop()

@@ -1,0 +1,209 @@
+"""The terminal REPL (`assistant chat`) driven as a subprocess: scripted through a pipe, and
+once on a pseudo-terminal. Tools load from the ``models_env`` models directory; the language
+model is the fake Ollama server, or switched off with --no-llm."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.fake_ollama import FakeOllama, answer, slow, unused_url
+from tests.fake_ollama import fake_ollama  # noqa: F401 - fixture
+
+HEAVY = ("torch", "tensorflow", "transformers", "cv2")
+
+
+def chat(lines: list[str], *args: str, env: dict[str, str] | None = None,
+         timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run `assistant chat` with ``lines`` on standard input (then end of input)."""
+    return subprocess.run([sys.executable, "-m", "assistant", "chat", *args],
+                          input="".join(f"{line}\n" for line in lines), text=True,
+                          capture_output=True, cwd=ROOT, env=env or dict(os.environ),
+                          timeout=timeout)
+
+
+def llm_env(server: FakeOllama, **extra: str) -> dict[str, str]:
+    return {**os.environ, "OLLAMA_HOST": server.url, **extra}
+
+
+def sent_texts(server: FakeOllama) -> list[str]:
+    """The message texts of the last chat request the model received."""
+    return [str(message.get("content", "")) for message in server.chat_requests()[-1]["messages"]]
+
+
+def test_text_answer_streams_without_heavy_imports(models_env, fake_ollama) -> None:
+    fake_ollama.script.append(answer("Hello! I can look at photos, audio and video for you."))
+    result = chat(["Hi there"], env=llm_env(fake_ollama, PYTHONPROFILEIMPORTTIME="1"))
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Hello! I can look at photos, audio and video for you." in result.stdout
+    assert "\x1b[" not in result.stdout  # plain text when not on a terminal
+    assert "Hi there" in sent_texts(fake_ollama)
+    assert "/help" in result.stderr  # the welcome line says how to get help
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "assistant.agent" in imported  # the profile covers the whole session
+    assert not {name for name in imported if name.split(".")[0] in HEAVY}
+
+
+def test_attach_photo_then_ask(models_env, media: Path, tmp_path: Path) -> None:
+    (tmp_path / "pictures").symlink_to(media / "images", target_is_directory=True)
+    result = chat(["/attach ~/pictures/inet_zebra.jpg", "What is in this photo?"], "--no-llm",
+                  env={**os.environ, "HOME": str(tmp_path)})
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Attached att_1 (image, inet_zebra.jpg)" in result.stderr
+    assert "att_1" in result.stdout and "image" in result.stdout
+    assert re.search(r"\d+%", result.stdout)  # the classifier's scores
+    assert "no-LLM mode" in result.stdout
+
+
+def test_message_that_is_a_path_sends_the_file(models_env, media: Path) -> None:
+    siren = media / "audio" / "us8k_siren_102853-8-0-0.wav"
+    result = chat([f"'{siren}'"], "--no-llm")
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "att_1" in result.stdout
+    assert "Siren" in result.stdout  # real YAMNet weights
+
+
+def test_commands_and_errors_keep_the_session_going(models_env, models_dir: Path,
+                                                      tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jpg"
+    empty.touch()
+    result = chat(["/tools", "/help", "/bogus", "/attach /nowhere/missing.jpg", f"/attach {empty}",
+                   "/attach 'unbalanced", "/attach", "/model", "/reset", "Hello?"], "--no-llm")
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    out, err = result.stdout, result.stderr
+    for name in ("sentiment", "audio", "image", "detect", "video"):
+        assert re.search(rf"^{name}: .+\(model: {re.escape(str(models_dir))}", out, re.M), name
+    assert "/attach PATH..." in out and "/quit" in out  # /help
+    assert "Unknown command /bogus; /help lists the commands." in err
+    assert "missing.jpg: no such file." in err
+    assert "empty.jpg: the file is empty." in err
+    assert "quote paths that contain spaces" in err
+    assert "Usage: /attach PATH..." in err
+    assert "The language model is off (--no-llm)" in out
+    assert "Conversation reset" in err
+    assert "Traceback" not in err
+    assert "no-LLM mode" in out  # the last message is still answered
+
+
+def test_ollama_down_says_how_to_fix_it(models_env) -> None:
+    result = chat(["Hello?", "/model"], env={**os.environ, "OLLAMA_HOST": unused_url()})
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ollama serve" in result.stderr + result.stdout
+    assert "not reachable" in result.stdout  # /model
+    assert "Traceback" not in result.stderr
+
+
+def test_memory_persists_across_runs(models_env, fake_ollama) -> None:
+    fake_ollama.script.append(answer("Nice to meet you, Ada."))
+    first = chat(["My name is Ada."], "--conversation", "ada", env=llm_env(fake_ollama))
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "Nice to meet you, Ada." in first.stdout
+
+    fake_ollama.script.append(answer("Your name is Ada."))
+    second = chat(["What is my name?"], "--conversation", "ada", env=llm_env(fake_ollama))
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "Your name is Ada." in second.stdout
+    remembered = sent_texts(fake_ollama)
+    assert "My name is Ada." in remembered and "Nice to meet you, Ada." in remembered
+
+    fake_ollama.script.append(answer("I do not know your name."))
+    other = chat(["What is my name?"], "--conversation", "someone-else", env=llm_env(fake_ollama))
+    assert other.returncode == 0
+    assert "My name is Ada." not in sent_texts(fake_ollama)
+
+    fake_ollama.script.append(answer("I do not know your name."))
+    reset = chat(["/reset", "What is my name?"], "--conversation", "ada", env=llm_env(fake_ollama))
+    assert reset.returncode == 0
+    assert "My name is Ada." not in sent_texts(fake_ollama)
+
+
+def test_ctrl_c_cancels_the_reply_not_the_program(models_env, fake_ollama) -> None:
+    fake_ollama.script.append(slow(5, answer("This answer comes far too late.")))
+    fake_ollama.script.append(answer("Still here."))
+    process = subprocess.Popen([sys.executable, "-m", "assistant", "chat"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                               env=llm_env(fake_ollama))
+    try:
+        assert process.stdin is not None
+        process.stdin.write("Tell me a long story.\n")
+        process.stdin.flush()
+        deadline = time.monotonic() + 120
+        while not fake_ollama.chat_requests() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert fake_ollama.chat_requests(), "the question never reached the model"
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate("Are you there?\n", timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err[-2000:]
+    assert "cancelled" in err
+    assert "Still here." in out
+    assert "far too late" not in out
+
+
+def test_terminal_session(models_env, tmp_path: Path) -> None:
+    """On a terminal: the prompt, rendered replies, history in the user data dir, Ctrl-D."""
+    env = {**os.environ, "TERM": "xterm", "XDG_DATA_HOME": str(tmp_path / "data"),
+           "OLLAMA_HOST": unused_url()}
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "assistant", "chat", "--no-llm"],
+                               stdin=follower, stdout=follower, stderr=follower, cwd=ROOT, env=env,
+                               start_new_session=True)
+    os.close(follower)
+    screen = bytearray()
+
+    def read_until(*texts: str, start: int = 0, timeout: float = 120) -> None:
+        """Wait until ``texts`` appear in this order in what the terminal showed after ``start``."""
+        pattern = re.compile(r"[\s\S]*?".join(re.escape(text) for text in texts))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen[start:].decode(errors="replace"))
+            if pattern.search(shown):
+                return
+            ready, _, _ = select.select([leader], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:
+                    break
+                screen.extend(chunk)
+                if b"\x1b[6n" in chunk:  # prompt_toolkit asks for the cursor position
+                    os.write(leader, b"\x1b[1;1R")
+        raise AssertionError(f"{texts!r} not shown; screen: {bytes(screen[-1500:])!r}")
+
+    def send(keys: bytes, *expected: str) -> None:
+        start = len(screen)
+        os.write(leader, keys)
+        read_until(*expected, start=start)
+
+    try:
+        read_until("you›")
+        send(b"/help\r", "Ctrl-C cancels", "you›")  # keys go only to a prompt that is shown
+        send(b"/tools\r", "loads on first use", "you›")
+        send(b"Hello?\r", "Language model unavailable", "note: no-LLM mode", "you›")
+        assert b"**Language model" not in screen  # Markdown is rendered, not shown raw
+        os.write(leader, b"\x04")  # Ctrl-D
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(leader)
+    history = tmp_path / "data" / "local-assistant" / "repl_history"
+    assert "/help" in history.read_text()
