@@ -1,0 +1,515 @@
+"""Object detection with DETR on photos and videos.
+
+Two tools share one model, loaded once by whichever is used first: ``detect`` finds the
+objects in a photo and draws them; ``video`` samples frames of a video, detects the
+objects in each, summarises every class over time and writes an annotated MP4.
+
+The model comes from ``ASSISTANT_DETECTION_MODEL``: a Hugging Face hub id (default
+``facebook/detr-resnet-50``) or a local directory saved with ``save_pretrained``
+(config, weights and ``preprocessor_config.json``).
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field
+
+from tools.base import (Label, ModelLoadError, ModelSource, Tool, ToolContext, ToolError,
+                        ToolResult, select_device)
+
+#: Seconds to wait for the hub before deciding it is unreachable.
+HUB_TIMEOUT = 10.0
+#: Processing size of video frames. DETR was trained with shorter sides of 480 to 800
+#: pixels; the smallest of them keeps a video at or under one second of work per second.
+VIDEO_SIZE = {"shortest_edge": 480, "longest_edge": 800}
+#: The annotated video is at most this tall (or wide, when portrait), and this many frames a second.
+VIDEO_MAX_SIDE = 720
+VIDEO_MAX_OUTPUT_FPS = 30.0
+#: Bounds of the per-call video settings.
+MAX_FPS = 30.0
+MAX_FRAMES = 600
+
+#: Box colours, one per class (by class index).
+_PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+            (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0)]
+
+
+# -- results ----------------------------------------------------------------------
+
+
+class DetectionLabel(Label):
+    """A detected class: its best confidence and how many were seen (at once, for video)."""
+
+    count: int
+
+
+class Detection(BaseModel):
+    """One object in a photo; ``box`` is ``[x0, y0, x1, y1]`` in the photo's pixels."""
+
+    label: str
+    score: float
+    box: list[float]
+
+
+class ClassSummary(BaseModel):
+    """One class over a video's sampled frames; times in seconds from the start."""
+
+    label: str
+    frames: int
+    max_in_frame: int
+    best_score: float
+    first_s: float
+    last_s: float
+
+
+class DetectionResult(ToolResult):
+    """What both detection tools share: one label per class (best score, with a count)."""
+
+    labels: list[DetectionLabel]  # type: ignore[assignment]
+    threshold: float
+
+
+class PhotoDetectionResult(DetectionResult):
+    """Objects in one photo; ``count`` is how many of each class."""
+
+    detections: list[Detection]
+    width: int
+    height: int
+
+    def summary(self) -> str:
+        if not self.detections:
+            return f"No objects found above {self.threshold:.0%} confidence."
+        found = ", ".join(f"{_counted(item.label, item.count)} (best {item.score:.0%})"
+                          for item in self.labels)
+        return f"Found {len(self.detections)} object(s): {found}."
+
+
+class VideoDetectionResult(DetectionResult):
+    """Objects across a video's sampled frames; ``count`` is the most seen in one frame."""
+
+    classes: list[ClassSummary]
+    frames_sampled: int
+    frames_with_objects: int
+    duration_s: float
+    fps_sampled: float
+
+    def summary(self) -> str:
+        head = (f"Seen in {self.frames_with_objects} of {self.frames_sampled} sampled frames "
+                f"of a {self.duration_s:.0f} s video")
+        if not self.classes:
+            return f"No objects found above {self.threshold:.0%} confidence in {self.frames_sampled} " \
+                   f"sampled frames of a {self.duration_s:.0f} s video."
+        found = "; ".join(f"{item.label} (up to {item.max_in_frame} at once, "
+                          f"{item.first_s:.0f}–{item.last_s:.0f} s, best {item.best_score:.0%})"
+                          for item in sorted(self.classes, key=lambda c: -c.best_score))
+        return f"{head}: {found}."
+
+
+def _counted(label: str, count: int) -> str:
+    return label if count == 1 else f"{count}× {label}"
+
+
+# -- parameters -------------------------------------------------------------------
+
+
+class PhotoParams(BaseModel):
+    attachment_id: str = Field(description="Id of the photo attachment, e.g. att_1.")
+    threshold: float | None = Field(
+        None, gt=0, lt=1,
+        description="Keep objects detected with at least this confidence (0-1). Leave it out "
+                    "for the default; lower it to find more, less certain objects.")
+
+
+class VideoParams(PhotoParams):
+    attachment_id: str = Field(description="Id of the video attachment, e.g. att_2.")
+    fps: float | None = Field(None, gt=0, le=MAX_FPS,
+                              description="Frames analysed per second of video. Leave it out "
+                                          "for the default.")
+    max_frames: int | None = Field(None, ge=1, le=MAX_FRAMES,
+                                   description="Most frames analysed; a longer video is sampled "
+                                               "evenly over its whole length. Leave it out for "
+                                               "the default.")
+
+
+# -- the shared model -------------------------------------------------------------
+
+
+@dataclass
+class _Detr:
+    processor: Any
+    model: Any
+    device: str
+
+    def detect(self, image: Any, threshold: float, size: dict[str, int] | None = None
+               ) -> list[Detection]:
+        """Objects in an RGB image (PIL image or ``H×W×3`` uint8 array), boxes in its pixels."""
+        import torch
+
+        height, width = image.shape[:2] if hasattr(image, "shape") else (image.height, image.width)
+        extra = {"size": size} if size else {}
+        inputs = self.processor(images=image, return_tensors="pt", **extra).to(self.device)
+        with torch.inference_mode():
+            outputs = self.model(**inputs)
+        found = self.processor.post_process_object_detection(
+            outputs, threshold=threshold, target_sizes=[(height, width)])[0]
+        names = self.model.config.id2label
+        return [Detection(label=names.get(index, f"class {index}"), score=round(score, 4),
+                          box=[round(value, 1) for value in box])
+                for score, index, box in zip(found["scores"].tolist(), found["labels"].tolist(),
+                                             found["boxes"].tolist())]
+
+
+class _SharedDetr:
+    """Loads the DETR processor and model once, for both tools."""
+
+    def __init__(self, source: ModelSource, device: str | None) -> None:
+        self.source, self._device = source, device
+        self._loaded: _Detr | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> _Detr:
+        if self._loaded is None:
+            with self._lock:
+                if self._loaded is None:
+                    self._loaded = self._load()
+        return self._loaded
+
+    def fail(self, reason: str) -> ModelLoadError:
+        return ModelLoadError("object detection", self.source.value, self.source.variable, reason)
+
+    def _load(self) -> _Detr:
+        device = select_device(self._device)
+        location = self._location()
+        try:
+            processor, model = _from_pretrained(location, local_files_only=True)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
+            if Path(location).is_dir():
+                raise self.fail(_short(exc)) from None
+            self._check_hub(location)  # not in the local cache: is there a hub to fetch it from?
+            try:
+                processor, model = _from_pretrained(location, local_files_only=False)
+            except Exception as exc2:  # noqa: BLE001
+                raise self.fail(_short(exc2)) from None
+        try:
+            model = model.to(device).eval()
+        except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory
+            raise self.fail(f"could not move it to {device} ({_short(exc)})") from None
+        return _Detr(processor, model, device)
+
+    def _location(self) -> str:
+        """A local directory, or a hub id; a path that does not exist is an error here."""
+        value = self.source.value.strip()
+        path = Path(value).expanduser()
+        if path.is_dir():
+            return str(path)
+        if path.exists():
+            raise self.fail("it is a file; expected a directory saved with save_pretrained "
+                            "(config.json, the weights and preprocessor_config.json)")
+        looks_like_path = (value.startswith((".", "/", "~", "\\")) or value.count("/") > 1
+                           or (len(value) > 1 and value[1] == ":"))
+        if looks_like_path or not value:
+            raise self.fail("no such directory")
+        return value
+
+    def _check_hub(self, repo_id: str) -> None:
+        """Fail in seconds, not minutes of retries, when the hub cannot be reached."""
+        from huggingface_hub import HfApi, constants
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        if constants.HF_HUB_OFFLINE:
+            raise self.fail("it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+        try:
+            HfApi().model_info(repo_id, timeout=HUB_TIMEOUT)
+        except RepositoryNotFoundError:
+            raise self.fail("no such model on the Hugging Face hub (or it is private), "
+                            "and no such local directory") from None
+        except Exception:  # noqa: BLE001 - DNS, connection, timeout, proxy errors
+            raise self.fail("the Hugging Face hub cannot be reached (offline?) and the model "
+                            "is not in the local cache") from None
+
+
+def _from_pretrained(location: str, *, local_files_only: bool) -> tuple[Any, Any]:
+    # The hub's preprocessor_config.json names the retired DetrFeatureExtractor, which
+    # transformers 5 no longer maps; DetrImageProcessor reads the same file.
+    from transformers import DetrForObjectDetection, DetrImageProcessor
+
+    processor = DetrImageProcessor.from_pretrained(location, local_files_only=local_files_only)
+    model = DetrForObjectDetection.from_pretrained(location, local_files_only=local_files_only)
+    return processor, model
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an exception's message, trimmed, for a one-line reason."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0].strip() if lines else type(exc).__name__
+    return first if len(first) <= 200 else first[:197] + "..."
+
+
+# -- the tools --------------------------------------------------------------------
+
+
+class _DetectionTool(Tool):
+    def __init__(self, shared: _SharedDetr, threshold: float) -> None:
+        super().__init__()
+        self._shared, self._threshold = shared, threshold
+
+    def source(self) -> str:
+        return self._shared.source.value
+
+    def _load(self) -> _Detr:
+        return self._shared.get()
+
+
+class PhotoDetectionTool(_DetectionTool):
+    name = "detect"
+    description = ("Find and locate objects (people, cars, bicycles, animals, furniture, food "
+                   "and the other 80 everyday COCO object classes) in a photo: what is where "
+                   "and how many of each, with an annotated copy of the photo showing the boxes. "
+                   "Use it when the user asks what or how many objects are in a picture, or "
+                   "where they are.")
+    Params = PhotoParams
+    kinds: ClassVar[frozenset[str]] = frozenset({"image"})
+
+    def run(self, params: BaseModel, ctx: ToolContext) -> PhotoDetectionResult:
+        from tools.media import open_image
+
+        assert isinstance(params, PhotoParams)
+        threshold = params.threshold or self._threshold
+        path = ctx.attachments.path_of(params.attachment_id, self.kinds)
+        image = open_image(path)
+        detections = self._model.detect(image, threshold)
+        _draw(image, detections)
+        ctx.output_dir.mkdir(parents=True, exist_ok=True)
+        output = ctx.output_dir / f"{path.stem}-detected.jpg"
+        image.save(output, quality=90)
+        return PhotoDetectionResult(tool=self.name, labels=_photo_labels(detections),
+                                    outputs=[str(output)], threshold=threshold,
+                                    detections=detections, width=image.width,
+                                    height=image.height)
+
+
+class VideoDetectionTool(_DetectionTool):
+    name = "video"
+    description = ("Find the objects (people, cars, bicycles, animals and the other 80 everyday "
+                   "COCO object classes) across a video: which appear, when (first and last "
+                   "time) and how many at once, with an annotated copy of the video showing "
+                   "the boxes. Use it for any question about what happens or is seen in a video.")
+    Params = VideoParams
+    kinds: ClassVar[frozenset[str]] = frozenset({"video"})
+
+    def __init__(self, shared: _SharedDetr, threshold: float, fps: float, max_frames: int) -> None:
+        super().__init__(shared, threshold)
+        self._fps, self._max_frames = fps, max_frames
+
+    def run(self, params: BaseModel, ctx: ToolContext) -> VideoDetectionResult:
+        import cv2
+
+        assert isinstance(params, VideoParams)
+        threshold = params.threshold or self._threshold
+        path = ctx.attachments.path_of(params.attachment_id, self.kinds)
+        video = _open_video(path)
+        try:
+            samples = _sample_indices(video.frame_count, video.fps, params.fps or self._fps,
+                                      params.max_frames or self._max_frames)
+            ctx.output_dir.mkdir(parents=True, exist_ok=True)
+            output = ctx.output_dir / f"{path.stem}-detected.mp4"
+            writer = _VideoWriter(output, video.width, video.height, video.fps)
+            seen: list[tuple[float, list[Detection]]] = []
+            current: list[Detection] = []
+            try:
+                for index, frame in video.frames():
+                    if index in samples:
+                        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                        current = self._model.detect(rgb, threshold, VIDEO_SIZE)
+                        seen.append((index / video.fps, current))
+                        ctx.report(0.95 * len(seen) / len(samples),
+                                   f"frame {len(seen)} of {len(samples)} "
+                                   f"({index / video.fps:.0f} s)")
+                    writer.write(index, frame, current)
+            finally:
+                writer.close()
+        finally:
+            video.release()
+        if not seen:
+            output.unlink(missing_ok=True)
+            raise ToolError(f"{path.name}: no frame of the video could be decoded "
+                            "(is it damaged or truncated?).")
+        ctx.report(1.0, "done")
+        classes = _summarise(seen)
+        labels = sorted((DetectionLabel(label=c.label, score=c.best_score, count=c.max_in_frame)
+                         for c in classes), key=lambda item: item.score, reverse=True)
+        return VideoDetectionResult(
+            tool=self.name, labels=labels, outputs=[str(output)], threshold=threshold,
+            classes=classes, frames_sampled=len(seen),
+            frames_with_objects=sum(1 for _, found in seen if found),
+            duration_s=round(video.frame_count / video.fps, 2),
+            fps_sampled=round(len(seen) / (video.frame_count / video.fps), 3))
+
+
+def detection_tools(source: ModelSource, *, device: str | None, threshold: float,
+                    video_fps: float, video_max_frames: int) -> list[Tool]:
+    """The photo and video detection tools, sharing one lazily loaded DETR model."""
+    shared = _SharedDetr(source, device)
+    return [PhotoDetectionTool(shared, threshold),
+            VideoDetectionTool(shared, threshold, video_fps, video_max_frames)]
+
+
+# -- helpers ----------------------------------------------------------------------
+
+
+def _photo_labels(detections: list[Detection]) -> list[DetectionLabel]:
+    best: dict[str, DetectionLabel] = {}
+    for item in detections:
+        entry = best.setdefault(item.label, DetectionLabel(label=item.label, score=item.score, count=0))
+        entry.count += 1
+        entry.score = max(entry.score, item.score)
+    return sorted(best.values(), key=lambda entry: entry.score, reverse=True)
+
+
+def _summarise(seen: list[tuple[float, list[Detection]]]) -> list[ClassSummary]:
+    """Per class: frames it was seen in, most at once, best score, first and last time."""
+    classes: dict[str, ClassSummary] = {}
+    for time_s, found in seen:
+        counts: dict[str, int] = {}
+        for item in found:
+            counts[item.label] = counts.get(item.label, 0) + 1
+        for label, count in counts.items():
+            best = max(item.score for item in found if item.label == label)
+            entry = classes.get(label)
+            if entry is None:
+                classes[label] = ClassSummary(label=label, frames=1, max_in_frame=count,
+                                              best_score=best, first_s=round(time_s, 2),
+                                              last_s=round(time_s, 2))
+            else:
+                entry.frames += 1
+                entry.max_in_frame = max(entry.max_in_frame, count)
+                entry.best_score = max(entry.best_score, best)
+                entry.last_s = round(time_s, 2)
+    return sorted(classes.values(), key=lambda entry: (-entry.frames, -entry.best_score))
+
+
+def _sample_indices(frame_count: int, fps: float, wanted_fps: float, max_frames: int) -> set[int]:
+    """Frames to analyse: ``wanted_fps`` a second, or ``max_frames`` spread evenly over
+    the whole video when that would be more; each in the middle of its time slot."""
+    duration = frame_count / fps
+    step = max(1.0 / wanted_fps, duration / max_frames)
+    count = max(1, min(max_frames, round(duration / step)))
+    return {min(frame_count - 1, int((i + 0.5) * step * fps)) for i in range(count)}
+
+
+class _Video:
+    """A video opened with OpenCV, and what its header says."""
+
+    def __init__(self, capture: Any, path: Path) -> None:
+        import cv2
+
+        self.capture, self.path = capture, path
+        self.fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.frame_count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        self.height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+
+    def frames(self) -> Iterator[tuple[int, Any]]:
+        """``(index, BGR frame)`` in order until the end (or a frame that cannot be decoded)."""
+        index = 0
+        while index < self.frame_count:
+            ok, frame = self.capture.read()
+            if not ok:
+                return
+            yield index, frame
+            index += 1
+
+    def release(self) -> None:
+        self.capture.release()
+
+
+def _open_video(path: Path) -> _Video:
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        capture.release()
+        raise ToolError(f"{path.name}: not a video that can be read (damaged, truncated or "
+                        "in an unknown format).")
+    video = _Video(capture, path)
+    if not (0 < video.fps < 1000) or video.frame_count <= 0 or video.width <= 0:
+        video.release()
+        raise ToolError(f"{path.name}: the video's length or frame rate cannot be read "
+                        "(is it damaged or truncated?).")
+    return video
+
+
+class _VideoWriter:
+    """The annotated video: H.264 in MP4 (playable everywhere), at most 720p and 30 fps."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: float) -> None:
+        import av
+
+        scale = min(1.0, VIDEO_MAX_SIDE / min(width, height))
+        self.size = (max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2))
+        self.scale = (self.size[0] / width, self.size[1] / height)
+        self.stride = max(1, round(fps / VIDEO_MAX_OUTPUT_FPS))
+        self.container = av.open(str(path), "w", options={"movflags": "faststart"})
+        self.stream = self.container.add_stream(
+            "libx264", rate=Fraction(fps / self.stride).limit_denominator(1001))
+        self.stream.width, self.stream.height = self.size
+        self.stream.pix_fmt = "yuv420p"
+        self.stream.options = {"preset": "veryfast", "crf": "23"}
+
+    def write(self, index: int, frame: Any, detections: list[Detection]) -> None:
+        import av
+        import cv2
+        from PIL import Image
+
+        if index % self.stride:
+            return
+        if (frame.shape[1], frame.shape[0]) != self.size:
+            frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
+        image = Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        _draw(image, detections, self.scale)
+        for packet in self.stream.encode(av.VideoFrame.from_image(image)):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        try:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        finally:
+            self.container.close()
+
+
+def _draw(image: Any, detections: list[Detection], scale: tuple[float, float] = (1.0, 1.0)) -> None:
+    """Boxes with their label and score, sized to be readable on small and large images."""
+    from PIL import ImageDraw, ImageFont
+
+    if not detections:
+        return
+    side = min(image.size)
+    line = max(2, round(side / 300))
+    font = ImageFont.load_default(size=max(12, round(side / 40)))
+    draw = ImageDraw.Draw(image)
+    for item in sorted(detections, key=lambda d: d.score):  # the most certain on top
+        x0, y0, x1, y1 = (item.box[0] * scale[0], item.box[1] * scale[1],
+                          item.box[2] * scale[0], item.box[3] * scale[1])
+        colour = _PALETTE[zlib.crc32(item.label.encode()) % len(_PALETTE)]
+        draw.rectangle((x0, y0, x1, y1), outline=colour, width=line)
+        text = f"{item.label} {item.score:.0%}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        height = bottom - top + 2 * line
+        ty = y0 - height if y0 - height >= 0 else y0
+        draw.rectangle((x0, ty, x0 + right - left + 2 * line, ty + height), fill=colour)
+        draw.text((x0 + line - left, ty + line - top), text, fill=_ink(colour), font=font)
+
+
+def _ink(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever reads better on ``colour``."""
+    red, green, blue = colour
+    return (0, 0, 0) if 0.299 * red + 0.587 * green + 0.114 * blue > 150 else (255, 255, 255)
