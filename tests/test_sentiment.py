@@ -4,6 +4,7 @@ tokenizer with random weights, and a tiny model built here (no network)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -191,10 +192,27 @@ def test_missing_models_dir_names_its_variable(tmp_path: Path) -> None:
         SentimentTool(settings.sentiment_model, device="cpu").ensure_loaded()
 
 
-def test_broken_model_directory(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text("{ not json")
+def test_broken_model_directories(tmp_path: Path, tiny_dir: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        tool_for(empty).ensure_loaded()
+
+    bad_json = tmp_path / "bad-json"
+    bad_json.mkdir()
+    (bad_json / "config.json").write_text("{ not json")
     with pytest.raises(ModelLoadError, match=VARIABLE):
-        tool_for(tmp_path).ensure_loaded()
+        tool_for(bad_json).ensure_loaded()
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_dir, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match=VARIABLE):
+        tool_for(truncated).ensure_loaded()
+
+    with pytest.raises(ModelLoadError, match="it is a file"):
+        tool_for(tiny_dir / "config.json").ensure_loaded()
 
 
 @pytest.mark.timeout(60)

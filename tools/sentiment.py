@@ -69,8 +69,8 @@ class _Loaded:
 
     def __init__(self, tokenizer: Any, model: Any, device: str, labels: list[str]) -> None:
         self.tokenizer, self.model, self.device, self.labels = tokenizer, model, device, labels
-        self.window = min(tokenizer.model_max_length, model.config.max_position_embeddings,
-                          MAX_WINDOW)
+        positions = getattr(model.config, "max_position_embeddings", MAX_WINDOW)
+        self.window = min(tokenizer.model_max_length, positions, MAX_WINDOW)
 
 
 class SentimentTool(Tool):
@@ -121,6 +121,9 @@ class SentimentTool(Tool):
         value = self._source.value.strip()
         path = Path(value).expanduser()
         if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise self._fail("the directory has no config.json; expected a model saved with "
+                                 "save_pretrained (config.json, the weights and the tokenizer files)")
             return str(path)
         if path.exists():
             raise self._fail("it is a file; expected a directory saved with save_pretrained "
@@ -233,6 +236,6 @@ def _from_pretrained(location: str, *, local_files_only: bool) -> tuple[Any, Any
 def _short(exc: BaseException) -> str:
     """The first line of an exception's message, trimmed, for a one-line reason."""
     lines = str(exc).strip().splitlines()
-    first = lines[0].strip() if lines else type(exc).__name__
+    first = lines[0].strip().rstrip(":") if lines else type(exc).__name__
     return first if len(first) <= 200 else first[:197] + "..."
 
