@@ -102,11 +102,10 @@ class VideoDetectionResult(DetectionResult):
     fps_sampled: float
 
     def summary(self) -> str:
-        head = (f"Seen in {self.frames_with_objects} of {self.frames_sampled} sampled frames "
-                f"of a {self.duration_s:.0f} s video")
+        frames = f"{self.frames_sampled} sampled frames of a {self.duration_s:.0f} s video"
         if not self.classes:
-            return f"No objects found above {self.threshold:.0%} confidence in {self.frames_sampled} " \
-                   f"sampled frames of a {self.duration_s:.0f} s video."
+            return f"No objects found above {self.threshold:.0%} confidence in {frames}."
+        head = f"Seen in {self.frames_with_objects} of {frames}"
         found = "; ".join(f"{item.label} (up to {item.max_in_frame} at once, "
                           f"{item.first_s:.0f}–{item.last_s:.0f} s, best {item.best_score:.0%})"
                           for item in sorted(self.classes, key=lambda c: -c.best_score))
@@ -347,11 +346,13 @@ class VideoDetectionTool(_DetectionTool):
                                       params.max_frames or self._max_frames)
             ctx.output_dir.mkdir(parents=True, exist_ok=True)
             output = ctx.output_dir / f"{path.stem}-detected.mp4"
-            writer = _VideoWriter(output, video.width, video.height, video.fps)
+            writer: _VideoWriter | None = None
             seen: list[tuple[float, list[Detection]]] = []
             current: list[Detection] = []
             try:
                 for index, frame in video.frames():
+                    if writer is None:  # sized by the frames as decoded (rotation applied)
+                        writer = _VideoWriter(output, frame.shape[1], frame.shape[0], video.fps)
                     if index in samples:
                         rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                         current = self._model.detect(rgb, threshold, VIDEO_SIZE)
@@ -361,7 +362,8 @@ class VideoDetectionTool(_DetectionTool):
                                    f"({index / video.fps:.0f} s)")
                     writer.write(index, frame, current)
             finally:
-                writer.close()
+                if writer is not None:
+                    writer.close()
         finally:
             video.release()
         if not seen:
@@ -440,8 +442,6 @@ class _Video:
         self.capture, self.path = capture, path
         self.fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
         self.frame_count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        self.width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
-        self.height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
 
     def frames(self) -> Iterator[tuple[int, Any]]:
         """``(index, BGR frame)`` in order until the end (or a frame that cannot be decoded)."""
@@ -466,7 +466,7 @@ def _open_video(path: Path) -> _Video:
         raise ToolError(f"{path.name}: not a video that can be read (damaged, truncated or "
                         "in an unknown format).")
     video = _Video(capture, path)
-    if not (0 < video.fps < 1000) or video.frame_count <= 0 or video.width <= 0:
+    if not (0 < video.fps < 1000) or video.frame_count <= 0:
         video.release()
         raise ToolError(f"{path.name}: the video's length or frame rate cannot be read "
                         "(is it damaged or truncated?).")
