@@ -9,6 +9,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: The `fake_ollama` fixture: a local server that speaks Ollama's HTTP API.
+pytest_plugins = ["tests.fake_ollama"]
+
 
 def _shared() -> Path:
     return Path(os.environ.get("ASSISTANT_SHARED_DIR", ROOT.parent / "shared")).resolve()

@@ -1,7 +1,7 @@
 """A local HTTP server that speaks enough of Ollama's API for ChatOllama and the ollama client.
 
-Use the ``fake_ollama`` fixture (import it into a test module: ``from tests.fake_ollama import
-fake_ollama  # noqa: F401``) or :class:`FakeOllama` directly::
+Use the ``fake_ollama`` fixture (registered for every test by ``tests/conftest.py``) or
+:class:`FakeOllama` directly::
 
     fake_ollama.script.append(tool_call("image", {"attachment_id": "att_1"}))
     fake_ollama.script.append(answer("A cat."))

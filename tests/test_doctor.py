@@ -11,7 +11,6 @@ import pytest
 from assistant import doctor
 from assistant.config import Settings
 from tests.fake_ollama import NO_TOOLS, FakeOllama, unused_url
-from tests.fake_ollama import fake_ollama  # noqa: F401 - fixture
 
 
 def run_doctor(capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

@@ -19,7 +19,7 @@ from assistant.llm import OllamaLLM
 from assistant.memory import Memory
 from assistant.runtime import build_tools
 from assistant.turns import Turn
-from tests.fake_ollama import FakeOllama, answer, fake_ollama, slow, tool_call, unused_url  # noqa: F401
+from tests.fake_ollama import FakeOllama, answer, slow, tool_call, unused_url
 from tests.scripted_llm import fake_tools
 from tools.registry import ToolRegistry
 

@@ -14,11 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from tests.conftest import ROOT
 from tests.fake_ollama import FakeOllama, answer, slow, unused_url
-from tests.fake_ollama import fake_ollama  # noqa: F401 - fixture
 
 HEAVY = ("torch", "tensorflow", "transformers", "cv2")
 

@@ -34,11 +34,21 @@ class ModelLoadError(ToolError):
 
     def __init__(self, what: str, source: str, variable: str, reason: str) -> None:
         self.what, self.source, self.variable, self.reason = what, source, variable, reason
-        super().__init__(
-            f"Could not load the {what} model from {source}: {reason}. "
-            f"Set {variable} to a local model path (or ASSISTANT_MODELS_DIR to a models "
-            f"directory), or run `assistant models fetch` on a machine with internet access."
-        )
+        if variable == "ASSISTANT_MODELS_DIR":
+            fix = ("Put the model there, under ASSISTANT_MODELS_DIR in the layout the README shows "
+                   "(`assistant models fetch --to DIR` makes one on a machine with internet), "
+                   "or point this tool's own ASSISTANT_* variable at it")
+        else:
+            fix = (f"Set {variable} to a local model path (or ASSISTANT_MODELS_DIR to a models "
+                   "directory), or run `assistant models fetch` on a machine with internet access")
+        super().__init__(f"Could not load the {what} model from {source}: {reason}. {fix}.")
+
+
+def short_reason(exc: BaseException) -> str:
+    """A one-line reason from an exception, for messages (never a traceback)."""
+    text = str(getattr(exc, "reason", "") or exc).strip()  # URLError keeps it in .reason
+    first = text.splitlines()[0].strip().rstrip(":") if text else type(exc).__name__
+    return first if len(first) <= 200 else first[:197] + "..."
 
 
 class Label(BaseModel):

@@ -22,10 +22,9 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, Field
 
 from tools.base import (Label, ModelLoadError, ModelSource, Tool, ToolContext, ToolError,
-                        ToolResult, select_device)
+                        ToolResult, select_device, short_reason)
+from tools.hub import load_pretrained
 
-#: Seconds to wait for the hub before deciding it is unreachable.
-HUB_TIMEOUT = 10.0
 #: Processing size of video frames. DETR was trained with shorter sides of 480 to 800
 #: pixels; the smallest of them keeps a video at or under one second of work per second.
 VIDEO_SIZE = {"shortest_edge": 480, "longest_edge": 800}
@@ -185,61 +184,22 @@ class _SharedDetr:
         return ModelLoadError("object detection", self.source.value, self.source.variable, reason)
 
     def _load(self) -> _Detr:
-        device = select_device(self._device)
-        location = self._location()
-        try:
-            processor, model = _from_pretrained(location, local_files_only=True)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
-            if Path(location).is_dir():
-                raise self.fail(_short(exc)) from None
-            self._check_hub(location)  # not in the local cache: is there a hub to fetch it from?
-            try:
-                processor, model = _from_pretrained(location, local_files_only=False)
-            except Exception as exc2:  # noqa: BLE001
-                raise self.fail(_short(exc2)) from None
         import torch
 
+        device = select_device(self._device)
+        processor, model = load_pretrained(
+            self.source, "object detection",
+            "config.json, the weights and preprocessor_config.json", _from_pretrained)
         _fold_frozen_batch_norms(model)
         try:
             # Channels-last convolutions: the same results, about a third faster on CPU.
             model = model.to(device, memory_format=torch.channels_last).eval()
         except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory
-            raise self.fail(f"could not move it to {device} ({_short(exc)})") from None
+            raise self.fail(f"could not move it to {device} ({short_reason(exc)})") from None
         return _Detr(processor, model, device)
 
-    def _location(self) -> str:
-        """A local directory, or a hub id; a path that does not exist is an error here."""
-        value = self.source.value.strip()
-        path = Path(value).expanduser()
-        if path.is_dir():
-            return str(path)
-        if path.exists():
-            raise self.fail("it is a file; expected a directory saved with save_pretrained "
-                            "(config.json, the weights and preprocessor_config.json)")
-        looks_like_path = (value.startswith((".", "/", "~", "\\")) or value.count("/") > 1
-                           or (len(value) > 1 and value[1] == ":"))
-        if looks_like_path or not value:
-            raise self.fail("no such directory")
-        return value
 
-    def _check_hub(self, repo_id: str) -> None:
-        """Fail in seconds, not minutes of retries, when the hub cannot be reached."""
-        from huggingface_hub import HfApi, constants
-        from huggingface_hub.errors import RepositoryNotFoundError
-
-        if constants.HF_HUB_OFFLINE:
-            raise self.fail("it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
-        try:
-            HfApi().model_info(repo_id, timeout=HUB_TIMEOUT)
-        except RepositoryNotFoundError:
-            raise self.fail("no such model on the Hugging Face hub (or it is private), "
-                            "and no such local directory") from None
-        except Exception:  # noqa: BLE001 - DNS, connection, timeout, proxy errors
-            raise self.fail("the Hugging Face hub cannot be reached (offline?) and the model "
-                            "is not in the local cache") from None
-
-
-def _from_pretrained(location: str, *, local_files_only: bool) -> tuple[Any, Any]:
+def _from_pretrained(location: str, local_files_only: bool) -> tuple[Any, Any]:
     # The hub's preprocessor_config.json names the retired DetrFeatureExtractor, which
     # transformers 5 no longer maps; DetrImageProcessor reads the same file.
     from transformers import DetrForObjectDetection, DetrImageProcessor
@@ -271,11 +231,6 @@ def _fold_frozen_batch_norms(model: Any) -> None:
                 setattr(parent, norm_name, torch.nn.Identity())
 
 
-def _short(exc: BaseException) -> str:
-    """The first line of an exception's message, trimmed, for a one-line reason."""
-    lines = str(exc).strip().splitlines()
-    first = lines[0].strip() if lines else type(exc).__name__
-    return first if len(first) <= 200 else first[:197] + "..."
 
 
 # -- the tools --------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from tools.base import (Label, ModelLoadError, ModelSource, Tool, ToolContext, ToolResult,
-                        select_device, sorted_labels)
+                        select_device, short_reason, sorted_labels)
 from tools.media import open_image
 
 #: EXIF orientations that swap width and height (rotations by 90° or 270°).
@@ -103,7 +103,7 @@ class ImageTool(Tool):
             try:
                 return weights.get_state_dict(progress=True, check_hash=True)
             except (OSError, RuntimeError) as exc:  # offline (URLError is an OSError), bad hash
-                raise self._error(f"downloading {weights.url} failed ({_reason(exc)})") from None
+                raise self._error(f"downloading {weights.url} failed ({short_reason(exc)})") from None
         path = Path(value).expanduser()
         if path.is_dir():
             files = sorted(path.glob("*.pth"))
@@ -119,7 +119,7 @@ class ImageTool(Tool):
         try:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch.load raises many kinds (pickle, zip, EOF) on bad files
-            raise self._error(f"{path.name} is not a readable PyTorch state dict ({_reason(exc)})") from None
+            raise self._error(f"{path.name} is not a readable PyTorch state dict ({short_reason(exc)})") from None
         if not isinstance(state_dict, dict):
             raise self._error(f"{path.name} holds a {type(state_dict).__name__}, not a state dict")
         return state_dict
@@ -177,9 +177,3 @@ def _oriented_size(path: Path) -> tuple[int, int]:
         width, height = header.size
         orientation = header.getexif().get(ExifTags.Base.Orientation)
     return (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
-
-
-def _reason(exc: BaseException) -> str:
-    """A one-line reason from an exception (no traceback)."""
-    text = str(getattr(exc, "reason", "") or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -8,14 +8,14 @@ token windows whose class probabilities are averaged, weighted by their token co
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from tools.base import (ModelLoadError, ModelSource, Tool, ToolContext, ToolResult,
-                        select_device, sorted_labels)
+                        select_device, short_reason, sorted_labels)
+from tools.hub import load_pretrained
 
 #: Longest text accepted, in characters (about 25k tokens: some 50 windows).
 MAX_CHARACTERS = 100_000
@@ -25,8 +25,6 @@ MAX_WINDOW = 512
 WINDOW_OVERLAP = 32
 #: Padded tokens per forward pass: bounds memory when many long texts come at once.
 BATCH_TOKENS = 16_384
-#: Seconds to wait for the hub before deciding it is unreachable.
-HUB_TIMEOUT = 10.0
 
 #: Label spellings of sentiment models (after lower-casing), by the name we report.
 _LABEL_PREFIXES = {"pos": "positive", "neg": "negative", "neu": "neutral"}
@@ -95,17 +93,9 @@ class SentimentTool(Tool):
 
     def _load(self) -> _Loaded:
         device = select_device(self._device)
-        location = self._location()
-        try:
-            tokenizer, model = _from_pretrained(location, local_files_only=True)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
-            if Path(location).is_dir():
-                raise self._fail(_short(exc)) from None
-            self._check_hub(location)  # not in the local cache: is there a hub to fetch it from?
-            try:
-                tokenizer, model = _from_pretrained(location, local_files_only=False)
-            except Exception as exc2:  # noqa: BLE001
-                raise self._fail(_short(exc2)) from None
+        tokenizer, model = load_pretrained(
+            self._source, "sentiment", "config.json, the weights and the tokenizer files",
+            _from_pretrained)
         if not tokenizer.is_fast:
             raise self._fail("its tokenizer has no fast version (tokenizer.json), "
                              "which splitting long texts into windows needs")
@@ -113,42 +103,8 @@ class SentimentTool(Tool):
         try:
             model = model.to(device).eval()
         except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory
-            raise self._fail(f"could not move it to {device} ({_short(exc)})") from None
+            raise self._fail(f"could not move it to {device} ({short_reason(exc)})") from None
         return _Loaded(tokenizer, model, device, labels)
-
-    def _location(self) -> str:
-        """A local directory, or a hub id; a path that does not exist is an error here."""
-        value = self._source.value.strip()
-        path = Path(value).expanduser()
-        if path.is_dir():
-            if not (path / "config.json").is_file():
-                raise self._fail("the directory has no config.json; expected a model saved with "
-                                 "save_pretrained (config.json, the weights and the tokenizer files)")
-            return str(path)
-        if path.exists():
-            raise self._fail("it is a file; expected a directory saved with save_pretrained "
-                             "(config.json, the weights and the tokenizer files)")
-        looks_like_path = (value.startswith((".", "/", "~", "\\")) or value.count("/") > 1
-                           or (len(value) > 1 and value[1] == ":"))
-        if looks_like_path or not value:
-            raise self._fail("no such directory")
-        return value
-
-    def _check_hub(self, repo_id: str) -> None:
-        """Fail in seconds, not minutes of retries, when the hub cannot be reached."""
-        from huggingface_hub import HfApi, constants
-        from huggingface_hub.errors import RepositoryNotFoundError
-
-        if constants.HF_HUB_OFFLINE:
-            raise self._fail("it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
-        try:
-            HfApi().model_info(repo_id, timeout=HUB_TIMEOUT)
-        except RepositoryNotFoundError:
-            raise self._fail("no such model on the Hugging Face hub (or it is private), "
-                             "and no such local directory") from None
-        except Exception:  # noqa: BLE001 - DNS, connection, timeout, proxy errors
-            raise self._fail("the Hugging Face hub cannot be reached (offline?) and the model "
-                             "is not in the local cache") from None
 
     def _normalised_labels(self, id2label: dict[int, str]) -> list[str]:
         """The model's classes as positive / neutral / negative, in class-index order."""
@@ -224,7 +180,7 @@ class SentimentTool(Tool):
         return out
 
 
-def _from_pretrained(location: str, *, local_files_only: bool) -> tuple[Any, Any]:
+def _from_pretrained(location: str, local_files_only: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_files_only)
@@ -233,9 +189,4 @@ def _from_pretrained(location: str, *, local_files_only: bool) -> tuple[Any, Any
     return tokenizer, model
 
 
-def _short(exc: BaseException) -> str:
-    """The first line of an exception's message, trimmed, for a one-line reason."""
-    lines = str(exc).strip().splitlines()
-    first = lines[0].strip().rstrip(":") if lines else type(exc).__name__
-    return first if len(first) <= 200 else first[:197] + "..."
 

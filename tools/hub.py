@@ -1,0 +1,77 @@
+"""Loading Hugging Face models from a local ``save_pretrained`` directory or a hub id.
+
+A hub id is served from the local cache when it is there (no network); otherwise the hub
+is asked once, with a short timeout, before the real download — so an offline machine
+gets a clear :class:`ModelLoadError` in seconds instead of minutes of retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from tools.base import ModelLoadError, ModelSource, short_reason
+
+HUB_TIMEOUT = 10.0
+
+T = TypeVar("T")
+
+
+
+def load_pretrained(source: ModelSource, what: str, contents: str,
+                    load: Callable[[str, bool], T]) -> T:
+    """``load(location, local_files_only)`` from ``source``: a local directory, or a hub id.
+
+    ``what`` names the model in messages; ``contents`` says what such a directory holds.
+    Every failure becomes one :class:`ModelLoadError`.
+    """
+    def fail(reason: str) -> ModelLoadError:
+        return ModelLoadError(what, source.value, source.variable, reason)
+
+    location = _location(source.value, contents, fail)
+    try:
+        return load(location, True)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
+        if Path(location).is_dir():
+            raise fail(short_reason(exc)) from None
+    _check_hub(location, fail)  # not in the local cache: is there a hub to fetch it from?
+    try:
+        return load(location, False)
+    except Exception as exc:  # noqa: BLE001
+        raise fail(short_reason(exc)) from None
+
+
+def _location(value: str, contents: str, fail: Callable[[str], ModelLoadError]) -> str:
+    """A local directory, or a hub id; a path that does not exist is an error here."""
+    value = value.strip()
+    path = Path(value).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise fail(f"the directory has no config.json; expected a model saved with "
+                       f"save_pretrained ({contents})")
+        return str(path)
+    if path.exists():
+        raise fail(f"it is a file; expected a directory saved with save_pretrained ({contents})")
+    looks_like_path = (value.startswith((".", "/", "~", "\\")) or value.count("/") > 1
+                       or (len(value) > 1 and value[1] == ":"))
+    if looks_like_path or not value:
+        raise fail("no such directory")
+    return value
+
+
+def _check_hub(repo_id: str, fail: Callable[[str], ModelLoadError]) -> None:
+    """Fail in seconds, not minutes of retries, when the hub cannot be reached."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        raise fail("it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+    try:
+        HfApi().model_info(repo_id, timeout=HUB_TIMEOUT)
+    except RepositoryNotFoundError:
+        raise fail("no such model on the Hugging Face hub (or it is private), "
+                   "and no such local directory") from None
+    except Exception:  # noqa: BLE001 - DNS, connection, timeout, proxy errors
+        raise fail("the Hugging Face hub cannot be reached (offline?) and the model "
+                   "is not in the local cache") from None
