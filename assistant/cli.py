@@ -98,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for name, value in _QUIET_LIBRARIES.items():
         os.environ.setdefault(name, value)
+    if args.command != "models":  # downloads show progress; loading from disk does not
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from assistant.config import ConfigError, Settings
 
     try:
