@@ -10,11 +10,10 @@ Model load includes importing TensorFlow. Results are JSON lines.
 
 from __future__ import annotations
 
-import argparse
 import wave
 from pathlib import Path
 
-from common import MEDIA, SHARED, emit, median_ms, scratch_dir, timed
+from common import MEDIA, SHARED, emit, median_ms, repeat_arg, scratch_dir, timed
 
 YAMNET = SHARED / "models" / "yamnet"
 PIANO = MEDIA / "audio" / "librosa_piano_ragtime.ogg"
@@ -32,10 +31,7 @@ def _write_wav(path: Path, samples, rate: int) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=20, help="timed runs per median")
-    args = parser.parse_args()
-    repeat = args.repeat
+    repeat = repeat_arg(__doc__, default=20)
 
     from assistant.attachments import AttachmentStore
     from tools.audio import SAMPLE_RATE, AudioTool, decode_audio, frame_scores, read_class_map

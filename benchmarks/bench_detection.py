@@ -14,9 +14,8 @@ Results are JSON lines.
 
 from __future__ import annotations
 
-import argparse
 
-from common import CONFIGS, MEDIA, emit, median_ms, scratch_dir, timed
+from common import CONFIGS, MEDIA, emit, median_ms, repeat_arg, scratch_dir, timed
 
 
 def _import_libraries() -> None:
@@ -25,9 +24,7 @@ def _import_libraries() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per median")
-    args = parser.parse_args()
+    repeat = repeat_arg(__doc__, default=3)
 
     from assistant.attachments import AttachmentStore
     from assistant.config import Settings
@@ -52,12 +49,12 @@ def main() -> None:
     ids = {name: store.register(path).id for name, path in photos.items()}
     ctx = ToolContext(store, scratch / "out")
     ours = {name: median_ms(lambda i=ids[name]: photo.call({"attachment_id": i}, ctx),
-                            repeat=args.repeat)
+                            repeat=repeat)
             for name in photos}
     clip_id = store.register(clip).id
     result = video.call({"attachment_id": clip_id}, ctx)
     video_s = median_ms(lambda: video.call({"attachment_id": clip_id}, ctx),
-                        repeat=args.repeat, warmup=0) / 1000
+                        repeat=repeat, warmup=0) / 1000
     video_ratio = video_s / result.duration_s  # type: ignore[attr-defined]
     emit("detection", path="ours", import_s=import_s, load_s=load_s,
          **{f"{name}_ms": ms for name, ms in ours.items()},
@@ -90,7 +87,7 @@ def main() -> None:
         capture.release()
         return frames
 
-    naive = {name: median_ms(lambda p=path: naive_photo(p), repeat=args.repeat, warmup=0)
+    naive = {name: median_ms(lambda p=path: naive_photo(p), repeat=repeat, warmup=0)
              for name, path in photos.items()}
     naive_frames, naive_video_s = timed(naive_video)
     naive_ratio = naive_video_s / result.duration_s  # type: ignore[attr-defined]

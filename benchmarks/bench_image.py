@@ -12,10 +12,9 @@ examples do: ``Image.open(p).convert("RGB")`` + ``ResNet18_Weights.IMAGENET1K_V1
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from common import MEDIA, emit, median_ms, scratch_dir, timed
+from common import MEDIA, emit, median_ms, repeat_arg, scratch_dir, timed
 
 
 def _import_libraries() -> None:
@@ -32,10 +31,7 @@ def _one_megapixel_photo(dst: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=30, help="timed runs per median")
-    args = parser.parse_args()
-    repeat = args.repeat
+    repeat = repeat_arg(__doc__, default=30)
 
     from assistant.attachments import AttachmentStore
     from tests.model_builders import build_resnet18

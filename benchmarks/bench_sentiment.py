@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from common import CONFIGS, emit, median_ms, scratch_dir, timed
@@ -50,20 +48,6 @@ def build(arch: str, dst: Path) -> Path:
     return dst
 
 
-def cpu_ms(fn: Callable[[], object], repeat: int = 30) -> float:
-    """Median CPU time of this process per ``fn()`` call, in milliseconds.
-
-    With one thread this is what the call would take on an idle machine, however busy this
-    one is (other work preempts us but does not bill us).
-    """
-    samples = []
-    for _ in range(repeat):
-        start = time.process_time()
-        fn()
-        samples.append((time.process_time() - start) * 1000)
-    return statistics.median(samples)
-
-
 def _import_libraries() -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
 
@@ -86,7 +70,8 @@ def bench(arch: str) -> None:
     for threads in sorted({1, default_threads}, reverse=True):
         torch.set_num_threads(threads)
         short_ms[threads] = median_ms(lambda: tool.classify([next(texts)]), repeat=30, warmup=3)
-        short_cpu_ms = cpu_ms(lambda: tool.classify([next(texts)]))
+        short_cpu_ms = median_ms(lambda: tool.classify([next(texts)]), repeat=30,
+                                 clock=time.process_time)
         batch_ms = median_ms(lambda: tool.classify(BATCH), repeat=5)
         long_ms = median_ms(lambda: tool.classify([LONG]), repeat=1)
         emit("sentiment", arch=arch, path="ours", threads=threads, import_s=import_s,

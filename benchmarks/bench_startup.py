@@ -9,7 +9,6 @@ The terminal case runs the REPL in a pseudo-terminal and stops the clock when th
 
 from __future__ import annotations
 
-import argparse
 import os
 import pty
 import select
@@ -18,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, emit, scratch_dir
+from common import ROOT, emit, repeat_arg, scratch_dir
 
 PROMPT = "you›".encode()
 
@@ -74,9 +73,7 @@ def time_run(args: list[str], env: dict[str, str], stdin: str = "") -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=7)
-    repeat = parser.parse_args().repeat
+    repeat = repeat_arg(__doc__, default=7)
     env = _env()
     time_to_prompt(env)  # warm the file cache
     emit("startup",

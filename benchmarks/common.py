@@ -19,16 +19,30 @@ CONFIGS = SHARED / "models" / "configs"
 sys.path.insert(0, str(ROOT))
 
 
-def median_ms(fn: Callable[[], object], repeat: int = 10, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
+def median_ms(fn: Callable[[], object], repeat: int = 10, warmup: int = 1,
+              clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median time of ``fn()`` in milliseconds, after ``warmup`` untimed calls.
+
+    ``clock=time.process_time`` measures this process's CPU time instead of wall time: with
+    one thread, what the call would take on an idle machine, however busy this one is.
+    """
     for _ in range(warmup):
         fn()
     samples = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        samples.append((time.perf_counter() - start) * 1000)
+        samples.append((clock() - start) * 1000)
     return statistics.median(samples)
+
+
+def repeat_arg(doc: str | None, default: int) -> int:
+    """The ``--repeat N`` option every benchmark script takes (timed runs per median)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=default, help="timed runs per median")
+    return parser.parse_args().repeat
 
 
 def timed(fn: Callable[[], object]) -> tuple[object, float]:

@@ -8,7 +8,7 @@ HTML the way Telegram does (known tags, balanced, at most 4,096 visible characte
 records every request so tests can assert what the bot sent. A failure (for example a 429
 with ``retry_after``) can be injected for the next call of a method.
 
-Standard library only: ``http.server`` in a thread, reached at ``base_url``.
+Standard library only: ``http.server`` in a thread, reached at ``url``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from tests.local_http import LocalHTTPServer
 
 TOKEN = "123456:TEST-token"
 BOT_USER = {"id": 123456, "is_bot": True, "first_name": "Assistant", "username": "test_assistant_bot"}
@@ -82,7 +84,7 @@ def visible_text(text: str) -> str:
     return "".join(checker.text)
 
 
-class FakeBotAPI:
+class FakeBotAPI(LocalHTTPServer):
     """The fake server; use as a context manager (or ``start()`` / ``close()``)."""
 
     def __init__(self, token: str = TOKEN) -> None:
@@ -95,26 +97,14 @@ class FakeBotAPI:
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
         self._closing = False
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._server.daemon_threads = True
+        super().__init__(_Handler)
         self._server.api = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> FakeBotAPI:
-        self._thread.start()
-        return self
 
     def close(self) -> None:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._server.shutdown()
-        self._server.server_close()
+        self.stop()
 
     def __enter__(self) -> FakeBotAPI:
         return self.start()

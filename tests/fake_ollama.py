@@ -24,10 +24,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+
+from tests.local_http import LocalHTTPServer
 
 #: Capabilities Ollama reports for a model with native tool calling, and for plain llama3.
 TOOLS = ["completion", "tools"]
@@ -76,7 +78,7 @@ class Request:
     body: dict[str, Any]
 
 
-class FakeOllama:
+class FakeOllama(LocalHTTPServer):
     """A threaded fake Ollama on 127.0.0.1 and a free port."""
 
     def __init__(self, models: dict[str, list[str]] | None = None) -> None:
@@ -85,22 +87,7 @@ class FakeOllama:
         self.script: list[Scripted] = []
         self.requests: list[Request] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> FakeOllama:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(_handler(self))
 
     def chat_requests(self) -> list[dict[str, Any]]:
         """Bodies of /api/chat requests that asked for a reply (not the empty warm-up load)."""

@@ -187,22 +187,15 @@ def test_video_tool_refuses_a_truncated_video(tools, media, tmp_path):
         tools[1].call({"attachment_id": attachment.id}, ToolContext(store, tmp_path))
 
 
-def test_video_tool_refuses_a_text_file(tools, tmp_path):
-    text = tmp_path / "notes.mp4"
-    text.write_text("not a video at all\n")
+@pytest.mark.parametrize("index, kind, message", [(0, "image", "not an image"),
+                                                   (1, "video", "not a video")])
+def test_tools_refuse_a_text_file(tools, tmp_path, index, kind, message):
+    text = tmp_path / "notes.bin"
+    text.write_text("not a photo or a video at all\n")
     store = AttachmentStore()
-    attachment = store.register(text, kind="video")
-    with pytest.raises(ToolError, match="not a video"):
-        tools[1].call({"attachment_id": attachment.id}, ToolContext(store, tmp_path))
-
-
-def test_photo_tool_refuses_a_text_file(tools, tmp_path):
-    text = tmp_path / "notes.jpg"
-    text.write_text("not a photo\n")
-    store = AttachmentStore()
-    attachment = store.register(text, kind="image")
-    with pytest.raises(ToolError, match="not an image"):
-        tools[0].call({"attachment_id": attachment.id}, ToolContext(store, tmp_path))
+    attachment = store.register(text, kind=kind)  # as a chat adapter would, by its name
+    with pytest.raises(ToolError, match=message):
+        tools[index].call({"attachment_id": attachment.id}, ToolContext(store, tmp_path))
 
 
 @pytest.mark.parametrize("arguments", [{"threshold": 1.5}, {"threshold": 0}, {"fps": 0},

@@ -71,7 +71,7 @@ def _sha(path: Path) -> str:
 
 
 def _settings(api: FakeBotAPI, **changes) -> Settings:
-    return replace(Settings(telegram_token=api.token, telegram_api_base_url=api.base_url,
+    return replace(Settings(telegram_token=api.token, telegram_api_base_url=api.url,
                             telegram_allowed_users=(str(OWNER), "@Friend")), **changes)
 
 
