@@ -23,12 +23,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.local_http import LocalHTTPServer
+from tests.local_http import LocalHTTPServer, QuietHandler
 
 TOKEN = "123456:TEST-token"
 BOT_USER = {"id": 123456, "is_bot": True, "first_name": "Assistant", "username": "test_assistant_bot"}
@@ -339,11 +339,8 @@ def _parse_params(content_type: str, body: bytes) -> tuple[dict[str, Any], dict[
     return params, files
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     server: ThreadingHTTPServer
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
 
     def do_GET(self) -> None:
         self._handle()
@@ -359,30 +356,17 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith(file_prefix):
             local = api._file_for(path[len(file_prefix):])
             if local is None:
-                return self._send(404, b"Not Found", "text/plain")
+                return self.send_bytes(404, b"Not Found", "text/plain")
             with api._cond:
                 api.downloads.append(path[len(file_prefix):])
-            return self._send(200, local.read_bytes(), "application/octet-stream")
+            return self.send_bytes(200, local.read_bytes(), "application/octet-stream")
         prefix = f"/bot{api.token}/"
         if not path.startswith(prefix):
-            return self._json(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+            return self.send_json(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
         method = path[len(prefix):]
         params, files = _parse_params(self.headers.get("Content-Type", ""), body)
         if method == "getUpdates":
             answer = api._get_updates(params)
-            return self._json(200 if answer["ok"] else answer["error_code"], answer)
+            return self.send_json(200 if answer["ok"] else answer["error_code"], answer)
         answer = api._record(Call(method, params, files))
-        self._json(200 if answer["ok"] else answer["error_code"], answer)
-
-    def _json(self, status: int, payload: dict) -> None:
-        self._send(status, json.dumps(payload).encode(), "application/json")
-
-    def _send(self, status: int, data: bytes, content_type: str) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the bot stopped waiting (shutdown)
-            pass
+        self.send_json(200 if answer["ok"] else answer["error_code"], answer)

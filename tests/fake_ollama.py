@@ -24,12 +24,11 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
-from tests.local_http import LocalHTTPServer
+from tests.local_http import LocalHTTPServer, QuietHandler
 
 #: Capabilities Ollama reports for a model with native tool calling, and for plain llama3.
 TOOLS = ["completion", "tools"]
@@ -109,12 +108,9 @@ class FakeOllama(LocalHTTPServer):
             self.requests.append(request)
 
 
-def _handler(fake: FakeOllama) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+def _handler(fake: FakeOllama) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
-            pass
 
         def do_GET(self) -> None:  # noqa: N802
             fake.record(Request("GET", self.path, {}))
@@ -175,19 +171,6 @@ def _handler(fake: FakeOllama) -> type[BaseHTTPRequestHandler]:
             parts.append({**final, "message": {"role": "assistant", "content": ""}})
             data = b"".join(json.dumps(part).encode() + b"\n" for part in parts)
             self.send_bytes(200, data, "application/x-ndjson")
-
-        def send_json(self, status: int, data: dict[str, Any]) -> None:
-            self.send_bytes(status, json.dumps(data).encode(), "application/json")
-
-        def send_bytes(self, status: int, data: bytes, content_type: str) -> None:
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (timeout test)
 
     return Handler
 
