@@ -12,6 +12,7 @@ prompt never waits for langchain, torch or tensorflow to import.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import threading
@@ -221,8 +222,9 @@ class Repl:
 class PlainUI:
     """Lines from standard input; plain replies on standard output, notices on standard error."""
 
-    def __init__(self, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> None:
+    def __init__(self, stdin: TextIO, stdout: TextIO, stderr: TextIO, *, json_mode: bool = False) -> None:
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.json_mode = json_mode
 
     def read(self, pending: int) -> str | None:
         line = self.stdin.readline()
@@ -260,9 +262,16 @@ class PlainUI:
         self.notice("cancelled")
 
     def show_reply(self, reply: Reply) -> None:
+        if self.json_mode:  # one JSON object per reply, for scripts, tests and the benchmark
+            self.say(json.dumps({"text": reply.text, "results": reply.results, "notes": reply.notes,
+                                 "media": [str(path) for path in reply.media], "llm_used": reply.llm_used},
+                                ensure_ascii=False))
+            return
         for note in reply.notes:
             self.say(f"note: {note}")
         self.say(reply.text)
+        for line in reply.results:
+            self.say(f"result: {line}")
         for path in reply.media:
             self.say(f"saved: {path}")
         self.say("")
@@ -412,6 +421,8 @@ class RichUI(PlainUI):
         if reply is None:
             self.cancelled()
             return
+        for line in reply.results:
+            self.console.print(f"[dim]{_escape(line)}[/]")
         for note in reply.notes:
             self.console.print(f"[dim italic]note: {_escape(note)}[/]")
         for path in reply.media:
@@ -514,8 +525,8 @@ def _completer():
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """`assistant chat`: the REPL until /quit or end of input."""
     starter = AgentStarter(settings, use_llm=not args.no_llm)
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    ui: PlainUI = RichUI() if interactive else PlainUI(sys.stdin, sys.stdout, sys.stderr)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not args.json
+    ui: PlainUI = RichUI() if interactive else PlainUI(sys.stdin, sys.stdout, sys.stderr, json_mode=args.json)
     starter.on_warm.append(ui.notify if interactive else ui.notice)
     starter.start()
     return Repl(ui, starter, args.conversation).loop()

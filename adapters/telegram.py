@@ -354,8 +354,10 @@ class TelegramBot:
         if reply.notes:  # for the adapter, not the user (the text already says what matters)
             log.info("Reply notes for chat %s: %s", chat_id, "; ".join(reply.notes))
         text = reply.text.strip()
-        if text:
-            await self._send_text(context, chat_id, text)
+        if reply.results:  # the measured results, as a short block under the model's words
+            text += "\n\n" + "\n".join(f"`{line}`" for line in reply.results)
+        if text.strip():
+            await self._send_text(context, chat_id, text.strip())
         elif not reply.media:
             await self._send_text(context, chat_id, "(I have no answer to that.)", plain=True)
         for path in reply.media:

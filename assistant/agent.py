@@ -22,6 +22,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
 from assistant import prompts
+from assistant import reply as contract
 from assistant.attachments import AttachmentStore
 from assistant.config import Settings
 from assistant.llm import ChatLLM, LLMError, LLMStatus, ToolsUnsupported
@@ -45,8 +46,6 @@ _DETECT_WORDS = re.compile(
     r"\b(what|whats|where|which|find|count|how many|detect|locate|spot|objects?|things?|anything)\b"
     r"|(?<!\w)(что|где|какие|найд|найт|посчита|подсчита|сколько|объект|обнаруж|предмет|"
     r"изображ|есть ли|покажи)", re.IGNORECASE)
-#: JSON inside an optional ```json fence.
-_FENCED = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 
 def wants_detection(text: str) -> bool:
@@ -75,6 +74,7 @@ class Agent:
         self._told_no_tools: set[str] = set()
         self.schemas = tools.schemas()  # the tools never change; their schemas are built once
         self.schema_tokens = len(json.dumps(self.schemas, ensure_ascii=False)) // 4
+        self.decision_schema = contract.decision_schema(tools.names)
 
     # -- the fixed interface -------------------------------------------------------------
 
@@ -139,6 +139,16 @@ class Agent:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def system_prompt(self, native: bool) -> str:
+        """The system prompt: the same in every request (for a model without native tools it
+        lists the tools itself, in the decision and in the answer alike)."""
+        if native:
+            return prompts.load("system")
+        tools = "\n".join(f"- {s['function']['name']}: {s['function']['description']}\n"
+                          f"  {json.dumps(s['function']['parameters'], ensure_ascii=False)}"
+                          for s in self.schemas)
+        return prompts.load("system") + "\n\n" + prompts.load("tool_selection").replace("{tools}", tools)
+
     def tell_no_tools_once(self, conversation_id: str) -> bool:
         with self._lock:
             if conversation_id in self._told_no_tools:
@@ -161,7 +171,9 @@ class _TurnRun:
                                output_dir=agent.output_dir(turn.conversation_id), progress=on_progress)
         self.user = HumanMessage(content=_user_text(turn))
         self.messages: list[BaseMessage] = [self.user]  # this turn's messages, stored in memory
-        self.results: list[tuple[str, ToolResult | str]] = []  # (what was analysed, result or error)
+        #: (tool, what was analysed, result or error) of every tool that ran in this turn.
+        self.outcomes: list[tuple[str, str, contract.Outcome]] = []
+        self.ran: set[str] = set()  # keys of the calls run in this turn (identical ones run once)
         self.media: list[Path] = []
         self.notes: list[str] = []
         self.history = agent.memory.turns(turn.conversation_id)  # earlier turns, before this one
@@ -177,10 +189,7 @@ class _TurnRun:
             return self.tool_only_reply(None)
         if self.cancelled:
             return self.cancelled_reply("")
-        try:
-            return self.converse(llm)
-        except LLMError as exc:
-            return self.tool_only_reply(str(exc))
+        return self.converse(llm)
 
     # -- routing and tools ---------------------------------------------------------------
 
@@ -190,10 +199,10 @@ class _TurnRun:
         for attachment in self.turn.attachments:
             tool = self.agent.tools.tool_for_kind(attachment.kind)
             if tool is not None:
-                calls.append(_call(tool.name, {"attachment_id": attachment.id}))
+                calls.append(contract.make_call(tool.name, {"attachment_id": attachment.id}))
             if (attachment.kind == "image" and DETECT_TOOL in self.agent.tools
                     and wants_detection(self.turn.text)):
-                calls.append(_call(DETECT_TOOL, {"attachment_id": attachment.id}))
+                calls.append(contract.make_call(DETECT_TOOL, {"attachment_id": attachment.id}))
         return calls
 
     def run_calls(self, calls: Sequence[dict[str, Any]]) -> None:
@@ -202,6 +211,7 @@ class _TurnRun:
             return
         self.messages.append(AIMessage(content="", tool_calls=list(calls)))
         for call in calls:
+            self.ran.add(contract.call_key(call))
             if self.cancelled:
                 content = json.dumps({"error": "cancelled by the user before this tool ran"})
             else:
@@ -209,189 +219,206 @@ class _TurnRun:
             self.messages.append(ToolMessage(content=content, tool_call_id=call["id"], name=call["name"]))
 
     def run_call(self, call: dict[str, Any]) -> str:
-        subject = _subject(call)
+        name, subject = call["name"], _subject(call)
         try:
-            result = self.agent.tools.get(call["name"]).call(call["args"], self.ctx)
+            result = self.agent.tools.get(name).call(call["args"], self.ctx)
         except ToolError as exc:
-            self.results.append((subject, str(exc)))
+            self.outcomes.append((name, subject, str(exc)))
             return json.dumps({"error": str(exc)}, ensure_ascii=False)
         except Exception as exc:  # noqa: BLE001 - a tool's bug is reported, not raised
-            log.exception("tool %s failed", call["name"])
-            message = f"{call['name']} failed unexpectedly: {exc.__class__.__name__}: {exc}"
-            self.results.append((subject, message))
+            log.exception("tool %s failed", name)
+            message = f"{name} failed unexpectedly: {exc.__class__.__name__}: {exc}"
+            self.outcomes.append((name, subject, message))
             return json.dumps({"error": message}, ensure_ascii=False)
-        self.results.append((subject, result))
+        self.outcomes.append((name, subject, result))
         self.media.extend(Path(path) for path in result.outputs)
         return _compact_json(result.to_json())
 
     # -- the model -----------------------------------------------------------------------
 
     def converse(self, llm: ChatLLM) -> Reply:
-        texts: list[str] = []
-        limit = self.agent.max_tool_rounds
-        for round_number in range(limit + 1):
-            native = llm.native_tools is not False
-            offer_tools = round_number < limit
+        """Ask the model, run the calls it makes, until it answers in words (the reply contract:
+        no repeated calls, bounded rounds, nothing raw shown, a grounded reply in every case)."""
+        said: list[str] = []  # the model's words for the person, in order
+        rounds, retried, offer_tools = 0, False, True
+        while True:
             stream = _Streamer(self.on_token)
             try:
-                answer = llm.chat(self.prompt(native, offer_tools), on_token=stream.feed, cancel=self.cancel,
-                                  tools=self.agent.schemas if native and offer_tools else None)
+                answer = self.ask(llm, offer_tools, stream)
+            except LLMError as exc:
+                spoken = [*said, stream.shown] if stream.shown.strip() else said
+                if not spoken:
+                    return self.tool_only_reply(str(exc))
+                return self.fallback_reply(contract.STOPPED, said=spoken, note=str(exc))
+            if self.cancelled:
+                return self.cancelled_reply("\n\n".join([*said, stream.shown.strip()]).strip())
+            read = self.read(answer)
+            stream.finish(read.words)
+            if offer_tools and (read.calls or read.problems):
+                rounds += 1
+                if contract.is_usable(read.words):
+                    said.append(read.words)
+                offer_tools = self.run_requested(read) and rounds < self.agent.max_tool_rounds
+                if not offer_tools:
+                    self.instruct("answer")
+                continue
+            if contract.is_usable(read.words):
+                said.append(read.words)
+                break
+            if not retried:  # empty, markup, call- or result-shaped: once more, in plain words
+                retried, offer_tools = True, False
+                self.instruct("plain_answer")
+                continue
+            if said:
+                break
+            return self.fallback_reply(contract.ROUNDS if rounds >= self.agent.max_tool_rounds else contract.UNUSABLE,
+                                       note="the model gave no usable answer")
+        text = "\n\n".join(said)
+        self.messages.append(AIMessage(content=text))
+        return self.make_reply(text, llm_used=True)
+
+    def ask(self, llm: ChatLLM, offer_tools: bool, stream: _Streamer) -> AIMessage:
+        """One answer of the model. Every request of a turn has the same system prompt and
+        tools (so the model's prompt cache holds); a model without native tools first makes
+        a structured decision (JSON schema enforced by Ollama), then answers in plain text."""
+        if llm.native_tools is not False:
+            try:
+                return llm.chat(self.prompt(native=True), tools=self.agent.schemas,
+                                on_token=stream.feed, cancel=self.cancel)
             except ToolsUnsupported as exc:
                 if self.agent.tell_no_tools_once(self.turn.conversation_id):
                     self.notes.append(str(exc))
-                answer = llm.chat(self.prompt(False, offer_tools), on_token=stream.feed, cancel=self.cancel)
-            calls, problem = self.tool_calls_in(answer)
-            if not calls and problem is None:
-                stream.flush()
-            text = "" if calls or problem else _plain(answer.content)
-            if text:
-                texts.append(text)
-            if self.cancelled:
-                self.messages.append(AIMessage(content=text))
-                return self.cancelled_reply("\n\n".join(texts))
-            if not offer_tools or (not calls and problem is None):
-                self.messages.append(AIMessage(content=text))
-                break
-            if problem is not None:
-                self.messages.append(AIMessage(content=_plain(answer.content)))
-                self.messages.append(HumanMessage(content=f"[Tool request rejected: {problem}] "
-                                                          f"Reply with a valid tool call or answer the user."))
-                continue
-            self.run_calls(calls)
-        if not texts:
-            texts.append(f"(No answer: the model kept asking for tools after {limit} rounds "
-                         f"(ASSISTANT_MAX_TOOL_ROUNDS).)")
-            self.notes.append("tool-round limit reached")
-        return Reply(text="\n\n".join(texts), media=self.media, notes=self.notes, llm_used=True)
+        messages = self.prompt(native=False)
+        if offer_tools:
+            decision = llm.chat([*messages, HumanMessage(content=prompts.load("tool_decision"))],
+                                format=self.agent.decision_schema, cancel=self.cancel)
+            read = self.read(decision)
+            if read.calls or read.problems:
+                return decision
+        return llm.chat(messages, on_token=stream.feed, cancel=self.cancel)
 
-    def prompt(self, native: bool, offer_tools: bool) -> list[BaseMessage]:
+    def read(self, answer: AIMessage) -> contract.Answer:
+        """The answer's calls (native ones, then any written in the text) and its words."""
+        read = contract.read_answer(_plain(answer.content), self.agent.tools)
+        native = [contract.make_call(c["name"], c.get("args") or {}) for c in answer.tool_calls
+                  if c["name"] in self.agent.tools]
+        read.problems += [f"unknown tool {c['name']!r}; available: {', '.join(self.agent.tools.names)}"
+                          for c in answer.tool_calls if c["name"] not in self.agent.tools]
+        read.calls = native + read.calls
+        return read
+
+    def run_requested(self, read: contract.Answer) -> bool:
+        """Run the new calls of a request; tell the model about repeats and rejected ones.
+        True when the model may call tools again."""
+        fresh, repeated = [], []
+        for call in read.calls:
+            key = contract.call_key(call)
+            if key in self.ran or any(contract.call_key(c) == key for c in fresh):
+                repeated.append(call)
+            else:
+                fresh.append(call)
+        self.run_calls(fresh)
+        if read.problems:
+            self.messages.append(HumanMessage(content=f"[Tool request rejected: {'; '.join(read.problems)}] "
+                                                      "Reply with a valid tool call or answer the user."))
+        if repeated:
+            names = ", ".join(sorted({call["name"] for call in repeated}))
+            self.messages.append(HumanMessage(content=f"[{names}: already run in this turn with these "
+                                                      "arguments; the result is above.]"))
+        return not repeated
+
+    def instruct(self, name: str) -> None:
+        """An instruction to the model at the end of the turn (never stored in memory)."""
+        self.messages.append(HumanMessage(content=prompts.load(name).strip()))
+
+    def prompt(self, native: bool) -> list[BaseMessage]:
         """System prompt, the history that fits the context budget, and this turn so far."""
-        system = prompts.load("system")
-        if not native and offer_tools:
-            system += "\n\n" + prompts.load("tool_selection").replace("{tools}", self.tool_list())
+        system = self.agent.system_prompt(native)
         turn = self.messages if native else _as_plain_messages(self.messages)
-        if not offer_tools:
-            turn = [*turn, HumanMessage(content="[No more tool calls are possible in this turn: "
-                                                "answer the user now with what you have.]")]
         fixed = [SystemMessage(content=system), *turn]
         budget = self.agent.num_ctx - ANSWER_RESERVE_TOKENS - estimate_tokens(fixed)
-        if native and offer_tools:
+        if native:
             budget -= self.agent.schema_tokens
         history = fit_history(self.history, max(budget, 0))
         if not native:
             history = _as_plain_messages(history)
         return [fixed[0], *history, *turn]
 
-    def tool_list(self) -> str:
-        return "\n".join(f"- {schema['function']['name']}: {schema['function']['description']}\n"
-                         f"  arguments: {json.dumps(schema['function']['parameters'], ensure_ascii=False)}"
-                         for schema in self.agent.schemas)
+    # -- replies built from the tool results ---------------------------------------------
 
-    def tool_calls_in(self, answer: AIMessage) -> tuple[list[dict[str, Any]], str | None]:
-        """Native tool calls, or calls written as JSON in the text (the fallback, and models that
-        print the call instead of making it). Returns (calls, problem with a JSON request)."""
-        if answer.tool_calls:
-            return [_call(c["name"], c.get("args") or {}) for c in answer.tool_calls], None
-        return parse_json_calls(_plain(answer.content), self.agent.tools)
+    def make_reply(self, text: str, *, llm_used: bool, notes: Sequence[str] = ()) -> Reply:
+        """The reply with the grounded result line of every tool that ran."""
+        return Reply(text=text, media=self.media, notes=[*self.notes, *notes], llm_used=llm_used,
+                     results=[contract.result_line(outcome, tool) for tool, _, outcome in self.outcomes])
 
-    # -- replies without the model -------------------------------------------------------
+    def fallback_reply(self, reason: str, *, said: Sequence[str] = (), note: str | None = None,
+                       llm_used: bool = True) -> Reply:
+        """A reply from the one fallback renderer: what was said, ``reason``, the tool results."""
+        if self.turn.attachments and not self.outcomes:
+            nothing = "No tool can analyse " + ", ".join(a.describe() for a in self.turn.attachments) + "."
+        elif llm_used:
+            nothing = "No tool ran in this turn."
+        else:
+            nothing = ("Without the language model I can only analyse attachments: "
+                       "send a photo, an audio recording or a video.")
+        text = contract.render_fallback(reason, [(subject, outcome) for _, subject, outcome in self.outcomes],
+                                     said="\n\n".join(said), nothing_ran=nothing)
+        self.messages.append(AIMessage(content=text))
+        return self.make_reply(text, llm_used=llm_used, notes=[note] if note else [])
 
     def tool_only_reply(self, reason: str | None) -> Reply:
-        """The no-LLM mode: each attachment's tool results from a template."""
-        if reason is None:
-            reason = "(no-LLM mode: the assistant runs without Ollama.)"
-        if self.results:
-            results = "\n".join(_render_result(subject, result) for subject, result in self.results)
-        elif self.turn.attachments:
-            results = "No tool can analyse " + ", ".join(a.describe() for a in self.turn.attachments) + "."
-        else:
-            results = ("Without the language model I can only analyse attachments: "
-                       "send a photo, an audio recording or a video.")
-        text = prompts.load("no_llm").replace("{reason}", reason).replace("{results}", results)
-        self.messages.append(AIMessage(content=text))
-        return Reply(text=text, media=self.media, notes=[*self.notes, NO_LLM_NOTE], llm_used=False)
+        """The no-LLM mode (or a model that cannot be reached): the tool results alone."""
+        return self.fallback_reply(reason or contract.NO_LLM, note=NO_LLM_NOTE, llm_used=False)
 
     def cancelled_reply(self, text: str) -> Reply:
-        return Reply(text=(text + "\n\n" if text else "") + "_(cancelled)_", media=self.media,
-                     notes=[*self.notes, "cancelled"], llm_used=self.agent.llm is not None)
+        return self.make_reply((text + "\n\n" if text else "") + "_(cancelled)_",
+                               llm_used=self.agent.llm is not None, notes=["cancelled"])
 
     def messages_to_store(self, reply: Reply) -> list[BaseMessage]:
-        """This turn for memory: everything asked and found, ending with the answer given."""
-        if not isinstance(self.messages[-1], AIMessage) or self.messages[-1].tool_calls:
-            return [*self.messages, AIMessage(content=reply.text)]
-        return self.messages
+        """This turn for memory: the user's message, the calls and their results, and the answer
+        the person saw (a replacement stays a replacement; the model's raw text and the
+        instructions of this turn are not kept, so they are never copied later)."""
+        kept = [m for m in self.messages[1:]
+                if isinstance(m, ToolMessage) or (isinstance(m, AIMessage) and m.tool_calls)]
+        return [self.user, *kept, AIMessage(content=reply.text)]
 
 
 class _Streamer:
-    """Passes the model's text on as it streams, but holds back text that starts like JSON
-    (a tool request written as text) until it is known to be an answer."""
+    """Passes the model's words on as they stream, holding back from the first character that
+    may start a tool call or markup (``{``, a backtick, ``<``) until the answer is read;
+    :meth:`finish` then shows the rest of the clean words."""
+
+    _SUSPECT = "{`<["
 
     def __init__(self, on_token: Callable[[str], None] | None) -> None:
         self.on_token = on_token
-        self.held: list[str] = []
-        self.holding: bool | None = None  # None until the first non-blank character
+        self.shown = ""  # what the person has seen of this answer
+        self.held = ""
+        self.holding = False
 
     def feed(self, token: str) -> None:
-        if self.on_token is None:
-            return
-        if self.holding is None:
-            self.held.append(token)
-            start = "".join(self.held).lstrip()
-            if not start:
-                return
-            self.holding = start[0] in "{`"
-            if not self.holding:
-                self.flush()
-            return
         if self.holding:
-            self.held.append(token)
+            self.held += token
+            return
+        cut = min((i for i in (token.find(c) for c in self._SUSPECT) if i != -1), default=-1)
+        if cut == -1:
+            self.emit(token)
         else:
-            self.on_token(token)
+            self.emit(token[:cut])
+            self.held, self.holding = token[cut:], True
 
-    def flush(self) -> None:
-        if self.on_token is not None and self.held:
-            self.on_token("".join(self.held))
-        self.held.clear()
+    def emit(self, text: str) -> None:
+        if text and self.on_token is not None:
+            self.on_token(text)
+        self.shown += text
 
-
-def parse_json_calls(text: str, tools: ToolRegistry) -> tuple[list[dict[str, Any]], str | None]:
-    """Tool calls written as JSON text, validated strictly.
-
-    Accepts ``{"tool_calls": [{"name": ..., "arguments": {...}}, ...]}`` or a single
-    ``{"name"|"tool": ..., "arguments"|"parameters": {...}}``. Text that is not a JSON object is
-    an answer: ``([], None)``. A JSON object that is not a valid request gives ``([], problem)``.
-    """
-    stripped = text.strip()
-    fenced = _FENCED.match(stripped)
-    if fenced:
-        stripped = fenced.group(1)
-    if not stripped.startswith("{"):
-        return [], None
-    try:
-        data = json.loads(stripped)
-    except json.JSONDecodeError:
-        return [], None
-    if not isinstance(data, dict):
-        return [], None
-    requests = data.get("tool_calls", [data]) if "tool_calls" in data else [data]
-    if not isinstance(requests, list) or not requests:
-        return [], "tool_calls must be a non-empty list"
-    calls = []
-    for request in requests:
-        if not isinstance(request, dict):
-            return [], "each tool call must be a JSON object"
-        name = request.get("name", request.get("tool"))
-        arguments = request.get("arguments", request.get("parameters", {}))
-        if not isinstance(name, str) or name not in tools:
-            return [], f"unknown tool {name!r}; available: {', '.join(tools.names)}"
-        if not isinstance(arguments, dict):
-            return [], f"arguments of {name} must be a JSON object"
-        calls.append(_call(name, arguments))
-    return calls, None
-
-
-def _call(name: str, args: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "args": dict(args), "id": f"call_{uuid.uuid4().hex[:12]}", "type": "tool_call"}
+    def finish(self, words: str) -> None:
+        """Show what is left of the clean ``words`` after what was already shown."""
+        if words.startswith(self.shown.strip()) and self.shown.strip():
+            self.emit(words[len(self.shown.strip()):])
+        elif not self.shown.strip():
+            self.emit(words)
+        # otherwise the shown start was not an answer after all: the adapter re-renders Reply.text
 
 
 def _user_text(turn: Turn) -> str:
@@ -405,12 +432,6 @@ def _user_text(turn: Turn) -> str:
 def _subject(call: dict[str, Any]) -> str:
     target = call["args"].get("attachment_id")
     return f"{call['name']} on {target}" if target else call["name"]
-
-
-def _render_result(subject: str, result: ToolResult | str) -> str:
-    if isinstance(result, str):
-        return f"- **{subject}**: error – {result}"
-    return f"- **{subject}**: {result.summary()}"
 
 
 def _compact_json(data: dict[str, Any]) -> str:

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="conversation id; its memory survives restarts (default: terminal)")
     chat.add_argument("--no-llm", action="store_true",
                       help="do not use Ollama: attachments go straight to their tools")
+    chat.add_argument("--json", action="store_true",
+                      help="plain lines in, one JSON object per reply out (text, results, notes, media)")
 
     telegram = commands.add_parser("telegram", help="run the Telegram bot",
                                    description="Run the Telegram bot with long polling "

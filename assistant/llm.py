@@ -47,10 +47,11 @@ class ChatLLM(Protocol):
     native_tools: bool | None
 
     def chat(self, messages: Sequence[BaseMessage], *, tools: Sequence[dict[str, Any]] | None = None,
-             on_token: Callable[[str], None] | None = None,
+             format: dict[str, Any] | None = None, on_token: Callable[[str], None] | None = None,
              cancel: threading.Event | None = None) -> AIMessage:
         """One model reply (text and/or tool calls), streamed to ``on_token``; stops early
-        when ``cancel`` is set. Raises :class:`LLMError` (or :class:`ToolsUnsupported`)."""
+        when ``cancel`` is set. ``format``: a JSON schema the reply must follow (Ollama's
+        structured outputs). Raises :class:`LLMError` (or :class:`ToolsUnsupported`)."""
         ...
 
     def status(self) -> LLMStatus: ...
@@ -84,12 +85,13 @@ class OllamaLLM:
             return self._chat_model
 
     def chat(self, messages: Sequence[BaseMessage], *, tools: Sequence[dict[str, Any]] | None = None,
-             on_token: Callable[[str], None] | None = None,
+             format: dict[str, Any] | None = None, on_token: Callable[[str], None] | None = None,
              cancel: threading.Event | None = None) -> AIMessage:
         runnable = self._chat().bind_tools(list(tools)) if tools else self._chat()
+        options = {"format": format} if format else {}
         full: AIMessageChunk | None = None
         try:
-            for chunk in runnable.stream(list(messages)):
+            for chunk in runnable.stream(list(messages), **options):
                 full = chunk if full is None else full + chunk
                 text = _text(chunk.content)
                 if text and on_token is not None:
@@ -163,6 +165,9 @@ class OllamaLLM:
         if isinstance(exc, (ConnectionError, httpx.ConnectError)):
             return LLMError(f"Ollama is not reachable at {self.host} – start it with `ollama serve` "
                             f"(or set OLLAMA_HOST).")
+        if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+            return LLMError(f"The language model stopped answering (the connection to Ollama at "
+                            f"{self.host} broke off) – try again.")
         if isinstance(exc, httpx.TimeoutException):
             return LLMError(f"Ollama did not answer within {self.timeout:g} s (ASSISTANT_LLM_TIMEOUT) – "
                             f"the model may still be loading or the machine is busy; try again.")

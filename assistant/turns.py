@@ -20,9 +20,12 @@ class Turn:
 @dataclass
 class Reply:
     """The assistant's answer: text (Markdown), media to show (annotated photos/videos),
-    and notes for the adapter (for example that the no-LLM mode answered)."""
+    notes for the adapter (for example that the no-LLM mode answered), and the grounded result
+    line of every tool that ran (``audio · Siren 76% · …``, made from the tools' results, not
+    by the model), which each adapter shows in its own way."""
 
     text: str
     media: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     llm_used: bool = True
+    results: list[str] = field(default_factory=list)

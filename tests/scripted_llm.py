@@ -25,6 +25,7 @@ from tools.registry import ToolRegistry
 class Call:
     messages: list[BaseMessage]
     tools: list[dict[str, Any]] | None
+    format: dict[str, Any] | None = None
 
 
 def say(text: str) -> AIMessage:
@@ -51,9 +52,9 @@ class ScriptedLLM:
         self.warmed = False
 
     def chat(self, messages: Sequence[BaseMessage], *, tools: Sequence[dict[str, Any]] | None = None,
-             on_token: Callable[[str], None] | None = None,
+             format: dict[str, Any] | None = None, on_token: Callable[[str], None] | None = None,
              cancel: threading.Event | None = None) -> AIMessage:
-        self.calls.append(Call(list(messages), list(tools) if tools else None))
+        self.calls.append(Call(list(messages), list(tools) if tools else None, format))
         if not self.script:
             raise AssertionError("the scripted model was called more often than scripted")
         step = self.script[0] if self.repeat_last and len(self.script) == 1 else self.script.pop(0)

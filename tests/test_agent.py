@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-from assistant.agent import NO_LLM_NOTE, Agent, parse_json_calls, wants_detection
+from assistant.agent import NO_LLM_NOTE, Agent, wants_detection
 from assistant.llm import LLMError, ToolsUnsupported
 from assistant.memory import Memory
 from assistant.turns import Turn
@@ -55,7 +55,7 @@ def test_answer_without_tools(make_agent, tools: ToolRegistry) -> None:
     assert reply.llm_used and reply.media == [] and reply.notes == []
     assert "".join(tokens).strip() == reply.text
     (call,) = llm.calls
-    assert isinstance(call.messages[0], SystemMessage) and "language the user wrote in" in call.messages[0].content
+    assert isinstance(call.messages[0], SystemMessage) and "user's language" in call.messages[0].content
     assert call.messages[-1] == HumanMessage(content="Привет")
     assert call.tools == tools.schemas()
     assert all(not tool.calls for tool in tools)  # type: ignore[attr-defined]
@@ -164,20 +164,33 @@ def test_unknown_and_foreign_attachment_ids_are_tool_errors(make_agent, tools: T
     assert errors[1].startswith("Unknown attachment id 'att_1' (this conversation has: none)")
 
 
-def test_round_limit_stops_the_loop(make_agent, tools: ToolRegistry) -> None:
-    llm = ScriptedLLM([call_tools(("sentiment", {"text": "again"}))], repeat_last=True)
+def test_identical_calls_run_once_and_the_model_is_told_to_answer(make_agent, tools: ToolRegistry) -> None:
+    llm = ScriptedLLM([call_tools(("sentiment", {"text": "again"}))] * 3 + [say("It is positive (87%).")])
+    reply = make_agent(llm).respond(Turn("c", "loop"))
+
+    assert len(tools.get("sentiment").calls) == 1  # type: ignore[attr-defined]
+    assert reply.text == "It is positive (87%)." and reply.results == ["sentiment · positive 87%"]
+    assert all(c.tools == tools.schemas() for c in llm.calls)  # the same tools in every request
+    assert "already run in this turn" in llm.calls[2].messages[-2].content
+    assert llm.calls[2].messages[-1].content.startswith("[No more tool calls in this turn.")
+    assert "plain sentences" in llm.calls[3].messages[-1].content  # the one retry
+
+
+def test_round_limit_ends_in_a_grounded_reply(make_agent, tools: ToolRegistry) -> None:
+    texts = iter(range(100))
+    llm = ScriptedLLM([lambda m: call_tools(("sentiment", {"text": f"t{next(texts)}"}))] * 4)
     reply = make_agent(llm, max_tool_rounds=2).respond(Turn("c", "loop forever"))
 
-    assert len(llm.calls) == 3  # two rounds with tools, then one without
-    assert [c.tools is not None for c in llm.calls] == [True, True, False]
-    assert "No more tool calls" in llm.calls[-1].messages[-1].content
-    assert len(tools.get("sentiment").calls) == 2  # type: ignore[attr-defined]
-    assert "ASSISTANT_MAX_TOOL_ROUNDS" in reply.text and "tool-round limit reached" in reply.notes
+    assert len(tools.get("sentiment").calls) == 2 and len(llm.calls) == 4  # type: ignore[attr-defined]
+    assert "(No answer" not in reply.text and "kept asking for tools" in reply.text
+    assert "- **sentiment**: sentiment: positive (87%)" in reply.text
+    assert reply.results == ["sentiment · positive 87%"] * 2
 
 
-def test_json_fallback_for_models_without_native_tools(make_agent, tools: ToolRegistry, photo: Path) -> None:
+def test_json_fallback_decides_with_a_schema_then_answers_in_plain_text(make_agent, tools: ToolRegistry,
+                                                                         photo: Path) -> None:
     request = {"tool_calls": [{"name": "sentiment", "arguments": {"text": "прекрасно"}}]}
-    llm = ScriptedLLM([say("```json\n" + json.dumps(request, ensure_ascii=False) + "\n```"), say("Позитивно.")],
+    llm = ScriptedLLM([say(json.dumps(request, ensure_ascii=False)), say('{"tool_calls": []}'), say("Позитивно.")],
                       native_tools=False)
     agent = make_agent(llm)
     image = attach(agent, "c", photo, "image")
@@ -185,16 +198,19 @@ def test_json_fallback_for_models_without_native_tools(make_agent, tools: ToolRe
 
     reply = agent.respond(Turn("c", "прекрасно", [image]), on_token=tokens.append)
 
-    assert reply.text == "Позитивно."
-    assert "".join(tokens).strip() == "Позитивно."  # the JSON request was not shown to the user
+    assert reply.text == "Позитивно." and "".join(tokens).strip() == "Позитивно."
+    assert reply.results == ["image · tabby 87%", "sentiment · positive 87%"]
     assert all(c.tools is None for c in llm.calls)
-    system = llm.calls[0].messages[0].content
-    assert '{"tool_calls": [{"name": "<tool name>"' in system and "- detect: Fake detect tool." in system
-    second = llm.calls[1].messages
-    assert not any(isinstance(m, ToolMessage) or getattr(m, "tool_calls", None) for m in second)
-    assert second[2].content.startswith('{"tool_calls": [{"name": "image"')  # routed call, as text
-    assert second[3].content.startswith("[Tool result of image]:")
-    assert second[-1].content.startswith("[Tool result of sentiment]:")
+    assert [c.format is not None for c in llm.calls] == [True, True, False]
+    assert llm.calls[0].format["properties"]["tool_calls"]["items"]["properties"]["name"]["enum"] == tools.names
+    systems = {c.messages[0].content for c in llm.calls}
+    assert len(systems) == 1 and "- detect: Fake detect tool." in systems.pop()  # one stable system prompt
+    assert llm.calls[0].messages[-1].content.startswith("[Decide the next step.")
+    answer = llm.calls[2].messages
+    assert not any(isinstance(m, ToolMessage) or getattr(m, "tool_calls", None) for m in answer)
+    assert answer[2].content.startswith('{"tool_calls": [{"name": "image"')  # routed call, as text
+    assert answer[3].content.startswith("[Tool result of image]:")
+    assert answer[-1].content.startswith("[Tool result of sentiment]:")
     assert tools.get("sentiment").calls == [{"text": "прекрасно"}]  # type: ignore[attr-defined]
 
 
@@ -203,7 +219,8 @@ def test_rejected_tools_switch_to_json_and_say_so_once(make_agent, tools: ToolRe
         llm.native_tools = False
         raise ToolsUnsupported("The model llama3 does not support native tool calling.")
 
-    llm = ScriptedLLM([reject, say('{"name": "nope", "arguments": {}}'), say("Plain answer."), say("Second.")],
+    llm = ScriptedLLM([reject, say('{"tool_calls": [{"name": "nope", "arguments": {}}]}'),
+                       say('{"tool_calls": []}'), say("Plain answer."), say('{"tool_calls": []}'), say("Second.")],
                       native_tools=None)
     agent = make_agent(llm)
 
@@ -211,32 +228,10 @@ def test_rejected_tools_switch_to_json_and_say_so_once(make_agent, tools: ToolRe
     second = agent.respond(Turn("c", "again"))
 
     assert first.text == "Plain answer." and first.notes == ["The model llama3 does not support native tool calling."]
-    rejection = llm.calls[2].messages[-1].content
+    rejection = llm.calls[2].messages[-2].content
     assert rejection.startswith("[Tool request rejected: unknown tool 'nope'; available: sentiment, audio")
     assert second.text == "Second." and second.notes == []
     assert llm.calls[-1].tools is None
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    ('{"name": "sentiment", "parameters": {"text": "x"}}', (["sentiment"], None)),
-    ('{"tool": "sentiment", "arguments": {"text": "x"}}', (["sentiment"], None)),
-    ('{"tool_calls": [{"name": "image", "arguments": {"attachment_id": "att_1"}}, '
-     '{"name": "sentiment", "arguments": {"text": "y"}}]}', (["image", "sentiment"], None)),
-    ("Just an answer with {braces}.", ([], None)),
-    ("{not json at all", ([], None)),
-    ('{"name": "rm -rf", "arguments": {}}', ([], "unknown tool 'rm -rf'")),
-    ('{"name": "sentiment", "arguments": "text"}', ([], "arguments of sentiment must be a JSON object")),
-    ('{"tool_calls": []}', ([], "tool_calls must be a non-empty list")),
-    ('{"tool_calls": ["sentiment"]}', ([], "each tool call must be a JSON object")),
-])
-def test_json_tool_requests_are_validated_strictly(tools: ToolRegistry, text: str, expected: tuple) -> None:
-    calls, problem = parse_json_calls(text, tools)
-    names, expected_problem = expected
-    assert [c["name"] for c in calls] == names
-    if expected_problem is None:
-        assert problem is None
-    else:
-        assert problem is not None and problem.startswith(expected_problem)
 
 
 def test_llm_failure_answers_attachments_from_templates(make_agent, tools: ToolRegistry, photo: Path) -> None:
@@ -247,7 +242,8 @@ def test_llm_failure_answers_attachments_from_templates(make_agent, tools: ToolR
     reply = agent.respond(Turn("c", "что это?", [image]))
 
     assert not reply.llm_used and reply.notes == [NO_LLM_NOTE]
-    assert reply.text.startswith("**Language model unavailable – tool results only:**\n" + reason)
+    assert reply.text.startswith(f"_{reason}_")
+    assert reply.results == ["image · tabby 87%", "detect · cat 87%"]
     assert f"- **image on {image.id}**: image: tabby (87%)" in reply.text
     assert f"- **detect on {image.id}**: detect: cat (87%)" in reply.text
     assert reply.media and reply.media[0].name == f"{image.id}_annotated.jpg"

@@ -91,8 +91,9 @@ def test_model_not_pulled(fake_ollama: FakeOllama, tmp_path: Path) -> None:
 
 def test_model_that_rejects_tools_falls_back_to_json(fake_ollama: FakeOllama, tmp_path: Path) -> None:
     agent = agent_for(settings_for(fake_ollama.url, tmp_path, llm_model="llama3"))
-    fake_ollama.script += [answer('{"name": "sentiment", "arguments": {"text": "супер"}}'), answer("Позитивно."),
-                           answer("Ещё раз.")]
+    fake_ollama.script += [answer('{"tool_calls": [{"name": "sentiment", "arguments": {"text": "супер"}}]}'),
+                           answer('{"tool_calls": []}'), answer("Позитивно."),
+                           answer('{"tool_calls": []}'), answer("Ещё раз.")]
 
     first = agent.respond(Turn("c", "супер"))  # the first request with tools is rejected (400)
     second = agent.respond(Turn("c", "ещё"))
@@ -101,7 +102,10 @@ def test_model_that_rejects_tools_falls_back_to_json(fake_ollama: FakeOllama, tm
     assert second.text == "Ещё раз." and second.notes == []
     requests = [r for r in fake_ollama.requests if r.path == "/api/chat"]
     assert requests[0].body["tools"] and not any(r.body.get("tools") for r in requests[1:])
-    result = requests[2].body["messages"][-1]
+    decision = requests[1].body["format"]  # Ollama's structured outputs: a JSON schema
+    assert decision["properties"]["tool_calls"]["items"]["properties"]["name"]["enum"][0] == "sentiment"
+    assert "format" not in requests[3].body or not requests[3].body["format"]  # the answer is plain text
+    result = requests[3].body["messages"][-1]
     assert result["role"] == "user" and result["content"].startswith("[Tool result of sentiment]:")
     assert agent.llm_status().tool_calling == "json-fallback"
     assert "does not support native tool calling" in (agent.warm_up() or "")
@@ -183,7 +187,8 @@ def test_real_tools_answer_without_ollama(real_tools: ToolRegistry, media: Path,
     reply = agent.respond(Turn("c", "", [siren]))
 
     assert not reply.llm_used and "`ollama serve`" in reply.text
-    assert reply.text.startswith("**Language model unavailable – tool results only:**")
+    assert reply.text.startswith("_Ollama is not reachable at ")
+    assert any(line.startswith("audio · ") for line in reply.results)
     line = next(line for line in reply.text.splitlines() if line.startswith(f"- **audio on {siren.id}**"))
     assert "Siren" in line or "Emergency vehicle" in line
 

@@ -66,6 +66,18 @@ def test_attach_photo_then_ask(models_env, media: Path, tmp_path: Path) -> None:
     assert "no-LLM mode" in result.stdout
 
 
+def test_json_mode_gives_one_object_per_reply_with_the_result_lines(models_env, media: Path) -> None:
+    import json
+
+    result = chat([str(media / "images" / "inet_zebra.jpg"), "hello"], "--no-llm", "--json")
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert first["results"][0].startswith("image · ") and re.search(r"\d+%", first["results"][0])
+    assert first["notes"] == ["no-LLM mode: tool results only"] and first["llm_used"] is False
+    assert second["results"] == [] and "only analyse attachments" in second["text"]
+
+
 def test_message_that_is_a_path_sends_the_file(models_env, media: Path) -> None:
     siren = media / "audio" / "us8k_siren_102853-8-0-0.wav"
     result = chat([f"'{siren}'"], "--no-llm")
@@ -195,8 +207,8 @@ def test_terminal_session(models_env, tmp_path: Path) -> None:
         read_until("you›")
         send(b"/help\r", "Ctrl-C cancels", "you›")  # keys go only to a prompt that is shown
         send(b"/tools\r", "loads on first use", "you›")
-        send(b"Hello?\r", "Language model unavailable", "note: no-LLM mode", "you›")
-        assert b"**Language model" not in screen  # Markdown is rendered, not shown raw
+        send(b"Hello?\r", "not reachable", "note: no-LLM mode", "you›")
+        assert b"_Ollama is not" not in screen  # Markdown is rendered, not shown raw
         os.write(leader, b"\x04")  # Ctrl-D
         assert process.wait(timeout=60) == 0
     finally:

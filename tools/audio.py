@@ -96,6 +96,14 @@ class AudioResult(ToolResult):
                 for event in self.events) + "."
         return text
 
+    def line_details(self) -> list[str]:
+        details = [f"{self.duration_s:.1f} s"]
+        if self.events:
+            details.append("events: " + ", ".join(
+                f"{event.label} {event.start_s:.1f}–{event.end_s:.1f} s" for event in self.events[:4])
+                + (" …" if len(self.events) > 4 else ""))
+        return details
+
 
 class AudioTool(Tool):
     name = "audio"

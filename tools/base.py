@@ -80,6 +80,22 @@ class ToolResult(BaseModel):
         top = ", ".join(f"{item.label} ({item.score:.0%})" for item in self.labels[:5])
         return f"{self.tool}: {top or 'nothing found'}"
 
+    def result_line(self) -> str:
+        """One compact line of what was measured (``image · tabby 87%, tiger cat 9%``), shown
+        under a reply next to the model's words. Tools override it to add what matters."""
+        return " · ".join([self.tool, top_labels(self.labels) or "nothing found", *self.line_details()])
+
+    def line_details(self) -> list[str]:
+        """Extra parts of :meth:`result_line` after the top labels."""
+        return []
+
+
+def top_labels(labels: Iterable[Label], limit: int = 3, floor: float = 0.05) -> str:
+    """The best labels as ``Siren 76%, Emergency vehicle 53%`` (at least one, then those ≥ ``floor``)."""
+    items = list(labels)
+    shown = [item for item in items[:limit] if item.score >= floor] or items[:1]
+    return ", ".join(f"{item.label} {item.score:.0%}" for item in shown)
+
 
 def sorted_labels(pairs: Iterable[tuple[str, float]], top_k: int | None = None) -> list[Label]:
     """Labels sorted by score (highest first), optionally cut to ``top_k``."""

@@ -75,6 +75,10 @@ class DetectionResult(ToolResult):
     labels: list[DetectionLabel]  # type: ignore[assignment]
     threshold: float
 
+    def result_line(self) -> str:
+        found = ", ".join(f"{_counted(item.label, item.count)} {item.score:.0%}" for item in self.labels[:5])
+        return " · ".join([self.tool, found or f"nothing above {self.threshold:.0%}", *self.line_details()])
+
 
 class PhotoDetectionResult(DetectionResult):
     """Objects in one photo; ``count`` is how many of each class."""
@@ -99,6 +103,9 @@ class VideoDetectionResult(DetectionResult):
     frames_with_objects: int
     duration_s: float
     fps_sampled: float
+
+    def line_details(self) -> list[str]:
+        return [f"in {self.frames_with_objects} of {self.frames_sampled} sampled frames, {self.duration_s:.0f} s"]
 
     def summary(self) -> str:
         frames = f"{self.frames_sampled} sampled frames of a {self.duration_s:.0f} s video"

@@ -1,0 +1,207 @@
+"""The reply contract: what a language model writes becomes tool calls and clean words, and
+anything the model cannot be trusted with is rendered here from the real tool results.
+
+- :func:`read_answer` finds tool calls however a model writes them (native calls are handled
+  by the agent; here: JSON in the text, fenced or not, several objects, text around them,
+  ``<tool_call>`` tags) and separates the words meant for the person from call- or
+  result-shaped JSON, which never reaches the person.
+- :func:`is_usable` says whether the remaining words are an answer (not empty, not markup).
+- :func:`render_fallback` is the one renderer of replies made without the model's words:
+  the no-LLM mode, a model that is down, times out, fails mid-stream or gives no usable answer.
+- :func:`result_line` is the compact, grounded line per tool that ran, from its ``ToolResult``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from assistant import prompts
+from tools.base import ToolResult
+from tools.registry import ToolRegistry
+
+#: What a tool produced, or the error message it gave.
+Outcome = ToolResult | str
+
+#: ``<tool_call>…</tool_call>`` blocks (Qwen, Hermes and others), an unclosed one at the end included.
+_TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+#: Markup a reply may consist of without saying anything: tags, fences, special tokens.
+_MARKUP = re.compile(r"<\|?/?[\w.:-]*\|?>|```\w*|[\s`*_#>\[\](){}|,.:;\"'-]+")
+#: Keys of a tool call object and of a tool result object.
+_NAME_KEYS = ("name", "tool", "function", "tool_name")
+_ARGUMENT_KEYS = ("arguments", "parameters", "args", "input")
+_RESULT_KEYS = {"labels", "outputs", "result", "results", "output", "error", "detections", "events",
+                "label", "score", "scores", "tool_result"}
+
+
+@dataclass
+class Answer:
+    """A model's text, read: the calls it asked for, its words for the person, and what was wrong."""
+
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    words: str = ""
+    #: Problems with call-shaped JSON (unknown tool, bad arguments), for the model.
+    problems: list[str] = field(default_factory=list)
+    #: Whether the text held call- or result-shaped JSON (removed from ``words``).
+    had_structures: bool = False
+
+
+def make_call(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """A LangChain tool call with a fresh id."""
+    return {"name": name, "args": dict(args), "id": f"call_{uuid.uuid4().hex[:12]}", "type": "tool_call"}
+
+
+def call_key(call: dict[str, Any]) -> str:
+    """Identical calls (same tool, same arguments) have the same key."""
+    return call["name"] + json.dumps(call["args"], sort_keys=True, ensure_ascii=False)
+
+
+def decision_schema(names: list[str]) -> dict[str, Any]:
+    """The JSON schema of a tool decision (Ollama's structured outputs enforce it): the calls
+    to make, or none to answer."""
+    call = {"type": "object", "required": ["name", "arguments"],
+            "properties": {"name": {"type": "string", "enum": list(names)}, "arguments": {"type": "object"}}}
+    return {"type": "object", "required": ["tool_calls"],
+            "properties": {"tool_calls": {"type": "array", "items": call, "maxItems": 4}}}
+
+
+def read_answer(text: str, tools: ToolRegistry) -> Answer:
+    """Split a model's text into tool calls (validated against ``tools``) and words.
+
+    Only JSON objects count as calls: a tool named in prose is never run. Call-shaped objects
+    with an unknown tool or bad arguments are problems, not calls; result-shaped objects (a
+    model imitating tool output) are dropped. Other JSON (that the person may have asked
+    for) stays in the words.
+    """
+    answer = Answer()
+    kept: list[str] = []
+    position = 0
+    for start, end, data in _json_objects(text):
+        kind = _classify(data)
+        if kind == "other":
+            continue
+        kept.append(text[position:start])
+        position = end
+        answer.had_structures = True
+        if kind == "calls":
+            for request in _requests(data):
+                call, problem = _validate(request, tools)
+                if call is not None:
+                    answer.calls.append(call)
+                elif problem is not None:
+                    answer.problems.append(problem)
+    kept.append(text[position:])
+    words = "".join(kept)
+    words = re.sub(r"</?tool_call>|```(?:json)?\s*```", "", words)  # tags and fences left empty
+    answer.words = re.sub(r"\n{3,}", "\n\n", words).strip()
+    return answer
+
+
+def is_usable(words: str) -> bool:
+    """Words that say something: not empty, not only markup or punctuation."""
+    return bool(_MARKUP.sub("", words).strip())
+
+
+def _json_objects(text: str) -> list[tuple[int, int, Any]]:
+    """Every top-level JSON object in ``text`` as (start, end, value), left to right."""
+    decoder = json.JSONDecoder()
+    found = []
+    index = text.find("{")
+    while index != -1:
+        try:
+            value, end = decoder.raw_decode(text, index)
+        except json.JSONDecodeError:
+            index = text.find("{", index + 1)
+            continue
+        found.append((index, end, value))
+        index = text.find("{", end)
+    for match in _TAGGED.finditer(text):  # a tagged call that is not valid JSON is still a call
+        if not any(start >= match.start() and end <= match.end() for start, end, _ in found):
+            found.append((match.start(), match.end(), {"tool_calls": [], "_unreadable": match.group(1)}))
+    return sorted(found, key=lambda item: item[0])
+
+
+def _classify(data: Any) -> str:
+    """"calls", "result" (imitated tool output), or "other" JSON."""
+    if not isinstance(data, dict):
+        return "other"
+    if "tool_calls" in data or "function_call" in data:
+        return "calls"
+    if any(key in data for key in _NAME_KEYS) and any(key in data for key in _ARGUMENT_KEYS):
+        return "calls"
+    if isinstance(data.get("function"), dict):
+        return "calls"
+    if _RESULT_KEYS & set(data):
+        return "result"
+    return "other"
+
+
+def _requests(data: dict[str, Any]) -> list[Any]:
+    if "_unreadable" in data:
+        return [None]
+    if "tool_calls" in data:
+        requests = data["tool_calls"]
+        return requests if isinstance(requests, list) else [requests]
+    if "function_call" in data:
+        return [data["function_call"]]
+    return [data]
+
+
+def _validate(request: Any, tools: ToolRegistry) -> tuple[dict[str, Any] | None, str | None]:
+    if not isinstance(request, dict):
+        return None, "each tool call must be a JSON object with a name and arguments"
+    if isinstance(request.get("function"), dict):  # OpenAI style: {"function": {"name", "arguments"}}
+        request = request["function"]
+    name = next((request[key] for key in _NAME_KEYS if isinstance(request.get(key), str)), None)
+    arguments = next((request[key] for key in _ARGUMENT_KEYS if key in request), {})
+    if isinstance(arguments, str):  # OpenAI sends arguments as a JSON string
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            pass
+    if name not in tools:
+        return None, f"unknown tool {name!r}; available: {', '.join(tools.names)}"
+    if not isinstance(arguments, dict):
+        return None, f"arguments of {name} must be a JSON object"
+    return make_call(name, arguments), None
+
+
+# -- what the person sees without the model's words ---------------------------------------
+
+#: Why a reply was rendered here: the sentence the person reads above the tool results.
+NO_LLM = "No language model in this session (no-LLM mode); the tool results are below."
+STOPPED = "The language model stopped answering; the tool results are below."
+UNUSABLE = "The language model gave no usable answer; the tool results are below."
+ROUNDS = "The language model kept asking for tools instead of answering; the tool results are below."
+
+
+def render_fallback(reason: str, outcomes: list[tuple[str, Outcome]], *, said: str = "",
+                    nothing_ran: str = "") -> str:
+    """The one renderer of replies built from real tool results instead of the model's words.
+
+    ``reason`` is one plain sentence (why the model's words are missing or cut short);
+    ``said`` is what the model had already said (kept, never thrown away); ``nothing_ran``
+    what to say when no tool ran in the turn.
+    """
+    if outcomes:
+        results = "\n".join(_summary_item(subject, outcome) for subject, outcome in outcomes)
+    else:
+        results = nothing_ran or "No tool ran in this turn."
+    text = prompts.load("fallback").replace("{reason}", reason).replace("{results}", results).strip()
+    return f"{said.strip()}\n\n{text}" if said.strip() else text
+
+
+def result_line(outcome: Outcome, tool: str) -> str:
+    """The compact, grounded line for one tool that ran (``audio · Siren 76% · …``)."""
+    if isinstance(outcome, str):
+        return f"{tool} · error: {outcome}"
+    return outcome.result_line()
+
+
+def _summary_item(subject: str, outcome: Outcome) -> str:
+    if isinstance(outcome, str):
+        return f"- **{subject}**: error – {outcome}"
+    return f"- **{subject}**: {outcome.summary()}"
