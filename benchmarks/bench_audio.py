@@ -1,9 +1,9 @@
 """Audio tool speed: our warm YAMNet (TFLite, real weights from ../shared/models/yamnet)
-against the plain TF Lite example path, which builds an interpreter per call.
+against the plain LiteRT (TF Lite) example path, which builds an interpreter per call.
 
 Clips: 10 s of the ragtime piano as a 16 kHz WAV, and the whole 71 s OGG Vorbis piano.
 End to end = attachment id to result (decode, resample, frames, labels, events).
-Model load includes importing TensorFlow. Results are JSON lines.
+Model load includes importing ai-edge-litert (TensorFlow is never imported). Results are JSON lines.
 
     .venv/bin/python benchmarks/bench_audio.py [--repeat N]
 """
@@ -60,11 +60,11 @@ def main() -> None:
          audio_s_per_s=piano_s / (piano_ms / 1000))
 
     import numpy as np
-    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
 
     def naive(waveform: np.ndarray) -> str:
         """The TF Lite YAMNet example: a fresh interpreter and class map for every clip."""
-        interpreter = tf.lite.Interpreter(model_path=str(YAMNET / "yamnet.tflite"))
+        interpreter = Interpreter(model_path=str(YAMNET / "yamnet.tflite"))
         index = interpreter.get_input_details()[0]["index"]
         interpreter.resize_tensor_input(index, [len(waveform)], strict=True)
         interpreter.allocate_tensors()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import wave
@@ -252,7 +253,7 @@ def test_tflite_file_and_directory(shared_models):
     ("missing", "no such file"),
     ("empty_dir", "neither yamnet.tflite nor a SavedModel"),
     ("no_class_map", "yamnet_class_map.csv"),
-    ("garbage", "TFL3"),
+    ("garbage", "not a valid Flatbuffer"),
     ("not_tflite", "expected a YAMNet .tflite file"),
     ("unreachable_hub", "could not be reached"),
 ])
@@ -320,3 +321,20 @@ def test_import_is_cheap():
     code = ("import sys, tools.audio; heavy = {'tensorflow', 'tensorflow_hub', 'av', 'numpy'} & set(sys.modules);"
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_cli_analyze_is_quiet_and_never_imports_tensorflow(shared_models, media):
+    """The .tflite YAMNet runs on ai-edge-litert: no TensorFlow, and nothing on stderr
+    (no absl, oneDNN, cudart_stub or XNNPACK lines) — only the product's own output."""
+    root = Path(__file__).resolve().parent.parent
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("ASSISTANT_", "TF_CPP"))}
+    env["ASSISTANT_MODELS_DIR"] = str(shared_models)
+    code = ("import sys; from assistant.cli import main; code = main(sys.argv[1:]); "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code, "analyze",
+                           str(media / AUDIO / "us8k_siren_102853-8-0-0.wav")],
+                          capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Emergency vehicle" in proc.stdout or "Siren" in proc.stdout
+    assert proc.stderr == ""

@@ -17,8 +17,10 @@ from __future__ import annotations
 import csv
 import os
 import socket
+import sys
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -244,16 +246,16 @@ class _Yamnet:
 
 
 class _TFLiteYamnet(_Yamnet):
-    """YAMNet as TensorFlow Lite (``tf.lite.Interpreter``); class names from a CSV beside it."""
+    """YAMNet as TensorFlow Lite, run by ai-edge-litert (no TensorFlow import); class names
+    from a CSV beside it."""
 
     def __init__(self, model_path: Path, class_map: Path) -> None:
-        tf = import_tensorflow()
+        from ai_edge_litert.interpreter import Interpreter
 
         self.class_names = read_class_map(class_map.read_text(encoding="utf-8"))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
-            self._interpreter = tf.lite.Interpreter(model_path=str(model_path),
-                                                    num_threads=min(4, os.cpu_count() or 1))
+        with _native_stderr_silenced():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate"
+            self._interpreter = Interpreter(model_path=str(model_path),
+                                            num_threads=min(4, os.cpu_count() or 1))
         self._input = self._interpreter.get_input_details()[0]["index"]
         outputs = [d for d in self._interpreter.get_output_details()
                    if d["shape_signature"][-1] == len(self.class_names)]
@@ -265,11 +267,27 @@ class _TFLiteYamnet(_Yamnet):
     def scores(self, wave: np.ndarray) -> np.ndarray:
         if len(wave) != self._length:  # re-plan only when the length changes
             self._interpreter.resize_tensor_input(self._input, [len(wave)], strict=True)
-            self._interpreter.allocate_tensors()
+            with _native_stderr_silenced():  # the delegate logs again when re-planned
+                self._interpreter.allocate_tensors()
             self._length = len(wave)
         self._interpreter.set_tensor(self._input, wave)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output).copy()
+
+
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for the duration: the TFLite runtime logs from
+    C++ straight to it, past Python's ``sys.stderr`` and ``TF_CPP_MIN_LOG_LEVEL``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class _SavedModelYamnet(_Yamnet):
