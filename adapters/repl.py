@@ -100,20 +100,35 @@ def _wait(event: threading.Event) -> None:
         pass
 
 
+#: Longest message still tried as file paths (a few paths of at most PATH_MAX bytes each).
+MAX_PATHS_MESSAGE = 16 * 1024
+
+
 def parse_paths(line: str) -> list[str] | None:
     """The paths of a message that consists only of existing files, else None.
 
-    Accepts a bare path with spaces, quoted paths and ``~``.
+    Accepts a bare path with spaces, quoted paths and ``~``. Any text is safe to pass.
     """
-    if Path(line).expanduser().is_file():
+    if len(line) > MAX_PATHS_MESSAGE:
+        return None
+    if is_existing_file(line):
         return [line]
     try:
         words = shlex.split(line)
     except ValueError:
         return None
-    if words and all(Path(word).expanduser().is_file() for word in words):
+    if words and all(is_existing_file(word) for word in words):
         return words
     return None
+
+
+def is_existing_file(text: str) -> bool:
+    """Does ``text`` name an existing file? False (never an error) for text that cannot be a
+    path: too long for the file system, a NUL byte, an unreadable folder."""
+    try:
+        return Path(text).expanduser().is_file()
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: ~user that does not exist
+        return False
 
 
 def _looks_like_path(word: str) -> bool:
@@ -206,7 +221,7 @@ class Repl:
 
     def register(self, paths: list[str]) -> list[Attachment]:
         store = self.starter.agent().attachments(self.conversation_id)
-        return [store.register(Path(path).expanduser()) for path in paths]
+        return [store.register(path) for path in paths]
 
     def send(self, text: str, attachments: list[Attachment]) -> None:
         from assistant.turns import Turn

@@ -40,7 +40,10 @@ class AttachmentStore:
 
     def register(self, path: Path | str, name: str | None = None, kind: str | None = None) -> Attachment:
         """Check the file (exists, not empty, within the size limit), sniff its kind, give it an id."""
-        path = Path(path).expanduser().resolve()
+        try:
+            path = Path(path).expanduser().resolve()
+        except RuntimeError:  # ~user of a user that does not exist
+            raise ToolError(f"{str(path)[:80]}: no such user folder.") from None
         size = check_file(path, self.max_bytes)
         kind = kind or sniff_kind(path)
         with self._lock:

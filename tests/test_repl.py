@@ -217,3 +217,20 @@ def test_terminal_session(models_env, tmp_path: Path) -> None:
         os.close(leader)
     history = tmp_path / "data" / "local-assistant" / "repl_history"
     assert "/help" in history.read_text()
+
+
+def test_long_messages_are_answered_not_crashed_on(models_env, tmp_path: Path) -> None:
+    russian = "Расскажи, пожалуйста, подробно о том, что ты умеешь делать с фотографиями и видео. " * 2
+    assert len(russian.encode()) > 255
+    lines = ["b" * 256, russian, "x" * 5_000_000, "/attach " + "c" * 300, "/attach ~no-such-user/a.jpg",
+             "next"]
+    result = chat(lines, "--no-llm", "--conversation", "long")
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert result.stdout.count("I can only analyse attachments") == 4  # every message answered
+    assert result.stderr.count("error:") == 2  # the two /attach lines: clear messages
+    from assistant.memory import Memory
+
+    stored = [turn.messages[0].content for turn in Memory(tmp_path / "test.sqlite3").turns("long")]
+    assert stored == ["b" * 256, russian.strip(), "x" * 5_000_000, "next"]

@@ -22,11 +22,14 @@ _CONTAINER_MIMES = {"video/mp4", "video/quicktime", "video/x-matroska", "video/w
 
 def check_file(path: Path, max_bytes: int | None = None) -> int:
     """Size of a readable, non-empty file within ``max_bytes``; :class:`ToolError` otherwise."""
-    if not path.exists():
-        raise ToolError(f"{path.name}: no such file.")
-    if not path.is_file():
-        raise ToolError(f"{path.name}: not a regular file.")
-    size = path.stat().st_size
+    try:
+        if not path.exists():
+            raise ToolError(f"{path.name[:80]}: no such file.")
+        if not path.is_file():
+            raise ToolError(f"{path.name[:80]}: not a regular file.")
+        size = path.stat().st_size
+    except OSError as exc:  # a name too long for the file system, an unreadable folder
+        raise ToolError(f"{path.name[:80]}: cannot be opened ({exc.strerror or exc}).") from None
     if size == 0:
         raise ToolError(f"{path.name}: the file is empty.")
     if max_bytes is not None and size > max_bytes:
