@@ -30,6 +30,8 @@ Outcome = ToolResult | str
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 #: Markup a reply may consist of without saying anything: tags, fences, special tokens.
 _MARKUP = re.compile(r"<\|?/?[\w.:-]*\|?>|```\w*|[\s`*_#>\[\](){}|,.:;\"'-]+")
+#: A line with a piece of call syntax that is not valid JSON (``{"tool_calls": [}]}``).
+_CALL_FRAGMENT = re.compile(r'^.*"(tool_calls|arguments|parameters|function_call)"\s*:.*$\n?', re.MULTILINE)
 #: Keys of a tool call object and of a tool result object.
 _NAME_KEYS = ("name", "tool", "function", "tool_name")
 _ARGUMENT_KEYS = ("arguments", "parameters", "args", "input")
@@ -95,6 +97,8 @@ def read_answer(text: str, tools: ToolRegistry) -> Answer:
                     answer.problems.append(problem)
     kept.append(text[position:])
     words = "".join(kept)
+    words, broken = _CALL_FRAGMENT.subn("", words)
+    answer.had_structures |= bool(broken)
     words = re.sub(r"</?tool_call>|```(?:json)?\s*```", "", words)  # tags and fences left empty
     answer.words = re.sub(r"\n{3,}", "\n\n", words).strip()
     return answer

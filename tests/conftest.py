@@ -9,8 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: The `fake_ollama` fixture: a local server that speaks Ollama's HTTP API.
-pytest_plugins = ["tests.fake_ollama"]
+#: `fake_ollama` (scripted) and `real_ollama` (real small models) speak Ollama's HTTP API.
+pytest_plugins = ["tests.fake_ollama", "tests.real_llm"]
 
 
 def _shared() -> Path:

@@ -1,0 +1,77 @@
+"""The real-LLM tier: one ``../shared/llm/mini_ollama.py`` server for the whole test session,
+serving two real small instruct models over Ollama's HTTP API (greedy, on a free port).
+
+Under ``CI=true`` a server that cannot start fails the run; elsewhere those tests skip with the
+reason. ``ASSISTANT_TEST_LLM_PYTHON`` is the python with llama-cpp-python and jinja2 (default:
+this one), ``ASSISTANT_TEST_LLM_DIR`` where ``fetch-models`` put the GGUFs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+QWEN, SMOLLM = "qwen2.5-coder:0.5b", "smollm2:135m"
+_FILES = {QWEN: "qwen2.5-coder-0.5b-instruct.gguf:tools", SMOLLM: "smollm2-135m-instruct.gguf"}
+
+
+@dataclass
+class RealOllama:
+    url: str
+    log: Path
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"real-LLM tier: {reason}", pytrace=False)
+    pytest.skip(f"real-LLM tier: {reason}")
+
+
+@pytest.fixture(scope="session")
+def real_ollama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealOllama]:
+    from tests.conftest import _shared
+
+    server = _shared() / "llm" / "mini_ollama.py"
+    models = Path(os.environ.get("ASSISTANT_TEST_LLM_DIR", Path.home() / ".cache" / "assistant-test-llm"))
+    python = os.environ.get("ASSISTANT_TEST_LLM_PYTHON", sys.executable)
+    if not server.exists():
+        _unavailable(f"{server} not found")
+    missing = [name.split(":")[0] for name in _FILES.values() if not (models / name.split(":")[0]).exists()]
+    if missing:
+        _unavailable(f"{', '.join(missing)} not in {models} (run ../shared/llm/fetch-models {models})")
+    check = subprocess.run([python, "-c", "import llama_cpp, jinja2"], capture_output=True, text=True)
+    if check.returncode != 0:
+        _unavailable(f"{python} lacks llama-cpp-python or jinja2 (pip install '.[llm-test]')")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path_factory.mktemp("llm") / "requests.jsonl"
+    command = [python, str(server), "--port", str(port), "--greedy", "--log", str(log)]
+    for name, file in _FILES.items():
+        command += ["--model", f"{name}={models / file}"]
+    errors = log.with_suffix(".stderr")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors.open("w"))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            urllib.request.urlopen(url + "/api/version", timeout=2).read()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                _unavailable(f"the server did not start: {errors.read_text()[-800:]}")
+            time.sleep(0.5)
+    try:
+        yield RealOllama(url, log)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -1,0 +1,63 @@
+"""What a person sees with real (small, weak) language models behind Ollama's API: no
+tool-call syntax or JSON, the real result lines, the process alive (issue 9). One `assistant
+chat --json` session per model; the tools load from the ``models_env`` models directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.real_llm import QWEN, SMOLLM, RealOllama
+
+#: What must never reach a person: call syntax, call- or result-shaped JSON, chat markup.
+LEAKS = re.compile(r'<tool_call>|</?\|?im_(start|end)|"(name|arguments|parameters|tool_calls|outputs|labels)"\s*:'
+                   r"|\(No answer")
+
+
+def session(server: RealOllama, model: str, lines: list[str]) -> list[dict]:
+    env = {**os.environ, "OLLAMA_HOST": server.url, "ASSISTANT_LLM_MODEL": model,
+           "ASSISTANT_VIDEO_MAX_FRAMES": "4", "ASSISTANT_LLM_NUM_CTX": "4096"}
+    result = subprocess.run([sys.executable, "-m", "assistant", "chat", "--json"], cwd=ROOT, env=env,
+                            input="".join(f"{line}\n" for line in lines), text=True, capture_output=True,
+                            timeout=1200)
+    assert result.returncode == 0, result.stderr[-2000:]
+    replies = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    for reply in replies:
+        assert reply["text"].strip(), reply
+        assert not LEAKS.search(reply["text"]), reply["text"]
+    return replies
+
+
+def test_qwen_full_set(real_ollama: RealOllama, models_env, media: Path) -> None:
+    replies = session(real_ollama, QWEN, [
+        f"/attach {media / 'audio' / 'siren.m4a'}", "What do you hear in this recording?",
+        f"/attach {media / 'images' / 'ext_tabby_cat.jpg'}", "Что на этом фото?",
+        "Какая тональность у этого отзыва: «Ужасный сервис, больше никогда не приду»?",
+        "Привет! Как дела?",
+        "What was in the recording I sent earlier?",
+        "Describe att_9 for me.",
+        f"/attach {media / 'video' / 'car_traffic_small.mp4'}", "What happens in this video?",
+    ])
+    assert len(replies) == 7
+    audio, photo, review, hello, follow_up, unknown, video = replies
+    assert any(line.startswith("audio · ") and "%" in line for line in audio["results"])
+    assert any(line.startswith("image · ") for line in photo["results"])
+    assert any(line.startswith("video · ") for line in video["results"])
+    assert all(reply["llm_used"] for reply in replies)
+
+
+def test_smollm_subset(real_ollama: RealOllama, models_env, media: Path) -> None:
+    replies = session(real_ollama, SMOLLM, [
+        f"/attach {media / 'audio' / 'us8k_siren_102853-8-0-0.wav'}", "What do you hear?",
+        "Привет! Как дела?",
+        "Оцени тон: «Прекрасный фильм, всем советую!»",
+    ])
+    assert len(replies) == 3
+    assert any(line.startswith("audio · ") for line in replies[0]["results"])
