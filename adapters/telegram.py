@@ -41,6 +41,7 @@ from tools.base import ToolError
 
 if TYPE_CHECKING:
     from assistant.agent import Agent
+    from assistant.memory import Memory
 
 log = logging.getLogger("assistant.telegram")
 
@@ -188,7 +189,7 @@ class TelegramBot:
                  options: BotOptions = BotOptions()) -> None:
         self.agent = agent
         self.options = options
-        self.access = Access(settings.telegram_allowed_users, allow_all=allow_all)
+        self.access = Access(settings.telegram_allowed_users, agent.memory, allow_all=allow_all)
         self.download_limit = download_limit(settings)
         self.public_api = settings.telegram_api_base_url.rstrip("/") == PUBLIC_API
         self.heavy = HeavyQueue(options.heavy_jobs)
@@ -496,19 +497,36 @@ async def _retry(send: Callable[..., Awaitable[object]], *args: object, attempts
 
 
 class Access:
-    """The allowlist: Telegram user ids and/or @usernames (or everyone with ``allow_all``)."""
+    """The allowlist: Telegram user ids and/or @usernames (or everyone with ``allow_all``).
 
-    def __init__(self, allowed: Iterable[str], *, allow_all: bool = False) -> None:
+    An allowed @username is bound, in the database, to the user id it is first seen with: that
+    person stays allowed after renaming, and anyone else later presenting the name is refused."""
+
+    def __init__(self, allowed: Iterable[str], memory: Memory, *, allow_all: bool = False) -> None:
         entries = [entry.strip() for entry in allowed if entry.strip()]
         self.ids = {int(entry) for entry in entries if entry.lstrip("-").isdigit()}
         self.usernames = {entry.lstrip("@").lower() for entry in entries if not entry.lstrip("-").isdigit()}
         self.allow_all = allow_all and not entries
+        self.memory = memory
+        self._bound = {name: user_id for name, user_id in memory.username_bindings().items()
+                       if name in self.usernames}
         self._refused: set[int] = set()
 
     def allows(self, user: User) -> bool:
-        if self.allow_all or user.id in self.ids:
+        if self.allow_all or user.id in self.ids or user.id in self._bound.values():
             return True
-        return bool(user.username) and user.username.lower() in self.usernames
+        name = (user.username or "").lower()
+        if name not in self.usernames:
+            return False
+        bound = self._bound.get(name)
+        if bound is None:
+            bound = self._bound[name] = self.memory.bind_username(name, user.id)
+            if bound == user.id:
+                log.info("Bound @%s to Telegram user id %s", name, user.id)
+        if bound != user.id:
+            log.warning("Refused Telegram user %s presenting @%s, which belongs to user id %s",
+                        user.id, name, bound)
+        return bound == user.id
 
     def first_refusal(self, user: User) -> bool:
         """True the first time ``user`` is refused in this process (they are told once)."""

@@ -28,15 +28,38 @@ MAX_TURNS_LOADED = 200
 #: Conversations whose turns are kept parsed in memory (least recently used ones are let go).
 CACHED_CONVERSATIONS = 256
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS turns (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    conversation_id TEXT NOT NULL,
-    messages TEXT NOT NULL,
-    created REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns (conversation_id, id);
-"""
+#: The database schema, one step per version (``PRAGMA user_version``): a database is brought
+#: up to date by the steps after its version, in one transaction, when it is opened. Append new
+#: steps; never change a step that has shipped. Databases made before versioning (version 0,
+#: with a ``turns`` table) are brought up to date by the same steps.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    ("""CREATE TABLE IF NOT EXISTS turns (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            conversation_id TEXT NOT NULL,
+            messages TEXT NOT NULL,
+            created REAL NOT NULL)""",
+     "CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns (conversation_id, id)"),
+    # The Telegram user id each allowed @username was first seen with.
+    ("""CREATE TABLE telegram_usernames (
+            username TEXT PRIMARY KEY,
+            user_id INTEGER NOT NULL,
+            bound REAL NOT NULL)""",),
+)
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring the database up to the latest schema version (safe with several processes)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        for step in MIGRATIONS[version:]:
+            for statement in step:
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {max(version, len(MIGRATIONS))}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 @dataclass(frozen=True)
@@ -67,7 +90,7 @@ class Memory:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable enough with WAL, no fsync per turn
         self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        migrate(self._db)
         self._cache: OrderedDict[str, list[StoredTurn]] = OrderedDict()
 
     def turns(self, conversation_id: str) -> list[StoredTurn]:
@@ -84,6 +107,20 @@ class Memory:
                              (conversation_id, data, time.time()))
             turns.append(StoredTurn.of(messages))
             del turns[:-MAX_TURNS_LOADED]
+
+    def bind_username(self, username: str, user_id: int) -> int:
+        """The Telegram user id ``username`` is bound to: ``user_id`` if the name is new here."""
+        username = username.lower()
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO telegram_usernames (username, user_id, bound) "
+                             "VALUES (?, ?, ?)", (username, user_id, time.time()))
+            return self._db.execute("SELECT user_id FROM telegram_usernames WHERE username = ?",
+                                    (username,)).fetchone()[0]
+
+    def username_bindings(self) -> dict[str, int]:
+        """Every bound @username (lower case) and its Telegram user id."""
+        with self._lock:
+            return dict(self._db.execute("SELECT username, user_id FROM telegram_usernames"))
 
     def clear(self, conversation_id: str) -> None:
         with self._lock:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-from assistant.memory import Memory, StoredTurn, estimate_tokens, fit_history
+from assistant.memory import MIGRATIONS, Memory, StoredTurn, estimate_tokens, fit_history
 
 
 def turn(user: str, answer: str = "ok") -> list:
@@ -82,3 +82,27 @@ def test_token_estimate_counts_tool_calls() -> None:
     with_call = AIMessage(content="", tool_calls=[{"name": "sentiment", "args": {"text": "a" * 400},
                                                    "id": "1", "type": "tool_call"}])
     assert estimate_tokens([with_call]) - estimate_tokens([plain]) >= 100
+
+
+def test_a_database_from_before_versioning_keeps_its_conversations(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE turns (id INTEGER PRIMARY KEY AUTOINCREMENT, conversation_id TEXT NOT NULL,
+                            messages TEXT NOT NULL, created REAL NOT NULL);
+        CREATE INDEX turns_by_conversation ON turns (conversation_id, id);""")
+    old.execute("INSERT INTO turns (conversation_id, messages, created) VALUES (?, ?, 0)",
+                ("a", '[{"type": "human", "data": {"content": "from the old days", "type": "human"}}]'))
+    old.commit()
+    old.close()
+
+    memory = Memory(path)
+    assert [t.messages[0].content for t in memory.turns("a")] == ["from the old days"]
+    assert memory.bind_username("Carol", 4001) == 4001
+    assert memory.bind_username("carol", 4002) == 4001  # the first id seen keeps the name
+    memory.close()
+    again = Memory(path)  # opening an up-to-date database changes nothing
+    assert again.username_bindings() == {"carol": 4001}
+    assert len(again.turns("a")) == 1
+    version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
+    assert version == len(MIGRATIONS)

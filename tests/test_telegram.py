@@ -26,6 +26,7 @@ from telegram import Update
 from adapters.telegram import (MB, PUBLIC_API, PUBLIC_DOWNLOAD_LIMIT, BotOptions, build_application,
                                download_limit, render_markdown, run, split_text)
 from assistant.attachments import AttachmentStore
+from assistant.memory import Memory
 from assistant.config import Settings
 from assistant.turns import Reply, Turn
 from tests.fake_bot_api import FakeBotAPI, make_user, visible_text
@@ -39,8 +40,9 @@ FAST = BotOptions(album_wait=0.3, progress_interval=0.1, action_interval=0.5)
 class StubAgent:
     """The agent interface the bot uses, answering with ``answer(turn, progress)``."""
 
-    def __init__(self, answer: Callable[..., Reply] | None = None) -> None:
+    def __init__(self, answer: Callable[..., Reply] | None = None, memory: Memory | None = None) -> None:
         self.answer = answer or (lambda turn, progress: Reply(text=f"You said: **{turn.text}**"))
+        self.memory = memory or Memory(":memory:")  # where @usernames are bound to ids
         self.turns: list[Turn] = []
         self.files: list[list[tuple[str, str, str]]] = []  # per turn: (kind, name, sha256)
         self.paths: list[Path] = []  # every attachment's file, as the bot downloaded it
@@ -162,6 +164,35 @@ def test_commands(api: FakeBotAPI) -> None:
     assert agent.resets == [f"telegram:{OWNER}"] and "forgotten" in reset
     assert "/help" in unknown
     assert agent.turns == []
+
+
+def test_username_is_bound_to_the_first_id_seen_with_it(api: FakeBotAPI, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    memory = Memory(tmp_path / "bot.sqlite3")
+    carol, impostor = 4001, 4002
+    api.message(carol, user=make_user(carol, username="Carol"), text="hello, I am carol")
+
+    async def first() -> None:
+        await api.wait_for(lambda: api.texts(carol))
+
+    scenario(api, StubAgent(memory=memory), first, telegram_allowed_users=("@carol",))
+    memory.close()
+
+    # A restart: the binding comes from the database. Carol renamed herself; someone else took the name.
+    agent = StubAgent(memory=Memory(tmp_path / "bot.sqlite3"))
+    api.message(carol, user=make_user(carol, username="carol_new"), text="renamed, still me")
+    api.message(impostor, user=make_user(impostor, username="carol"), text="I am carol now")
+
+    async def second() -> None:
+        await api.wait_for(lambda: len(api.texts(carol)) == 2 and api.texts(impostor))
+
+    with caplog.at_level(logging.WARNING, logger="assistant.telegram"):
+        scenario(api, agent, second, telegram_allowed_users=("@carol",))
+    assert [t.text for t in agent.turns] == ["renamed, still me"]
+    (refusal,) = api.texts(impostor)
+    assert str(impostor) in refusal
+    assert any("4002" in r.getMessage() and "@carol" in r.getMessage() and "4001" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)
 
 
 def test_run_refuses_to_start_without_token_or_allowlist(capsys: pytest.CaptureFixture) -> None:
