@@ -232,7 +232,7 @@ class _TurnRun:
             return json.dumps({"error": message}, ensure_ascii=False)
         self.outcomes.append((name, subject, result))
         self.media.extend(Path(path) for path in result.outputs)
-        return _compact_json(result.to_json())
+        return _compact_json(_for_model(result))
 
     # -- the model -----------------------------------------------------------------------
 
@@ -432,6 +432,14 @@ def _user_text(turn: Turn) -> str:
 def _subject(call: dict[str, Any]) -> str:
     target = call["args"].get("attachment_id")
     return f"{call['name']} on {target}" if target else call["name"]
+
+
+def _for_model(result: ToolResult) -> dict[str, Any]:
+    """The result as the model sees it: output files by name only (the reply carries their
+    paths for the adapter), so no file system path ever reaches the model."""
+    data = result.to_json()
+    data["outputs"] = [Path(path).name for path in result.outputs]
+    return data
 
 
 def _compact_json(data: dict[str, Any]) -> str:

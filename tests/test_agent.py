@@ -334,3 +334,16 @@ def test_context_budget_drops_the_oldest_turns(make_agent) -> None:
     assert contents[1].startswith("[Memory note: ") and "earlier turn(s)" in contents[1]
     assert any(c.startswith("turn 4:") for c in contents) and not any(c.startswith("turn 0:") for c in contents)
     assert sum(len(c) for c in contents) // 4 < 4096 - 1024
+
+
+def test_the_model_never_sees_a_file_system_path(make_agent, photo: Path, tmp_path: Path) -> None:
+    llm = ScriptedLLM([call_tools(("detect", {"attachment_id": "att_1"})), say("A cat.")])
+    agent = make_agent(llm)
+    image = attach(agent, "c", photo, "image")
+
+    reply = agent.respond(Turn("c", "what is in the photo?", [image]))
+
+    assert reply.media and all(path.is_absolute() and path.is_file() for path in reply.media)
+    sent = " ".join(str(m.content) for call in llm.calls for m in call.messages)
+    assert "att_1_annotated.jpg" in sent  # the model knows the file by its name
+    assert str(tmp_path) not in sent and "/outputs/" not in sent
