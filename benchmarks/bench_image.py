@@ -1,4 +1,5 @@
-"""Image tool speed: our warm tool against the plain torchvision example path.
+"""Image tool speed: our warm tool against the honest peer, the plain torchvision path with a
+warm model (the weights' transforms + the model); a model rebuilt per call is a reference column.
 
 A ResNet18 with random weights (the real architecture: same cost as IMAGENET1K_V1).
 Photos: a 1 MP JPEG (the 12 MP street photo scaled to 1152×864), the 500×375 pizza,
@@ -12,6 +13,7 @@ examples do: ``Image.open(p).convert("RGB")`` + ``ResNet18_Weights.IMAGENET1K_V1
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from common import MEDIA, emit, median_ms, repeat_arg, scratch_dir, timed
@@ -84,7 +86,7 @@ def main() -> None:
     naive_rebuilt = {name: median_ms(lambda p=path: classify(build_model(), p),
                                      repeat=max(repeat // 3, 5))
                      for name, path in photos.items()}
-    emit("image", path="naive",
+    emit("image", path="warm library (and per call)", load_avg=os.getloadavg()[0],
          **{f"warm_model_{name}_ms": ms for name, ms in naive_warm.items()},
          **{f"model_per_call_{name}_ms": ms for name, ms in naive_rebuilt.items()},
          **{f"warm_over_ours_{name}": naive_warm[name] / ours[name] for name in photos},

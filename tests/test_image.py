@@ -327,3 +327,23 @@ def test_import_is_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "False"
+
+
+def test_no_cuda_initialisation_warning_without_a_gpu(monkeypatch):
+    """torch warns "CUDA initialization: Found no NVIDIA driver" where CUDA libraries are
+    installed but no GPU is: choosing the device must not show it to the user."""
+    import warnings
+
+    import torch
+
+    from tools.base import select_device
+
+    def is_available() -> bool:
+        warnings.warn("CUDA initialization: Found no NVIDIA driver on your system.", UserWarning)
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_available", is_available)
+    monkeypatch.delenv("ASSISTANT_DEVICE", raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert select_device() == "cpu"

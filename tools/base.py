@@ -199,15 +199,25 @@ class Tool(ABC):
 
 def select_device(override: str | None = None) -> str:
     """``override`` (from ASSISTANT_DEVICE) if given, else CUDA when available, else CPU."""
-    import torch
-
     choice = (override or os.environ.get("ASSISTANT_DEVICE") or "").strip().lower()
     if choice:
-        if choice.startswith("cuda") and not torch.cuda.is_available():
+        if choice.startswith("cuda") and not cuda_available():
             raise ToolError(f"ASSISTANT_DEVICE={choice} but no CUDA device is available; "
                             "use ASSISTANT_DEVICE=cpu or leave it unset.")
         return choice
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if cuda_available() else "cpu"
+
+
+def cuda_available() -> bool:
+    """``torch.cuda.is_available()`` without its "CUDA initialization: Found no NVIDIA
+    driver" warning on machines that have CUDA libraries but no GPU (no GPU is normal here)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="CUDA initialization", category=UserWarning)
+        return torch.cuda.is_available()
 
 
 @dataclass(frozen=True)
