@@ -1,5 +1,7 @@
 """Start-up time: `assistant chat` to its first prompt on a terminal (target ≤ 2 s), the same
-when scripted (stdin a pipe, fed "/quit"), and `assistant --help` (target ≤ 1 s).
+when scripted (stdin a pipe, fed "/quit"), `assistant --help` (target ≤ 1 s), and a cold
+`assistant analyze` of one item per tool, process start to result (audio target ≤ 2 s; real
+YAMNet, random-weight stand-ins of the others built into a scratch models directory).
 
 The terminal case runs the REPL in a pseudo-terminal and stops the clock when the prompt
 ("you›") appears. Medians of several runs, as JSON lines (see benchmarks/common.py).
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, emit, repeat_arg, scratch_dir
+from common import MEDIA, ROOT, SHARED, emit, repeat_arg, scratch_dir
 
 PROMPT = "you›".encode()
 
@@ -81,6 +83,17 @@ def main() -> None:
          chat_piped_quit_s=statistics.median(time_run(["chat"], env, "/quit\n") for _ in range(repeat)),
          help_s=statistics.median(time_run(["--help"], env) for _ in range(repeat)),
          runs=repeat)
+
+    from tests.model_builders import build_models_dir
+
+    env["ASSISTANT_MODELS_DIR"] = str(build_models_dir(scratch_dir("models"), SHARED / "models"))
+    env["ASSISTANT_DEVICE"] = "cpu"
+    items = {"audio": [str(MEDIA / "audio" / "us8k_siren_102853-8-0-0.wav")],
+             "image": [str(MEDIA / "images" / "inet_pizza.jpg")],
+             "sentiment": ["--text", "Этот проект отличный!"]}
+    emit("startup", **{f"cold_analyze_{tool}_s": statistics.median(
+        time_run(["analyze", *args], env) for _ in range(repeat)) for tool, args in items.items()},
+         runs=repeat, load_avg=os.getloadavg()[0])
 
 
 if __name__ == "__main__":
