@@ -230,3 +230,21 @@ def test_incomplete_model_directory_is_a_clear_error(tmp_path):
                                device="cpu", threshold=0.7, video_fps=1.0, video_max_frames=60)
     with pytest.raises(ModelLoadError, match="ASSISTANT_DETECTION_MODEL"):
         photo.ensure_loaded()
+
+
+def test_video_that_fails_midway_leaves_no_half_written_file(tools, media, tmp_path, monkeypatch):
+    from tools import detection
+
+    written = []
+
+    def fail_on_the_second_frame(self, index, frame, detections):
+        written.append(index)
+        if len(written) == 2:
+            raise RuntimeError("the disk is full")
+        return original(self, index, frame, detections)
+
+    original = detection._VideoWriter.write
+    monkeypatch.setattr(detection._VideoWriter, "write", fail_on_the_second_frame)
+    with pytest.raises(RuntimeError):
+        _call(tools[1], media / "video" / "car_traffic_small.mp4", tmp_path, max_frames=2)
+    assert list((tmp_path / "out").iterdir()) == []

@@ -276,7 +276,9 @@ class PhotoDetectionTool(_DetectionTool):
         _draw(image, detections)
         ctx.output_dir.mkdir(parents=True, exist_ok=True)
         output = ctx.output_dir / f"{path.stem}-detected.jpg"
-        image.save(output, quality=90)
+        partial = _partial(output)
+        image.save(partial, quality=90)
+        partial.replace(output)
         return PhotoDetectionResult(tool=self.name, labels=_photo_labels(detections),
                                     outputs=[str(output)], threshold=threshold,
                                     detections=detections, width=image.width,
@@ -303,18 +305,19 @@ class VideoDetectionTool(_DetectionTool):
         threshold = params.threshold or self._threshold
         path = ctx.attachments.path_of(params.attachment_id, self.kinds)
         video = _open_video(path)
+        ctx.output_dir.mkdir(parents=True, exist_ok=True)
+        output = ctx.output_dir / f"{path.stem}-detected.mp4"
+        partial = _partial(output)
         try:
             samples = _sample_indices(video.frame_count, video.fps, params.fps or self._fps,
                                       params.max_frames or self._max_frames)
-            ctx.output_dir.mkdir(parents=True, exist_ok=True)
-            output = ctx.output_dir / f"{path.stem}-detected.mp4"
             writer: _VideoWriter | None = None
             seen: list[tuple[float, list[Detection]]] = []
             current: list[Detection] = []
             try:
                 for index, frame in video.frames():
                     if writer is None:  # sized by the frames as decoded (rotation applied)
-                        writer = _VideoWriter(output, frame.shape[1], frame.shape[0], video.fps)
+                        writer = _VideoWriter(partial, frame.shape[1], frame.shape[0], video.fps)
                     if index in samples:
                         rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                         current = self._model.detect(rgb, threshold, VIDEO_SIZE)
@@ -326,12 +329,16 @@ class VideoDetectionTool(_DetectionTool):
             finally:
                 if writer is not None:
                     writer.close()
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         finally:
             video.release()
         if not seen:
-            output.unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
             raise ToolError(f"{path.name}: no frame of the video could be decoded "
                             "(is it damaged or truncated?).")
+        partial.replace(output)
         ctx.report(1.0, "done")
         classes = _summarise(seen)
         labels = sorted((DetectionLabel(label=c.label, score=c.best_score, count=c.max_in_frame)
@@ -433,6 +440,12 @@ def _open_video(path: Path) -> _Video:
         raise ToolError(f"{path.name}: the video's length or frame rate cannot be read "
                         "(is it damaged or truncated?).")
     return video
+
+
+def _partial(output: Path) -> Path:
+    """Where ``output`` is written until it is complete (then renamed): a crash or an error
+    never leaves a half-written file under the real name."""
+    return output.with_name(f".{output.stem}.partial{output.suffix}")
 
 
 class _VideoWriter:
