@@ -35,6 +35,30 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"real-LLM tier: {reason}")
 
 
+def start_server(python: str, server: Path, models: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """mini_ollama with both models on a free port, greedy, logging to ``log``; waits until
+    it answers. Raises RuntimeError with its error output when it does not start."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [python, str(server), "--port", str(port), "--greedy", "--log", str(log)]
+    for name, file in _FILES.items():
+        command += ["--model", f"{name}={models / file}"]
+    errors = log.with_suffix(".stderr")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors.open("w"))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            urllib.request.urlopen(url + "/api/version", timeout=2).read()
+            return process, url
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"the server did not start: {errors.read_text()[-800:]}") from None
+            time.sleep(0.5)
+
+
 @pytest.fixture(scope="session")
 def real_ollama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealOllama]:
     from tests.conftest import _shared
@@ -50,26 +74,11 @@ def real_ollama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealOllama
     check = subprocess.run([python, "-c", "import llama_cpp, jinja2"], capture_output=True, text=True)
     if check.returncode != 0:
         _unavailable(f"{python} lacks llama-cpp-python or jinja2 (pip install '.[llm-test]')")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     log = tmp_path_factory.mktemp("llm") / "requests.jsonl"
-    command = [python, str(server), "--port", str(port), "--greedy", "--log", str(log)]
-    for name, file in _FILES.items():
-        command += ["--model", f"{name}={models / file}"]
-    errors = log.with_suffix(".stderr")
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors.open("w"))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            urllib.request.urlopen(url + "/api/version", timeout=2).read()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                _unavailable(f"the server did not start: {errors.read_text()[-800:]}")
-            time.sleep(0.5)
+    try:
+        process, url = start_server(python, server, models, log)
+    except RuntimeError as exc:
+        _unavailable(str(exc))
     try:
         yield RealOllama(url, log)
     finally:

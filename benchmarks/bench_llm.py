@@ -1,0 +1,178 @@
+"""Real small LLMs (../shared/llm/mini_ollama.py) through our reply contract and through the
+plain LangChain tool loop, on the same scripted turns, in one run.
+
+Per model and loop: clean replies %, grounded % (result line right; the model's own words
+state the top result), reply language = user language %, model calls per turn, prompt tokens
+evaluated and reused prefix tokens per call (from the server's log), time to first character
+the person sees, total time per turn. Usage: bench_llm.py [--turns N]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import MEDIA, ROOT, SHARED
+
+from tests.model_builders import build_models_dir
+from tests.real_llm import _FILES, QWEN, SMOLLM, start_server
+
+LEAKS = re.compile(r'<tool_call>|</?\|?im_(start|end)|"(name|arguments|parameters|tool_calls|outputs|labels)"\s*:'
+                   r"|\(No answer")
+#: (text, attachment or None): English and Russian; attachments, a text to judge, small talk, follow-ups.
+TURNS = [
+    ("What do you hear in this recording?", "audio/siren.m4a"),
+    ("Привет! Как дела?", None),
+    ("Что на этом фото?", "images/ext_tabby_cat.jpg"),
+    ("Какая тональность у этого отзыва: «Ужасный сервис, больше никогда не приду»?", None),
+    ("What was in the recording I sent earlier?", None),
+    ("What sounds are in this clip?", "audio/us8k_dog_bark_100032-3-0-0.wav"),
+    ("Describe att_9 for me.", None),
+    ("Что слышно на этой записи?", "audio/us8k_siren_102853-8-0-0.wav"),
+    ("Thanks! What can you do?", None),
+    ("What is in this photo?", "images/inet_school_bus.jpg"),
+    ("Is this review positive: 'Great film, I loved every minute'?", None),
+    ("Спасибо, пока!", None),
+]
+
+
+def cyrillic(text: str) -> bool:
+    letters = [c for c in text if c.isalpha()]
+    return bool(letters) and sum("а" <= c.lower() <= "я" or c in "ёЁ" for c in letters) / len(letters) > 0.3
+
+
+def log_entries(log: Path, start: int) -> list[dict]:
+    lines = log.read_text().splitlines()[start:] if log.exists() else []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def run_ours(url: str, model: str, db: Path, log: Path) -> list[dict]:
+    from assistant.agent import build_agent
+    from assistant.config import Settings
+    from assistant.turns import Turn
+
+    settings = Settings.from_env({**os.environ, "OLLAMA_HOST": url, "ASSISTANT_LLM_MODEL": model, "ASSISTANT_DB": str(db),
+                                  "ASSISTANT_LLM_NUM_CTX": "4096"})
+    agent = build_agent(settings)
+    agent.warm_up()
+    rows = []
+    for text, file in TURNS:
+        attachments = [agent.attachments("b").register(MEDIA / file)] if file else []
+        seen = len(log.read_text().splitlines()) if log.exists() else 0
+        first: list[float] = []
+        start = time.perf_counter()
+        reply = agent.respond(Turn("b", text, attachments),
+                              on_token=lambda t: first.append(time.perf_counter()) if t.strip() and not first else None)
+        total = time.perf_counter() - start
+        rows.append(dict(text=text, file=file, reply=reply.text, results=reply.results, total=total,
+                         ttft=(first[0] - start) if first else total, calls=log_entries(log, seen)))
+    return rows
+
+
+def run_plain(url: str, model: str, native: bool, log: Path) -> list[dict]:
+    """The LangChain docs' loop: bind_tools, run the calls, ask again, print the answer."""
+    from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
+    from langchain_ollama import ChatOllama
+
+    from assistant import prompts
+    from assistant.attachments import AttachmentStore
+    from assistant.config import Settings
+    from assistant.runtime import build_tools
+    from tools.base import ToolContext
+
+    tools = build_tools(Settings.from_env())
+    llm = ChatOllama(model=model, base_url=url, num_ctx=4096)
+    if native:
+        llm = llm.bind_tools(tools.schemas())
+    store = AttachmentStore(None)
+    ctx = ToolContext(attachments=store, output_dir=Path(tempfile.mkdtemp()))
+    history = [SystemMessage(content=prompts.load("system"))]
+    rows = []
+    for text, file in TURNS:
+        content = text
+        if file:
+            attachment = store.register(MEDIA / file)
+            content += f"\n\nAttachments: {attachment.describe()}"
+        history.append(HumanMessage(content=content))
+        seen = len(log.read_text().splitlines()) if log.exists() else 0
+        start, first, answer = time.perf_counter(), None, ""
+        for _ in range(2):
+            full = None
+            for chunk in llm.stream(history):
+                if chunk.content and first is None:
+                    first = time.perf_counter()
+                full = chunk if full is None else full + chunk
+            history.append(full)
+            if not full.tool_calls:
+                answer = str(full.content)
+                break
+            for call in full.tool_calls:
+                try:
+                    result = json.dumps(tools.get(call["name"]).call(call["args"], ctx).to_json())
+                except Exception as exc:  # noqa: BLE001 - the baseline reports what it got
+                    result = json.dumps({"error": str(exc)})
+                history.append(ToolMessage(content=result, tool_call_id=call["id"]))
+        total = time.perf_counter() - start
+        rows.append(dict(text=text, file=file, reply=answer, results=[], total=total,
+                         ttft=(first - start) if first else total, calls=log_entries(log, seen)))
+    return rows
+
+
+def summarise(rows: list[dict], truth: dict[str, str]) -> dict[str, object]:
+    attached = [r for r in rows if r["file"]]
+    calls = [c for r in rows for c in r["calls"] if c.get("prompt_tokens") is not None]
+    later = [r["ttft"] for r in rows[1:]]
+    return {
+        "clean %": round(100 * sum(bool(r["reply"].strip()) and not LEAKS.search(r["reply"]) for r in rows) / len(rows)),
+        "grounded line %": round(100 * sum(any(line.split(" · ")[1].startswith(truth[r["file"]])
+                                               for line in r["results"] if " · " in line)
+                                           for r in attached) / len(attached)),
+        "grounded words %": round(100 * sum(truth[r["file"]].lower() in r["reply"].lower() for r in attached)
+                                  / len(attached)),
+        "language %": round(100 * sum(cyrillic(r["text"]) == cyrillic(r["reply"]) for r in rows) / len(rows)),
+        "calls/turn": round(len(calls) / len(rows), 2),
+        "prompt tok/call": round(statistics.mean(c["prompt_tokens"] - c["reused_prefix_tokens"] for c in calls)),
+        "reused tok/call": round(statistics.mean(c["reused_prefix_tokens"] for c in calls)),
+        "ttft 1st s": round(rows[0]["ttft"], 1),
+        "ttft 2+ s": round(statistics.median(later), 1),
+        "turn s": round(statistics.median(r["total"] for r in rows), 1),
+    }
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench_llm_"))
+    models_dir = build_models_dir(work / "models", SHARED / "models")
+
+
+    os.environ.update(ASSISTANT_MODELS_DIR=str(models_dir), ASSISTANT_DEVICE="cpu")
+    llm_dir = Path(os.environ.get("ASSISTANT_TEST_LLM_DIR", Path.home() / ".cache" / "assistant-test-llm"))
+    log = work / "requests.jsonl"
+    process, url = start_server(os.environ.get("ASSISTANT_TEST_LLM_PYTHON", sys.executable),
+                                SHARED / "llm" / "mini_ollama.py", llm_dir, log)
+    try:
+        table = []
+        for model in (QWEN, SMOLLM):
+            ours = run_ours(url, model, work / f"{model.replace(':', '_')}.sqlite3", log)
+            truth = {r["file"]: r["results"][0].split(" · ")[1].split(" ")[0] for r in ours if r["file"]}
+            plain = run_plain(url, model, ":tools" in _FILES[model], log)
+            for name, rows in (("ours", ours), ("plain LangChain", plain)):
+                table.append({"model": model, "loop": name, **summarise(rows, truth)})
+                (work / f"{model.replace(':', '_')}-{name.split()[0]}.json").write_text(
+                    json.dumps(rows, ensure_ascii=False, indent=1))
+        keys = list(table[0])
+        print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+        for row in table:
+            print("| " + " | ".join(str(row[k]) for k in keys) + " |")
+        print(f"(replies and calls in {work})", file=sys.stderr)
+    finally:
+        process.terminate()
+
+
+if __name__ == "__main__":
+    main()
