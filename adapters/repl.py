@@ -60,6 +60,8 @@ class AgentStarter:
         self.warm_message: str | None = None
         #: Called with the warm-up message (if any) from the starter thread.
         self.on_warm: list[Callable[[str], None]] = []
+        #: Called with the agent once it is built, before any turn can run.
+        self.on_built: list[Callable[[Agent], None]] = []
 
     def start(self) -> None:
         threading.Thread(target=self._work, name="agent-start", daemon=True).start()
@@ -71,6 +73,9 @@ class AgentStarter:
             self._agent = build_agent(self._settings, use_llm=self.use_llm)
         except Exception as exc:  # noqa: BLE001 - shown to the person, who can fix the setting
             self._error = f"Could not start the assistant: {exc}"
+        if self._agent is not None:
+            for built in self.on_built:
+                built(self._agent)
         self._built.set()
         if self._agent is not None:
             self.warm_message = self._agent.warm_up()
@@ -322,6 +327,14 @@ def run_turn(agent: Agent, turn, on_token, on_progress, on_cancel) -> Reply | No
     return outcome["reply"]
 
 
+def interrupted_notice(text: str) -> str:
+    """What a person is told about their turn that a crash interrupted."""
+    words = " ".join(text.split())
+    short = words[:60] + ("…" if len(words) > 60 else "")
+    return (f"Your previous message (\"{short}\") was interrupted before it was answered; "
+            "what its tools had found is kept in this conversation.")
+
+
 def first_sentence(text: str) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
     head, dot, _ = line.partition(". ")
@@ -542,6 +555,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     starter = AgentStarter(settings, use_llm=not args.no_llm)
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not args.json
     ui: PlainUI = RichUI() if interactive else PlainUI(sys.stdin, sys.stdout, sys.stderr, json_mode=args.json)
-    starter.on_warm.append(ui.notify if interactive else ui.notice)
+    tell = ui.notify if interactive else ui.notice
+    starter.on_warm.append(tell)
+
+    def tell_interrupted(agent: Agent) -> None:
+        for text in agent.memory.recover_interrupted(args.conversation):
+            tell(interrupted_notice(text))
+
+    starter.on_built.append(tell_interrupted)
     starter.start()
     return Repl(ui, starter, args.conversation).loop()

@@ -128,7 +128,7 @@ class Agent:
                 log.exception("turn failed")
                 reply = Reply(text=f"Something went wrong while answering: {exc}",
                               notes=["internal error; see the log"], llm_used=False)
-            self.memory.append(turn.conversation_id, run.messages_to_store(reply))
+            self.memory.finish_turn(turn.conversation_id, run.turn_id, run.messages_to_store(reply))
             return reply
 
     # -- helpers used by a turn ----------------------------------------------------------
@@ -177,6 +177,7 @@ class _TurnRun:
         self.media: list[Path] = []
         self.notes: list[str] = []
         self.history = agent.memory.turns(turn.conversation_id)  # earlier turns, before this one
+        self.turn_id = agent.memory.begin_turn(turn.conversation_id, self.messages)
 
     @property
     def cancelled(self) -> bool:
@@ -217,6 +218,7 @@ class _TurnRun:
             else:
                 content = self.run_call(call)
             self.messages.append(ToolMessage(content=content, tool_call_id=call["id"], name=call["name"]))
+            self.agent.memory.save_turn(self.turn_id, self.messages_to_store(None))  # a crash keeps it
 
     def run_call(self, call: dict[str, Any]) -> str:
         name, subject = call["name"], _subject(call)
@@ -374,13 +376,13 @@ class _TurnRun:
         return self.make_reply((text + "\n\n" if text else "") + "_(cancelled)_",
                                llm_used=self.agent.llm is not None, notes=["cancelled"])
 
-    def messages_to_store(self, reply: Reply) -> list[BaseMessage]:
-        """This turn for memory: the user's message, the calls and their results, and the answer
+    def messages_to_store(self, reply: Reply | None) -> list[BaseMessage]:
+        """This turn for memory (so far, when ``reply`` is None): the user's message, the calls and their results, and the answer
         the person saw (a replacement stays a replacement; the model's raw text and the
         instructions of this turn are not kept, so they are never copied later)."""
         kept = [m for m in self.messages[1:]
                 if isinstance(m, ToolMessage) or (isinstance(m, AIMessage) and m.tool_calls)]
-        return [self.user, *kept, AIMessage(content=reply.text)]
+        return [self.user, *kept] if reply is None else [self.user, *kept, AIMessage(content=reply.text)]
 
 
 class _Streamer:

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from langchain_core.messages import BaseMessage, HumanMessage, messages_from_dict, messages_to_dict
+from langchain_core.messages import (AIMessage, BaseMessage, HumanMessage, ToolMessage, messages_from_dict,
+                                     messages_to_dict)
 
 #: Rough characters per token for budgeting (Llama 3's tokenizer averages ~4 for English,
 #: fewer for Russian; the reserve in the budget absorbs the difference).
@@ -44,7 +45,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             username TEXT PRIMARY KEY,
             user_id INTEGER NOT NULL,
             bound REAL NOT NULL)""",),
+    # A turn is stored as it happens ('open'), then 'done', or 'interrupted' if its process died.
+    ("ALTER TABLE turns ADD COLUMN state TEXT NOT NULL DEFAULT 'done'",),
 )
+#: What an interrupted turn ends with in the history.
+INTERRUPTED_NOTE = "(This turn was interrupted before it was answered: the assistant stopped.)"
 
 
 def migrate(db: sqlite3.Connection) -> None:
@@ -99,14 +104,69 @@ class Memory:
             return list(self._cached(conversation_id))
 
     def append(self, conversation_id: str, messages: Sequence[BaseMessage]) -> None:
-        """Store one turn's messages."""
-        data = json.dumps(messages_to_dict(list(messages)), ensure_ascii=False)
+        """Store one complete turn's messages."""
         with self._lock:
             turns = self._cached(conversation_id)
             self._db.execute("INSERT INTO turns (conversation_id, messages, created) VALUES (?, ?, ?)",
-                             (conversation_id, data, time.time()))
+                             (conversation_id, _dumps(messages), time.time()))
             turns.append(StoredTurn.of(messages))
             del turns[:-MAX_TURNS_LOADED]
+
+    def begin_turn(self, conversation_id: str, messages: Sequence[BaseMessage]) -> int:
+        """Store the start of a turn now (so a crash cannot lose it); returns its id for
+        :meth:`save_turn` and :meth:`finish_turn`. An older turn of the conversation still open
+        (its process died) is marked interrupted."""
+        with self._lock:
+            if self._interrupt(conversation_id):
+                self._cache.pop(conversation_id, None)
+            cursor = self._db.execute(
+                "INSERT INTO turns (conversation_id, messages, created, state) VALUES (?, ?, ?, 'open')",
+                (conversation_id, _dumps(messages), time.time()))
+            return int(cursor.lastrowid)
+
+    def save_turn(self, turn_id: int, messages: Sequence[BaseMessage]) -> None:
+        """Store the turn's messages so far (each tool result as it comes)."""
+        with self._lock:
+            self._db.execute("UPDATE turns SET messages = ? WHERE id = ?", (_dumps(messages), turn_id))
+
+    def finish_turn(self, conversation_id: str, turn_id: int, messages: Sequence[BaseMessage]) -> None:
+        """Store the turn's final messages; it joins the conversation's history."""
+        with self._lock:
+            turns = self._cached(conversation_id)
+            self._db.execute("UPDATE turns SET messages = ?, state = 'done' WHERE id = ?",
+                             (_dumps(messages), turn_id))
+            turns.append(StoredTurn.of(messages))
+            del turns[:-MAX_TURNS_LOADED]
+
+    def recover_interrupted(self, conversation_id: str) -> list[str]:
+        """Mark the conversation's turns left open by a process that died as interrupted; the
+        user's messages of those turns (to tell the person). Call before the first turn."""
+        with self._lock:
+            texts = self._interrupt(conversation_id)
+            if texts:
+                self._cache.pop(conversation_id, None)
+            return texts
+
+    def _interrupt(self, conversation_id: str) -> list[str]:
+        """Close the conversation's open turns as interrupted; call with the lock held."""
+        rows = self._db.execute("SELECT id, messages FROM turns WHERE conversation_id = ? AND state = 'open'",
+                                (conversation_id,)).fetchall()
+        texts = []
+        for turn_id, data in rows:
+            messages = messages_from_dict(json.loads(data))
+            answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
+            closed: list[BaseMessage] = []
+            for message in messages:
+                closed.append(message)
+                for call in getattr(message, "tool_calls", None) or ():
+                    if call["id"] not in answered:
+                        closed.append(ToolMessage(content='{"error":"interrupted before this tool finished"}',
+                                                  tool_call_id=call["id"], name=call["name"]))
+            closed.append(AIMessage(content=INTERRUPTED_NOTE))
+            self._db.execute("UPDATE turns SET messages = ?, state = 'interrupted' WHERE id = ?",
+                             (_dumps(closed), turn_id))
+            texts.append(str(messages[0].content) if messages else "")
+        return texts
 
     def bind_username(self, username: str, user_id: int) -> int:
         """The Telegram user id ``username`` is bound to: ``user_id`` if the name is new here."""
@@ -132,7 +192,8 @@ class Memory:
         turns = self._cache.get(conversation_id)
         if turns is None:
             rows = self._db.execute(
-                "SELECT messages FROM turns WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
+                "SELECT messages FROM turns WHERE conversation_id = ? AND state != 'open' "
+                "ORDER BY id DESC LIMIT ?",
                 (conversation_id, MAX_TURNS_LOADED)).fetchall()
             turns = [StoredTurn.of(messages_from_dict(json.loads(row[0]))) for row in reversed(rows)]
             self._cache[conversation_id] = turns
@@ -144,6 +205,10 @@ class Memory:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _dumps(messages: Sequence[BaseMessage]) -> str:
+    return json.dumps(messages_to_dict(list(messages)), ensure_ascii=False)
 
 
 def estimate_tokens(messages: Sequence[BaseMessage]) -> int:

@@ -234,3 +234,54 @@ def test_long_messages_are_answered_not_crashed_on(models_env, tmp_path: Path) -
 
     stored = [turn.messages[0].content for turn in Memory(tmp_path / "test.sqlite3").turns("long")]
     assert stored == ["b" * 256, russian.strip(), "x" * 5_000_000, "next"]
+
+
+def test_kill_9_mid_turn_keeps_the_tool_results_and_says_so(models_env, fake_ollama, media: Path,
+                                                            tmp_path: Path) -> None:
+    fake_ollama.script.append(slow(60, answer("This answer never arrives.")))
+    siren = media / "audio" / "us8k_siren_102853-8-0-0.wav"
+    process = subprocess.Popen([sys.executable, "-m", "assistant", "chat", "--conversation", "k"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=ROOT, env=llm_env(fake_ollama))
+    try:
+        assert process.stdin is not None
+        process.stdin.write(f"/attach '{siren}'\nWhat is this sound?\n")
+        process.stdin.flush()
+        deadline = time.monotonic() + 240
+        while not fake_ollama.chat_requests() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the tool result is stored before the model is asked
+        assert fake_ollama.chat_requests(), "the turn never reached the model"
+        process.kill()  # SIGKILL
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    fake_ollama.script.append(answer("It was a siren."))
+    again = chat(["What did you hear before?"], "--conversation", "k", env=llm_env(fake_ollama))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert 'Your previous message ("What is this sound?' in again.stderr
+    sent = " ".join(sent_texts(fake_ollama))
+    assert "Siren" in sent and "What is this sound?" in sent  # the interrupted turn's tool result
+    assert "interrupted" in sent
+    again2 = chat(["/quit"], "--conversation", "k", env=llm_env(fake_ollama))
+    assert "interrupted" not in again2.stderr  # told once
+
+
+def test_two_processes_on_one_database_lose_nothing(models_env, tmp_path: Path) -> None:
+    processes = [subprocess.Popen([sys.executable, "-m", "assistant", "chat", "--no-llm", "--conversation", name],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, cwd=ROOT, env=dict(os.environ))
+                 for name in ("p1", "p2")]
+    for name, process in zip(("p1", "p2"), processes):
+        assert process.stdin is not None
+        process.stdin.write("".join(f"{name} message {i}\n" for i in range(5)))
+        process.stdin.flush()
+    for process in processes:
+        process.communicate(timeout=240)
+        assert process.returncode == 0
+    from assistant.memory import Memory
+
+    memory = Memory(tmp_path / "test.sqlite3")
+    for name in ("p1", "p2"):
+        assert [t.messages[0].content for t in memory.turns(name)] == [f"{name} message {i}" for i in range(5)]
