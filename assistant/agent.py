@@ -377,8 +377,8 @@ class _TurnRun:
                                llm_used=self.agent.llm is not None, notes=["cancelled"])
 
     def messages_to_store(self, reply: Reply | None) -> list[BaseMessage]:
-        """This turn for memory (so far, when ``reply`` is None): the user's message, the calls and their results, and the answer
-        the person saw (a replacement stays a replacement; the model's raw text and the
+        """This turn for memory (so far, when ``reply`` is None): the user's message, the calls
+        and their results, and the answer the person saw (a replacement stays a replacement; the model's raw text and the
         instructions of this turn are not kept, so they are never copied later)."""
         kept = [m for m in self.messages[1:]
                 if isinstance(m, ToolMessage) or (isinstance(m, AIMessage) and m.tool_calls)]
