@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from tools.base import ToolError
+from assistant.errors import ToolError
 
 if TYPE_CHECKING:
     from assistant.agent import Agent

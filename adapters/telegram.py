@@ -18,13 +18,15 @@ import html
 import logging
 import re
 import secrets
+import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,9 +37,9 @@ from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, Te
 from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, ApplicationHandlerStop,
                           CommandHandler, ContextTypes, MessageHandler, TypeHandler, filters)
 
-from assistant.config import Settings
+from assistant.config import MB, Setting, Settings, megabytes, read_settings
+from assistant.errors import ToolError, short_reason
 from assistant.turns import Reply, Turn
-from tools.base import ToolError
 
 if TYPE_CHECKING:
     from assistant.agent import Agent
@@ -47,7 +49,6 @@ log = logging.getLogger("assistant.telegram")
 
 PUBLIC_API = "https://api.telegram.org"
 #: The public Bot API serves downloads up to 20 MB; a self-hosted server has no such limit.
-MB = 1024 * 1024
 PUBLIC_DOWNLOAD_LIMIT = 20 * MB
 #: ... and takes uploads from bots up to 50 MB.
 PUBLIC_UPLOAD_LIMIT = 50 * MB
@@ -89,17 +90,45 @@ class BotOptions:
     max_retries: int = 3  # retries after Telegram's flood limit (429 retry_after)
 
 
+def _users(text: str) -> tuple[str, ...]:
+    return tuple(u for u in text.replace(";", ",").replace(" ", ",").split(",") if u)
+
+
+#: This channel's own settings (the core's are in ``assistant.config``).
+SETTINGS = (
+    Setting("TELEGRAM_BOT_TOKEN", None),
+    Setting("TELEGRAM_API_BASE_URL", PUBLIC_API, check=lambda url: url.rstrip("/")),
+    Setting("ASSISTANT_TELEGRAM_ALLOWED_USERS", (), check=_users,
+            allowed="user ids and @usernames separated by commas"),
+)
+
+
+@dataclass(frozen=True)
+class TelegramSettings:
+    """What the bot reads besides the core settings."""
+
+    token: str | None = None
+    api_base_url: str = PUBLIC_API
+    allowed_users: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TelegramSettings:
+        values, _problems = read_settings(SETTINGS, os.environ if env is None else env)
+        return cls(*(values[setting.variable] for setting in SETTINGS))
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry point
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: Settings, telegram: TelegramSettings | None = None) -> int:
     """`assistant telegram`: check the configuration, build the agent, poll until stopped."""
-    if not settings.telegram_token:
+    telegram = telegram or TelegramSettings.from_env()
+    if not telegram.token:
         print("assistant telegram: TELEGRAM_BOT_TOKEN is not set. Create a bot with @BotFather "
               "in Telegram and set TELEGRAM_BOT_TOKEN to the token it gives you.", file=sys.stderr)
         return 2
     allow_all = bool(getattr(args, "allow_all", False))
-    if not settings.telegram_allowed_users and not allow_all:
+    if not telegram.allowed_users and not allow_all:
         print("assistant telegram: no allowlist. Set ASSISTANT_TELEGRAM_ALLOWED_USERS to the "
               "Telegram user ids and/or @usernames allowed to use the bot (for example "
               "ASSISTANT_TELEGRAM_ALLOWED_USERS=123456789,@alice), or pass --allow-all to "
@@ -115,12 +144,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     from assistant.agent import build_agent
 
-    agent = build_agent(settings)
+    try:
+        agent = build_agent(settings)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"assistant telegram: cannot open the database {settings.db_path} "
+              f"({short_reason(exc)}); set ASSISTANT_DB to a writable path.", file=sys.stderr)
+        return 2
     note = agent.warm_up()
     if note:
         log.warning("%s", note)
-    application = build_application(settings, agent, allow_all=allow_all)
-    log.info("Telegram bot polling %s (Ctrl+C stops it)", settings.telegram_api_base_url)
+    application = build_application(settings, agent, telegram, allow_all=allow_all)
+    log.info("Telegram bot polling %s (Ctrl+C stops it)", telegram.api_base_url)
     try:
         application.run_polling(allowed_updates=[Update.MESSAGE])
     except InvalidToken:
@@ -128,7 +162,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
               file=sys.stderr)
         return 2
     except NetworkError as exc:
-        print(f"assistant telegram: cannot reach the Bot API at {settings.telegram_api_base_url} "
+        print(f"assistant telegram: cannot reach the Bot API at {telegram.api_base_url} "
               f"({exc}); check the network or TELEGRAM_API_BASE_URL.", file=sys.stderr)
         return 1
     return 0
@@ -140,14 +174,14 @@ def _without_traceback(record: logging.LogRecord) -> bool:
     return True
 
 
-def build_application(settings: Settings, agent: Agent, *, allow_all: bool = False,
-                      options: BotOptions = BotOptions()) -> Application:
+def build_application(settings: Settings, agent: Agent, telegram: TelegramSettings, *,
+                      allow_all: bool = False, options: BotOptions = BotOptions()) -> Application:
     """The python-telegram-bot Application with every handler of the bot."""
-    api = settings.telegram_api_base_url.rstrip("/")
-    bot = TelegramBot(agent, settings, allow_all=allow_all, options=options)
+    api = telegram.api_base_url.rstrip("/")
+    bot = TelegramBot(agent, settings, telegram, allow_all=allow_all, options=options)
     application = (
         ApplicationBuilder()
-        .token(settings.telegram_token or "")
+        .token(telegram.token or "")
         .base_url(f"{api}/bot")
         .base_file_url(f"{api}/file/bot")
         .concurrent_updates(options.concurrent_updates)
@@ -185,13 +219,13 @@ class IncomingFile:
 class TelegramBot:
     """Handlers and the state they share: access, per-chat order, the heavy-job queue, downloads."""
 
-    def __init__(self, agent: Agent, settings: Settings, *, allow_all: bool = False,
-                 options: BotOptions = BotOptions()) -> None:
+    def __init__(self, agent: Agent, settings: Settings, telegram: TelegramSettings, *,
+                 allow_all: bool = False, options: BotOptions = BotOptions()) -> None:
         self.agent = agent
         self.options = options
-        self.access = Access(settings.telegram_allowed_users, agent.memory, allow_all=allow_all)
-        self.download_limit = download_limit(settings)
-        self.public_api = settings.telegram_api_base_url.rstrip("/") == PUBLIC_API
+        self.access = Access(telegram.allowed_users, agent.memory, allow_all=allow_all)
+        self.download_limit = download_limit(settings, telegram)
+        self.public_api = telegram.api_base_url.rstrip("/") == PUBLIC_API
         self.heavy = HeavyQueue(options.heavy_jobs)
         self.downloads = Downloads(options.keep_turns)
         self._chat_locks: dict[int, asyncio.Lock] = {}
@@ -231,7 +265,7 @@ class TelegramBot:
 
     async def on_help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         async with self._in_order(update.effective_chat.id):
-            limit = f"Files up to {_megabytes(self.download_limit)}."
+            limit = f"Files up to {megabytes(self.download_limit)}."
             await self._send_text(context, update.effective_chat.id, f"{HELP_TEXT}\n\n{limit}", plain=True)
 
     async def on_reset(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -329,9 +363,9 @@ class TelegramBot:
         return await remote.download_to_drive(destination, read_timeout=120)
 
     def _too_big_message(self, files: Iterable[IncomingFile]) -> str:
-        sizes = ", ".join(f"{f.name} is {_megabytes(f.size)}" if f.size else f.name for f in files)
+        sizes = ", ".join(f"{f.name} is {megabytes(f.size)}" if f.size else f.name for f in files)
         message = f"That file is too large for me ({sizes}); I take files up to " \
-                  f"{_megabytes(self.download_limit)}."
+                  f"{megabytes(self.download_limit)}."
         if self.public_api and self.download_limit == PUBLIC_DOWNLOAD_LIMIT:
             message += (" Telegram lets bots download at most 20 MB; the bot's owner can lift that "
                         "with a self-hosted Bot API server (TELEGRAM_API_BASE_URL).")
@@ -386,7 +420,7 @@ class TelegramBot:
             return
         size = path.stat().st_size
         if self.public_api and size > PUBLIC_UPLOAD_LIMIT:
-            await self._send_text(context, chat_id, f"The annotated {path.name} is {_megabytes(size)}, "
+            await self._send_text(context, chat_id, f"The annotated {path.name} is {megabytes(size)}, "
                                   "more than Telegram lets a bot send (50 MB).", plain=True)
             return
         video = path.suffix.lower() in (".mp4", ".mov", ".webm", ".mkv")
@@ -434,10 +468,10 @@ def conversation_id(chat_id: int) -> str:
     return f"telegram:{chat_id}"
 
 
-def download_limit(settings: Settings) -> int:
+def download_limit(settings: Settings, telegram: TelegramSettings) -> int:
     """Bytes the bot downloads at most: ASSISTANT_MAX_FILE_MB, and 20 MB on the public Bot API."""
-    limit = int(settings.max_file_mb * MB)
-    if settings.telegram_api_base_url.rstrip("/") == PUBLIC_API:
+    limit = settings.max_file_bytes
+    if telegram.api_base_url.rstrip("/") == PUBLIC_API:
         limit = min(limit, PUBLIC_DOWNLOAD_LIMIT)
     return limit
 
@@ -467,10 +501,6 @@ def incoming_file(message: Message) -> IncomingFile | None:
 def _safe_name(name: str) -> str:
     cleaned = re.sub(r"[^\w.\- ]", "_", Path(name).name).strip(" .")
     return cleaned[-100:] or "file"
-
-
-def _megabytes(size: int) -> str:
-    return f"{size / MB:.3g} MB"
 
 
 def _first_sentence(text: str) -> str:

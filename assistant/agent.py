@@ -25,10 +25,11 @@ from assistant import prompts
 from assistant import reply as contract
 from assistant.attachments import AttachmentStore
 from assistant.config import Settings
-from assistant.llm import ChatLLM, LLMError, LLMStatus, ToolsUnsupported
+from assistant.llm import ChatLLM, LLMError, LLMStatus, ToolsUnsupported, message_text
 from assistant.memory import Memory, estimate_tokens, fit_history
 from assistant.turns import Reply, Turn
-from tools.base import Progress, ToolContext, ToolError, ToolResult
+from tools.base import Progress, ToolContext, ToolError, ToolResult, short_reason
+from tools.media import read_text_document
 from tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -39,18 +40,8 @@ ANSWER_RESERVE_TOKENS = 1024
 MAX_TOOL_RESULT_CHARS = 4000
 #: The note a reply carries when the tools answered without the language model.
 NO_LLM_NOTE = "no-LLM mode: tool results only"
-#: The tool a photo also goes to when the user asks what or where things are.
-DETECT_TOOL = "detect"
-#: Words (English and Russian stems) that ask what or where things are, or to find/count objects.
-_DETECT_WORDS = re.compile(
-    r"\b(what|whats|where|which|find|count|how many|detect|locate|spot|objects?|things?|anything)\b"
-    r"|(?<!\w)(что|где|какие|найд|найт|посчита|подсчита|сколько|объект|обнаруж|предмет|"
-    r"изображ|есть ли|покажи)", re.IGNORECASE)
-
-
-def wants_detection(text: str) -> bool:
-    """Does the user's text ask what or where things are (or to find/count objects)?"""
-    return bool(_DETECT_WORDS.search(text))
+#: Longest text document (characters) put into the user's message for the model to read.
+MAX_DOCUMENT_CHARS = 8000
 
 
 class Agent:
@@ -121,14 +112,22 @@ class Agent:
         ``on_token`` receives the model's text as it streams; ``Reply.text`` is always the
         complete answer (adapters re-render it when the turn ends)."""
         with self._turn_lock(turn.conversation_id):
-            run = _TurnRun(self, turn, on_token, on_progress, cancel)
-            try:
+            run: _TurnRun | None = None
+            try:  # building the run creates the output folder and reads memory: inside too
+                run = _TurnRun(self, turn, on_token, on_progress, cancel)
                 reply = run.execute()
             except Exception as exc:  # noqa: BLE001 - last resort: a reply, not a crash
                 log.exception("turn failed")
-                reply = Reply(text=f"Something went wrong while answering: {exc}",
+                reply = Reply(text=f"Something went wrong while answering: {short_reason(exc)}",
+                              media=run.media if run is not None else [],
                               notes=["internal error; see the log"], llm_used=False)
-            self.memory.finish_turn(turn.conversation_id, run.turn_id, run.messages_to_store(reply))
+            if run is not None:
+                try:
+                    self.memory.finish_turn(turn.conversation_id, run.turn_id,
+                                            run.messages_to_store(reply))
+                except Exception:  # noqa: BLE001 - the person still gets the answer
+                    log.exception("could not store the turn")
+                    reply.notes.append("this turn could not be stored; see the log")
             return reply
 
     # -- helpers used by a turn ----------------------------------------------------------
@@ -142,12 +141,13 @@ class Agent:
     def system_prompt(self, native: bool) -> str:
         """The system prompt: the same in every request (for a model without native tools it
         lists the tools itself, in the decision and in the answer alike)."""
+        system = prompts.render("system", routing=self.tools.routing_sentence())
         if native:
-            return prompts.load("system")
+            return system
         tools = "\n".join(f"- {s['function']['name']}: {s['function']['description']}\n"
                           f"  {json.dumps(s['function']['parameters'], ensure_ascii=False)}"
                           for s in self.schemas)
-        return prompts.load("system") + "\n\n" + prompts.load("tool_selection").replace("{tools}", tools)
+        return system + "\n\n" + prompts.render("tool_selection", tools=tools)
 
     def tell_no_tools_once(self, conversation_id: str) -> bool:
         with self._lock:
@@ -169,12 +169,13 @@ class _TurnRun:
         self.agent, self.turn, self.on_token, self.cancel = agent, turn, on_token, cancel
         self.ctx = ToolContext(attachments=agent.attachments(turn.conversation_id),
                                output_dir=agent.output_dir(turn.conversation_id), progress=on_progress)
-        self.user = HumanMessage(content=_user_text(turn))
+        self.user = HumanMessage(content=_user_text(turn, self.ctx.attachments))
         self.messages: list[BaseMessage] = [self.user]  # this turn's messages, stored in memory
         #: (tool, what was analysed, result or error) of every tool that ran in this turn.
         self.outcomes: list[tuple[str, str, contract.Outcome]] = []
         self.ran: set[str] = set()  # keys of the calls run in this turn (identical ones run once)
         self.media: list[Path] = []
+        self.subjects: dict[str, str] = {}  # call id -> what a routed call analyses
         self.notes: list[str] = []
         self.history = agent.memory.turns(turn.conversation_id)  # earlier turns, before this one
         self.turn_id = agent.memory.begin_turn(turn.conversation_id, self.messages)
@@ -195,15 +196,19 @@ class _TurnRun:
     # -- routing and tools ---------------------------------------------------------------
 
     def routed_calls(self) -> list[dict[str, Any]]:
-        """The calls every attachment gets regardless of the model."""
+        """The calls every attachment gets regardless of the model (declared by the tools)."""
         calls = []
         for attachment in self.turn.attachments:
-            tool = self.agent.tools.tool_for_kind(attachment.kind)
-            if tool is not None:
-                calls.append(contract.make_call(tool.name, {"attachment_id": attachment.id}))
-            if (attachment.kind == "image" and DETECT_TOOL in self.agent.tools
-                    and wants_detection(self.turn.text)):
-                calls.append(contract.make_call(DETECT_TOOL, {"attachment_id": attachment.id}))
+            for tool in self.agent.tools.routed(attachment.kind, self.turn.text):
+                subject = f"{tool.name} on {attachment.id}"
+                try:
+                    arguments = tool.routed_arguments(attachment.id, self.ctx.attachments)
+                except ToolError as exc:
+                    self.outcomes.append((tool.name, subject, str(exc)))
+                    continue
+                call = contract.make_call(tool.name, arguments)
+                self.subjects[call["id"]] = subject
+                calls.append(call)
         return calls
 
     def run_calls(self, calls: Sequence[dict[str, Any]]) -> None:
@@ -221,7 +226,7 @@ class _TurnRun:
             self.agent.memory.save_turn(self.turn_id, self.messages_to_store(None))  # a crash keeps it
 
     def run_call(self, call: dict[str, Any]) -> str:
-        name, subject = call["name"], _subject(call)
+        name, subject = call["name"], self.subjects.get(call["id"]) or _subject(call)
         try:
             result = self.agent.tools.get(name).call(call["args"], self.ctx)
         except ToolError as exc:
@@ -301,7 +306,7 @@ class _TurnRun:
 
     def read(self, answer: AIMessage) -> contract.Answer:
         """The answer's calls (native ones, then any written in the text) and its words."""
-        read = contract.read_answer(_plain(answer.content), self.agent.tools)
+        read = contract.read_answer(message_text(answer.content), self.agent.tools)
         native = [contract.make_call(c["name"], c.get("args") or {}) for c in answer.tool_calls
                   if c["name"] in self.agent.tools]
         read.problems += [f"unknown tool {c['name']!r}; available: {', '.join(self.agent.tools.names)}"
@@ -423,11 +428,21 @@ class _Streamer:
         # otherwise the shown start was not an answer after all: the adapter re-renders Reply.text
 
 
-def _user_text(turn: Turn) -> str:
+def _user_text(turn: Turn, attachments: AttachmentStore) -> str:
+    """The user's text, the attachments listed by id, and the text documents' contents
+    (each within :data:`MAX_DOCUMENT_CHARS`) so the model can read them."""
     text = turn.text.strip()
     if turn.attachments:
         listed = ", ".join(attachment.describe() for attachment in turn.attachments)
         text = f"{text}\n\nAttachments: {listed}" if text else f"Attachments: {listed}"
+    for attachment in turn.attachments:
+        if attachment.kind != "text":
+            continue
+        content = read_text_document(attachment.path, MAX_DOCUMENT_CHARS + 1) or ""
+        cut = len(content) > MAX_DOCUMENT_CHARS
+        text += (f"\n\n[Text of {attachment.id} ({attachment.name})"
+                 f"{', first ' + str(MAX_DOCUMENT_CHARS) + ' characters' if cut else ''}]:\n"
+                 f"{content[:MAX_DOCUMENT_CHARS]}")
     return text
 
 
@@ -449,12 +464,6 @@ def _compact_json(data: dict[str, Any]) -> str:
     if len(text) <= MAX_TOOL_RESULT_CHARS:
         return text
     return text[:MAX_TOOL_RESULT_CHARS] + " …(truncated)"
-
-
-def _plain(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(part if isinstance(part, str) else str(part.get("text", "")) for part in content)
 
 
 def _as_plain_messages(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
@@ -485,5 +494,5 @@ def build_agent(settings: Settings, *, use_llm: bool = True) -> Agent:
     return Agent(build_tools(settings), Memory(db_path), llm,
                  output_root=db_path.parent / "outputs", num_ctx=settings.llm_num_ctx,
                  max_tool_rounds=settings.max_tool_rounds,
-                 max_file_bytes=int(settings.max_file_mb * 1024 * 1024),
+                 max_file_bytes=settings.max_file_bytes,
                  status_host=settings.ollama_host, status_model=settings.llm_model)

@@ -18,11 +18,7 @@ from assistant.attachments import Attachment, AttachmentStore
 from assistant.config import Settings
 from assistant.runtime import build_tools
 from tools.base import Progress, Tool, ToolContext, ToolError, ToolResult
-from tools.media import read_text_document
-from tools.registry import ToolRegistry
-
-#: --tool names the user may give, by the kind of file they also fit.
-_DETECTION_BY_KIND = {"image": "detect", "video": "video"}
+from tools.registry import ToolRegistry, analyze_options
 
 
 class Analyzer:
@@ -30,7 +26,7 @@ class Analyzer:
 
     def __init__(self, args: argparse.Namespace, settings: Settings, tools: ToolRegistry) -> None:
         self.args, self.settings, self.tools = args, settings, tools
-        self.store = AttachmentStore(max_bytes=int(settings.max_file_mb * 1_000_000))
+        self.store = AttachmentStore(max_bytes=settings.max_file_bytes)
         self.output_dir = Path(args.output_dir or ".").expanduser()
         self.failures = 0
         self._load_errors: dict[str, ToolError] = {}
@@ -64,17 +60,10 @@ class Analyzer:
     def _file(self, name: str) -> None:
         try:
             attachment = self.store.register(name)
-            tool_name = self._choose(attachment)
-            if tool_name == "sentiment":
-                text = read_text_document(attachment.path)
-                if text is None or not text.strip():
-                    raise ToolError(f"{attachment.name}: not UTF-8 text, so sentiment cannot read it.")
-                result = self._loaded("sentiment").classify([text])[0]
-            else:
-                tool = self._loaded(tool_name)
-                with self._progress(attachment) as progress:
-                    ctx = ToolContext(self.store, self.output_dir, progress)
-                    result = tool.call(self._arguments(tool, attachment), ctx)
+            tool = self._loaded(self._choose(attachment))
+            with self._progress(attachment) as progress:
+                ctx = ToolContext(self.store, self.output_dir, progress)
+                result = tool.call(self._arguments(tool, attachment), ctx)
         except ToolError as exc:
             self._error(name, str(exc))
         except Exception as exc:  # a bug in a tool must not cost the other inputs
@@ -83,25 +72,29 @@ class Analyzer:
             self._print(name, result)
 
     def _choose(self, attachment: Attachment) -> str:
+        """--tool if given (or the tool sharing its model that takes this kind: detect on a
+        video means video), else the tool that runs on this kind by itself."""
         wanted = self.args.tool
-        if wanted in ("detect", "video") and attachment.kind in _DETECTION_BY_KIND:
-            return _DETECTION_BY_KIND[attachment.kind]
         if wanted:
-            return wanted
-        tool = self.tools.tool_for_kind(attachment.kind)
-        if tool is not None:
-            return tool.name
-        return "sentiment"  # a document: sentiment if it is text (checked by the caller)
+            tool = self.tools.get(wanted)
+            if attachment.kind in tool.kinds or tool.model is None:
+                return wanted
+            siblings = [other for other in self.tools if other.model is not None
+                        and other.model.variable == tool.model.variable and attachment.kind in other.kinds]
+            return siblings[0].name if siblings else wanted
+        routed = self.tools.for_kind(attachment.kind)
+        if not routed:
+            raise ToolError(f"{attachment.name}: no tool analyses {attachment.kind} files "
+                            "(photos, audio, video and UTF-8 text can be analysed).")
+        return routed[0].name
 
     def _arguments(self, tool: Tool, attachment: Attachment) -> dict[str, Any]:
-        arguments: dict[str, Any] = {"attachment_id": attachment.id}
-        if tool.name in ("detect", "video") and self.args.threshold is not None:
-            arguments["threshold"] = self.args.threshold
-        if tool.name == "video":
-            if self.args.fps is not None:
-                arguments["fps"] = self.args.fps
-            if self.args.max_frames is not None:
-                arguments["max_frames"] = self.args.max_frames
+        """The tool's routed arguments for the file, and the analyze options it has."""
+        arguments = tool.routed_arguments(attachment.id, self.store)
+        for option in analyze_options():
+            value = getattr(self.args, option.param, None)
+            if value is not None and option.param in tool.Params.model_fields:
+                arguments[option.param] = value
         return arguments
 
     def _loaded(self, name: str) -> Any:

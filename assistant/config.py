@@ -1,33 +1,32 @@
-"""Settings from the environment: the one place that reads ``ASSISTANT_*`` variables.
+"""Settings from the environment, validated at start.
 
-Every variable is documented in the README's configuration table.
+The core's settings are declared here; each tool declares its own (and its model's) in its
+module, and each channel its own in its adapter. Every variable is documented in the
+README's configuration table.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-from tools.base import ModelSource
+from tools.base import ModelSource, Setting, read_settings  # Setting, read_settings: for channels
+from tools.media import MB, megabytes  # noqa: F401 - the one size unit, for adapters
+from tools.registry import model_specs, tool_settings
 
-DEFAULT_SENTIMENT_MODEL = "blanchefort/rubert-base-cased-sentiment"
-DEFAULT_AUDIO_MODEL = "https://tfhub.dev/google/yamnet/1"
-DEFAULT_IMAGE_WEIGHTS = "IMAGENET1K_V1"
-DEFAULT_DETECTION_MODEL = "facebook/detr-resnet-50"
-
-#: Sub-folders of ASSISTANT_MODELS_DIR, one per tool (the layout the README documents).
-MODELS_DIR_LAYOUT = {
-    "sentiment": "sentiment",
-    "audio": "yamnet",
-    "image": "resnet18",
-    "detection": "detr-resnet-50",
-}
 
 
 class ConfigError(ValueError):
-    """A setting has a value that cannot be used; the message says which and why."""
+    """Settings have values that cannot be used; one line per bad setting, naming the
+    variable, the value and what is allowed."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
 
 
 def _default_db_path() -> Path:
@@ -36,20 +35,41 @@ def _default_db_path() -> Path:
     return user_data_path("local-assistant", appauthor=False) / "conversations.sqlite3"
 
 
+def _ollama_url(host: str) -> str:
+    """OLLAMA_HOST may be ``host:port`` or ``0.0.0.0``; the client needs a URL."""
+    url = _normalise_host(host)
+    parts = urlsplit(url)  # raises ValueError for a broken IPv6 address
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) address")
+    parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    return url
+
+
+#: The core's settings (the tools declare their own), by the field each one fills.
+CORE_SETTINGS: dict[str, Setting] = {
+    "models_dir": Setting("ASSISTANT_MODELS_DIR", None, Path),
+    "device": Setting("ASSISTANT_DEVICE", None),
+    "max_file_mb": Setting("ASSISTANT_MAX_FILE_MB", 200.0, float, minimum=0.001),
+    "ollama_host": Setting("OLLAMA_HOST", "http://127.0.0.1:11434", check=_ollama_url,
+                           allowed="host, host:port or http(s)://host:port"),
+    "llm_model": Setting("ASSISTANT_LLM_MODEL", "llama3.1:8b"),
+    "llm_num_ctx": Setting("ASSISTANT_LLM_NUM_CTX", 8192, int, minimum=512),
+    "llm_timeout": Setting("ASSISTANT_LLM_TIMEOUT", 120.0, float, minimum=0.1),
+    "llm_keep_alive": Setting("ASSISTANT_LLM_KEEP_ALIVE", "30m"),
+    "max_tool_rounds": Setting("ASSISTANT_MAX_TOOL_ROUNDS", 4, int, minimum=1),
+    "db_path": Setting("ASSISTANT_DB", None, Path),
+}
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything configurable, with the defaults documented in the README."""
+    """The core's settings and the tools' (declared by each tool), validated at start.
+
+    Channels read their own settings (see ``adapters/``)."""
 
     models_dir: Path | None = None
-    sentiment_model: ModelSource = ModelSource(DEFAULT_SENTIMENT_MODEL, "ASSISTANT_SENTIMENT_MODEL")
-    audio_model: ModelSource = ModelSource(DEFAULT_AUDIO_MODEL, "ASSISTANT_AUDIO_MODEL")
-    image_weights: ModelSource = ModelSource(DEFAULT_IMAGE_WEIGHTS, "ASSISTANT_IMAGE_WEIGHTS")
-    detection_model: ModelSource = ModelSource(DEFAULT_DETECTION_MODEL, "ASSISTANT_DETECTION_MODEL")
     device: str | None = None
     max_file_mb: float = 200.0
-    detection_threshold: float = 0.7
-    video_fps: float = 1.0
-    video_max_frames: int = 60
     ollama_host: str = "http://127.0.0.1:11434"
     llm_model: str = "llama3.1:8b"
     llm_num_ctx: int = 8192
@@ -57,66 +77,55 @@ class Settings:
     llm_keep_alive: str = "30m"
     max_tool_rounds: int = 4
     db_path: Path | None = None
-    telegram_token: str | None = None
-    telegram_api_base_url: str = "https://api.telegram.org"
-    telegram_allowed_users: tuple[str, ...] = ()
+    #: Each tool model's source, by the model's variable (ASSISTANT_SENTIMENT_MODEL, ...).
+    models: Mapping[str, ModelSource] = field(default_factory=dict)
+    #: Each tool setting's value, by variable (ASSISTANT_DETECTION_THRESHOLD, ...).
+    tool_values: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * MB)
+
+    def model(self, variable: str) -> ModelSource:
+        """Where the model of ``variable`` comes from (the default if it was not read)."""
+        if variable in self.models:
+            return self.models[variable]
+        spec = next(spec for spec in model_specs() if spec.variable == variable)
+        return ModelSource(spec.default, variable)
+
+    def tool_value(self, variable: str) -> Any:
+        if variable in self.tool_values:
+            return self.tool_values[variable]
+        return next(s.default for s in tool_settings() if s.variable == variable)
+
+    @classmethod
+    def read(cls, env: Mapping[str, str] | None = None) -> tuple[Settings, list[str]]:
+        """The settings, and one message per bad one (each then has its default)."""
+        env = os.environ if env is None else env
+        core, problems = read_settings(CORE_SETTINGS.values(), env)
+        tools, tool_problems = read_settings(tool_settings(), env)
+        models_dir: Path | None = core["ASSISTANT_MODELS_DIR"]
+        models = {}
+        for spec in model_specs():
+            explicit = env.get(spec.variable, "").strip()
+            if explicit:
+                models[spec.variable] = ModelSource(explicit, spec.variable)
+            elif models_dir is not None:
+                models[spec.variable] = ModelSource(str(models_dir / spec.folder), "ASSISTANT_MODELS_DIR")
+            else:
+                models[spec.variable] = ModelSource(spec.default, spec.variable)
+        values = {name: core[setting.variable] for name, setting in CORE_SETTINGS.items()}
+        if values["db_path"] is None:
+            values["db_path"] = _default_db_path()
+        return cls(**values, models=models, tool_values=tools), problems + tool_problems
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-
-        def text(name: str, default: str | None = None) -> str | None:
-            value = env.get(name, "").strip()
-            return value or default
-
-        def number(name: str, default: float, kind: type = float, minimum: float = 0) -> float:
-            raw = text(name)
-            if raw is None:
-                return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise ConfigError(f"{name}={raw!r} is not a {kind.__name__}.") from None
-            if value < minimum:
-                raise ConfigError(f"{name}={raw!r} must be at least {minimum}.")
-            return value
-
-        models_dir = text("ASSISTANT_MODELS_DIR")
-        models_path = Path(models_dir).expanduser() if models_dir else None
-
-        def source(tool: str, variable: str, default: str) -> ModelSource:
-            explicit = text(variable)
-            if explicit:
-                return ModelSource(explicit, variable)
-            if models_path is not None:
-                return ModelSource(str(models_path / MODELS_DIR_LAYOUT[tool]), "ASSISTANT_MODELS_DIR")
-            return ModelSource(default, variable)
-
-        db = text("ASSISTANT_DB")
-        allowed = text("ASSISTANT_TELEGRAM_ALLOWED_USERS", "") or ""
-        return cls(
-            models_dir=models_path,
-            sentiment_model=source("sentiment", "ASSISTANT_SENTIMENT_MODEL", DEFAULT_SENTIMENT_MODEL),
-            audio_model=source("audio", "ASSISTANT_AUDIO_MODEL", DEFAULT_AUDIO_MODEL),
-            image_weights=source("image", "ASSISTANT_IMAGE_WEIGHTS", DEFAULT_IMAGE_WEIGHTS),
-            detection_model=source("detection", "ASSISTANT_DETECTION_MODEL", DEFAULT_DETECTION_MODEL),
-            device=text("ASSISTANT_DEVICE"),
-            max_file_mb=number("ASSISTANT_MAX_FILE_MB", cls.max_file_mb, minimum=0.001),
-            detection_threshold=number("ASSISTANT_DETECTION_THRESHOLD", cls.detection_threshold),
-            video_fps=number("ASSISTANT_VIDEO_FPS", cls.video_fps, minimum=0.01),
-            video_max_frames=int(number("ASSISTANT_VIDEO_MAX_FRAMES", cls.video_max_frames, int, 1)),
-            ollama_host=_normalise_host(text("OLLAMA_HOST", cls.ollama_host) or cls.ollama_host),
-            llm_model=text("ASSISTANT_LLM_MODEL", cls.llm_model) or cls.llm_model,
-            llm_num_ctx=int(number("ASSISTANT_LLM_NUM_CTX", cls.llm_num_ctx, int, 512)),
-            llm_timeout=number("ASSISTANT_LLM_TIMEOUT", cls.llm_timeout, minimum=0.1),
-            llm_keep_alive=text("ASSISTANT_LLM_KEEP_ALIVE", cls.llm_keep_alive) or cls.llm_keep_alive,
-            max_tool_rounds=int(number("ASSISTANT_MAX_TOOL_ROUNDS", cls.max_tool_rounds, int, 1)),
-            db_path=Path(db).expanduser() if db else _default_db_path(),
-            telegram_token=text("TELEGRAM_BOT_TOKEN"),
-            telegram_api_base_url=(text("TELEGRAM_API_BASE_URL", cls.telegram_api_base_url)
-                                   or cls.telegram_api_base_url).rstrip("/"),
-            telegram_allowed_users=tuple(u for u in allowed.replace(";", ",").replace(" ", ",").split(",") if u),
-        )
+        """The settings; :class:`ConfigError` listing every bad one."""
+        settings, problems = cls.read(env)
+        if problems:
+            raise ConfigError(problems)
+        return settings
 
 
 def _normalise_host(host: str) -> str:

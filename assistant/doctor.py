@@ -9,21 +9,16 @@ needed is broken; a model that will be downloaded on first use is a warning, not
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import re
 import sys
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from assistant.config import Settings
-from tools.base import ModelSource
+from tools.base import ModelSource, ModelSpec, short_reason
+from tools.registry import model_specs, users_of
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -78,104 +73,29 @@ def llm_checks(settings: Settings) -> list[Check]:
 # -- the tools' models ----------------------------------------------------------------------
 
 def model_checks(settings: Settings) -> list[Check]:
-    """Where each tool's model comes from, and whether it is there (files only)."""
-    return [
-        _model_check("sentiment", settings.sentiment_model, _local_transformers, _hf_cached),
-        _model_check("audio", settings.audio_model, _local_yamnet, _tfhub_cached),
-        _model_check("image", settings.image_weights, _local_resnet, _torchvision_cached),
-        _model_check("detect, video", settings.detection_model, _local_transformers, _hf_cached),
-    ]
+    """Where each tool's model comes from, and whether it is there (files only; the checks
+    are the tools' own, from their ``ModelSpec``)."""
+    return [_model_check(", ".join(users_of(spec)), spec, settings.model(spec.variable))
+            for spec in model_specs()]
 
 
-def _model_check(tools: str, source: ModelSource, local: Callable[[Path], str | None],
-                 hub: Callable[[ModelSource], Check | None]) -> Check:
+def _model_check(tools: str, spec: ModelSpec, source: ModelSource) -> Check:
     name = f"Model: {tools}"
     path = Path(source.value).expanduser()
     offline = (f"for offline use: `assistant models fetch` on a machine with internet, or set "
                f"{source.variable} to a local copy")
     if path.exists():
-        problem = local(path)
+        problem = spec.check_local(path)
         if problem:
             return Check(name, FAIL, f"{path}: {problem}", f"fix the files or set {source.variable}")
         return Check(name, OK, f"found at {path} ({source.variable})")
     if source.variable != "ASSISTANT_MODELS_DIR":
-        found = hub(source)
+        found = spec.check_cached(source.value)
         if found is not None:
-            found.name = name
-            if found.status == WARN:
-                found.fix = found.fix or offline
-            return found
+            return Check(name, found.status, found.detail,
+                         found.fix or (offline if found.status == WARN else ""))
     return Check(name, FAIL, f"{path} does not exist ({source.variable})",
                  f"put the model there (see the README's models layout) or unset {source.variable}")
-
-
-def _local_transformers(path: Path) -> str | None:
-    if not (path / "config.json").is_file():
-        return "no config.json (not a transformers save_pretrained directory)"
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        return "no weights (*.safetensors or *.bin)"
-    return None
-
-
-def _local_yamnet(path: Path) -> str | None:
-    if path.is_file():
-        return None if path.suffix == ".tflite" else "not a .tflite file"
-    if (path / "yamnet.tflite").is_file() or (path / "saved_model.pb").is_file():
-        return None
-    return "neither yamnet.tflite nor a SavedModel (saved_model.pb) inside"
-
-
-def _local_resnet(path: Path) -> str | None:
-    if path.is_file():
-        return None
-    count = len(list(path.glob("*.pth")))
-    return None if count == 1 else f"needs exactly one .pth file inside (found {count})"
-
-
-def _hf_cached(source: ModelSource) -> Check | None:
-    """A Hugging Face hub id: is it in the local cache?"""
-    if not _HUB_ID.match(source.value):
-        return None
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    config = try_to_load_from_cache(source.value, "config.json")
-    weights = any(isinstance(try_to_load_from_cache(source.value, name), str)
-                  for name in ("model.safetensors", "pytorch_model.bin"))
-    if isinstance(config, str) and weights:
-        return Check("", OK, f"{source.value} in the Hugging Face cache ({Path(config).parent})")
-    return Check("", WARN, f"{source.value} is not in the Hugging Face cache "
-                           f"({constants.HF_HUB_CACHE}); it will download on first use")
-
-
-def _tfhub_cached(source: ModelSource) -> Check | None:
-    """A TF Hub handle: is it in TF Hub's module cache (TFHUB_CACHE_DIR or the temp dir)?"""
-    if not source.value.startswith(("https://", "http://")):
-        return None
-    cache = Path(os.environ.get("TFHUB_CACHE_DIR") or Path(tempfile.gettempdir()) / "tfhub_modules")
-    module = cache / hashlib.sha1(source.value.encode("utf8")).hexdigest()
-    if (module / "saved_model.pb").is_file():
-        return Check("", OK, f"{source.value} in the TF Hub cache ({module})")
-    return Check("", WARN, f"{source.value} is not in the TF Hub cache ({cache}); it will "
-                           "download on first use",
-                 "set TFHUB_CACHE_DIR to a lasting folder (the default is in the temp dir), or "
-                 f"{source.variable} to a local yamnet.tflite or SavedModel for offline use")
-
-
-def _torchvision_cached(source: ModelSource) -> Check | None:
-    """A torchvision weights name: is its file in the torch hub checkpoints folder?"""
-    from torchvision.models import ResNet18_Weights
-
-    if source.value not in ResNet18_Weights.__members__:
-        return None
-    import torch
-
-    url = ResNet18_Weights[source.value].url
-    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    cached = checkpoints / url.rsplit("/", 1)[-1]
-    if cached.is_file():
-        return Check("", OK, f"ResNet18 {source.value} in the torch hub cache ({cached})")
-    return Check("", WARN, f"ResNet18 {source.value} is not in the torch hub cache ({checkpoints}); "
-                           "it will download on first use")
 
 
 # -- device and database --------------------------------------------------------------------
@@ -199,6 +119,10 @@ def device_check(settings: Settings) -> Check:
 
 
 def database_check(settings: Settings) -> Check:
+    """Can the database be opened (or created) at ASSISTANT_DB? Tried for real: a path that
+    does not exist yet is created and removed again, with any folders made for it."""
+    import sqlite3
+
     path = settings.db_path
     if path is None:
         return Check("Database", FAIL, "no path", "set ASSISTANT_DB")
@@ -209,19 +133,38 @@ def database_check(settings: Settings) -> Check:
         if not os.access(path, os.R_OK | os.W_OK):
             return Check("Database", FAIL, f"{path} is not writable", fix)
         return Check("Database", OK, f"{path} (exists, writable)")
+    made: list[Path] = []
     folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        return Check("Database", FAIL, f"{path} cannot be created ({folder} is not writable)", fix)
+    try:
+        missing = [folder, *folder.parents]
+        for parent in reversed([p for p in missing if not p.exists()]):
+            parent.mkdir()
+            made.append(parent)
+        sqlite3.connect(str(path)).close()
+        path.unlink()
+    except (OSError, sqlite3.Error) as exc:
+        return Check("Database", FAIL, f"{path} cannot be created ({short_reason(exc)})", fix)
+    finally:
+        for parent in reversed(made):
+            try:
+                parent.rmdir()
+            except OSError:
+                pass
     return Check("Database", OK, f"{path} (will be created on first use)")
+
+
+def settings_checks(problems: list[str]) -> list[Check]:
+    """Each bad setting as a failed check."""
+    return [Check("Setting", FAIL, problem, "fix or unset it (see the README's configuration table)")
+            for problem in problems]
 
 
 # -- the report -----------------------------------------------------------------------------
 
-def collect(settings: Settings) -> list[Check]:
-    return [*llm_checks(settings), *model_checks(settings), device_check(settings),
-            database_check(settings)]
+def collect(settings: Settings, problems: list[str] | None = None) -> list[Check]:
+    """Every check; ``problems`` are the bad settings (each then has its default)."""
+    return [*settings_checks(problems or []), *llm_checks(settings), *model_checks(settings),
+            device_check(settings), database_check(settings)]
 
 
 _MARKS = {OK: ("✔", "green"), WARN: ("!", "yellow"), FAIL: ("✘", "red"), SKIP: ("–", "dim")}
@@ -249,9 +192,9 @@ def _print_rich(checks: list[Check]) -> None:
     Console().print(table)
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: Settings, problems: list[str] | None = None) -> int:
     """`assistant doctor`: print the report; 1 if anything needed fails."""
-    checks = collect(settings)
+    checks = collect(settings, problems)
     (_print_rich if sys.stdout.isatty() else _print_plain)(checks)
     failed = [check.name for check in checks if check.status == FAIL]
     warned = [check.name for check in checks if check.status == WARN]

@@ -93,7 +93,7 @@ class OllamaLLM:
         try:
             for chunk in runnable.stream(list(messages), **options):
                 full = chunk if full is None else full + chunk
-                text = _text(chunk.content)
+                text = message_text(chunk.content)
                 if text and on_token is not None:
                     on_token(text)
                 if cancel is not None and cancel.is_set():
@@ -107,7 +107,7 @@ class OllamaLLM:
             return AIMessage(content="")
         if tools:
             self.native_tools = True
-        return AIMessage(content=_text(full.content), tool_calls=full.tool_calls)
+        return AIMessage(content=message_text(full.content), tool_calls=full.tool_calls)
 
     def status(self) -> LLMStatus:
         """Ask Ollama whether it is up, has the model, and whether the model can call tools."""
@@ -185,7 +185,7 @@ class OllamaLLM:
         return {True: "native", False: "json-fallback", None: "unknown"}[self.native_tools]
 
 
-def _text(content: Any) -> str:
+def message_text(content: Any) -> str:
     """Message content as plain text (content may be a list of parts)."""
     if isinstance(content, str):
         return content

@@ -194,7 +194,7 @@ def render_fallback(reason: str, outcomes: list[tuple[str, Outcome]], *, said: s
         results = "\n".join(_summary_item(subject, outcome) for subject, outcome in outcomes)
     else:
         results = nothing_ran or "No tool ran in this turn."
-    text = prompts.load("fallback").replace("{reason}", reason).replace("{results}", results).strip()
+    text = prompts.render("fallback", reason=reason, results=results).strip()
     return f"{said.strip()}\n\n{text}" if said.strip() else text
 
 

@@ -1,23 +1,13 @@
-"""Wiring: build the tools from settings. The only place that knows every tool class."""
+"""Wiring: build the tools from settings (the registry finds them; no list to edit here)."""
 
 from __future__ import annotations
 
 from assistant.config import Settings
-from tools.registry import ToolRegistry
+from tools.registry import ToolRegistry, model_specs, tool_settings
 
 
 def build_tools(settings: Settings) -> ToolRegistry:
     """All tools, configured from ``settings``; nothing heavy is imported or loaded here."""
-    from tools.audio import AudioTool
-    from tools.detection import detection_tools
-    from tools.image import ImageTool
-    from tools.sentiment import SentimentTool
-
-    return ToolRegistry([
-        SentimentTool(settings.sentiment_model, device=settings.device),
-        AudioTool(settings.audio_model),
-        ImageTool(settings.image_weights, device=settings.device),
-        *detection_tools(settings.detection_model, device=settings.device,
-                         threshold=settings.detection_threshold,
-                         video_fps=settings.video_fps, video_max_frames=settings.video_max_frames),
-    ])
+    values = {setting.variable: settings.tool_value(setting.variable) for setting in tool_settings()}
+    sources = {spec.variable: settings.model(spec.variable) for spec in model_specs()}
+    return ToolRegistry.build(sources, values, settings.device)

@@ -17,7 +17,8 @@ from langchain_core.messages import AIMessage, BaseMessage
 from pydantic import BaseModel
 
 from assistant.llm import LLMStatus
-from tools.base import Label, Tool, ToolContext, ToolResult
+from tools.base import Label, TextTrigger, Tool, ToolContext, ToolResult
+from tools.detection import PhotoDetectionTool
 from tools.registry import ToolRegistry
 
 
@@ -85,15 +86,30 @@ class TextParams(BaseModel):
     text: str
 
 
-class FakeTool(Tool):
-    """Answers a fixed label; records its calls; attachment tools resolve the id first."""
+class FakeTool(Tool[Any]):
+    """Answers a fixed label; records its calls; attachment tools resolve the id first.
 
-    def __init__(self, name: str, kinds: frozenset[str], label: str, *, writes_output: bool = False) -> None:
+    A text tool (``text=True``) judges text, and text documents by their contents."""
+
+    name = "fake"
+    description = "Fake tool."
+    Params = AttachmentParams
+
+    def __init__(self, name: str, kinds: frozenset[str], label: str, *, writes_output: bool = False,
+                 routes: frozenset[str] | None = None, trigger: TextTrigger | None = None,
+                 text: bool = False) -> None:
         super().__init__()
         self.name, self.kinds, self.label, self.writes_output = name, kinds, label, writes_output  # type: ignore[misc]
+        self.routes = kinds if routes is None else routes  # type: ignore[misc]
+        self.trigger = trigger  # type: ignore[misc]
         self.description = f"Fake {name} tool."  # type: ignore[misc]
-        self.Params = AttachmentParams if kinds else TextParams  # type: ignore[misc]
+        self.Params = TextParams if text else AttachmentParams  # type: ignore[misc]
         self.calls: list[dict[str, Any]] = []
+
+    def routed_arguments(self, attachment_id: str, attachments: Any) -> dict[str, Any]:
+        if self.Params is TextParams:
+            return {"text": attachments.path_of(attachment_id, self.kinds).read_text(encoding="utf-8")}
+        return super().routed_arguments(attachment_id, attachments)
 
     def source(self) -> str:
         return "fake"
@@ -121,9 +137,10 @@ class BrokenTool(FakeTool):
 def fake_tools() -> ToolRegistry:
     """Fakes of the five real tools (same names, kinds and attachment parameter)."""
     return ToolRegistry([
-        FakeTool("sentiment", frozenset(), "positive"),
+        FakeTool("sentiment", frozenset({"text"}), "positive", text=True),
         FakeTool("audio", frozenset({"audio"}), "Siren"),
         FakeTool("image", frozenset({"image"}), "tabby"),
-        FakeTool("detect", frozenset({"image"}), "cat", writes_output=True),
+        FakeTool("detect", frozenset({"image"}), "cat", writes_output=True, routes=frozenset(),
+                 trigger=PhotoDetectionTool.trigger),
         FakeTool("video", frozenset({"video"}), "car", writes_output=True),
     ])

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-from assistant.agent import NO_LLM_NOTE, Agent, wants_detection
+from tools.detection import PhotoDetectionTool
+from assistant.agent import NO_LLM_NOTE, Agent
 from assistant.llm import LLMError, ToolsUnsupported
 from assistant.memory import Memory
 from assistant.turns import Turn
@@ -109,8 +110,10 @@ def test_photo_also_goes_to_detection_when_asked_what_or_where(make_agent, tools
 
 
 def test_detection_keywords() -> None:
-    assert wants_detection("what's in the picture") and wants_detection("Найди машины")
-    assert not wants_detection("Классная картинка") and not wants_detection("thanks!")
+    wants = PhotoDetectionTool.trigger.wants
+    assert wants("image", "what's in the picture") and wants("image", "Найди машины")
+    assert not wants("image", "Классная картинка") and not wants("image", "thanks!")
+    assert not wants("audio", "what is this sound")
 
 
 def test_two_tools_in_one_round(make_agent, tools: ToolRegistry, photo: Path) -> None:
@@ -139,7 +142,7 @@ def test_tool_error_goes_back_to_the_model(make_agent, tools: ToolRegistry) -> N
 
 
 def test_a_crashing_tool_is_reported_not_raised(tmp_path: Path) -> None:
-    broken = BrokenTool("sentiment", frozenset(), "x")
+    broken = BrokenTool("sentiment", frozenset(), "x", text=True)
     llm = ScriptedLLM([call_tools(("sentiment", {"text": "a"})), say("The tool failed.")])
     agent = Agent(ToolRegistry([broken]), Memory(tmp_path / "m.sqlite3"), llm, output_root=tmp_path)
 

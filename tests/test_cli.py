@@ -31,7 +31,7 @@ def analyze_json(*args: str, env: dict[str, str] | None = None, cwd: Path | None
 @pytest.mark.parametrize("argv", [["--help"], ["analyze", "--help"], ["chat", "--help"],
                                   ["telegram", "--help"], ["models", "fetch", "--help"]])
 def test_help_does_not_import_heavy_libraries(argv: list[str]) -> None:
-    code = ("import sys\nfrom assistant.cli import main\n"
+    code = ("import sys\nfrom cli.main import main\n"
             f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
             f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -49,7 +49,7 @@ def test_analyze_without_inputs_is_a_usage_error() -> None:
 def test_bad_configuration_is_reported_without_traceback() -> None:
     proc = assistant("analyze", "--text", "x", env={"ASSISTANT_VIDEO_FPS": "fast"})
     assert proc.returncode == 2
-    assert "ASSISTANT_VIDEO_FPS='fast' is not a float" in proc.stderr
+    assert "ASSISTANT_VIDEO_FPS='fast': allowed is a number of at least 0.01" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -110,7 +110,7 @@ def test_analyze_bad_inputs_are_reported_and_others_still_run(
     errors = {Path(row["input"]).name: row["error"] for row in rows[1:]}
     assert "empty" in errors["empty.jpg"]
     assert "damaged or truncated" in errors["truncated.jpg"]
-    assert "not UTF-8 text" in errors["garbage.bin"]
+    assert "no tool analyses" in errors["garbage.bin"]
     assert "broken.ogg" in errors["broken.ogg"] or "audio" in errors["broken.ogg"].lower()
     assert "no such file" in errors["missing.png"]
 

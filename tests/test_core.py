@@ -15,17 +15,17 @@ from tools.media import open_image, sniff_kind
 
 def test_settings_defaults_and_models_dir() -> None:
     defaults = Settings.from_env({})
-    assert defaults.sentiment_model.value == "blanchefort/rubert-base-cased-sentiment"
+    assert defaults.model("ASSISTANT_SENTIMENT_MODEL").value == "blanchefort/rubert-base-cased-sentiment"
     assert defaults.ollama_host == "http://127.0.0.1:11434"
     assert defaults.llm_model == "llama3.1:8b"
 
     settings = Settings.from_env({"ASSISTANT_MODELS_DIR": "/m", "ASSISTANT_IMAGE_WEIGHTS": "/w.pth"})
-    assert settings.audio_model.value == "/m/yamnet"
-    assert settings.audio_model.variable == "ASSISTANT_MODELS_DIR"
-    assert settings.detection_model.value == "/m/detr-resnet-50"
-    assert settings.sentiment_model.value == "/m/sentiment"
-    assert settings.image_weights.value == "/w.pth"  # a tool's own variable wins
-    assert settings.image_weights.variable == "ASSISTANT_IMAGE_WEIGHTS"
+    assert settings.model("ASSISTANT_AUDIO_MODEL").value == "/m/yamnet"
+    assert settings.model("ASSISTANT_AUDIO_MODEL").variable == "ASSISTANT_MODELS_DIR"
+    assert settings.model("ASSISTANT_DETECTION_MODEL").value == "/m/detr-resnet-50"
+    assert settings.model("ASSISTANT_SENTIMENT_MODEL").value == "/m/sentiment"
+    image = settings.model("ASSISTANT_IMAGE_WEIGHTS")
+    assert (image.value, image.variable) == ("/w.pth", "ASSISTANT_IMAGE_WEIGHTS")  # its own wins
 
 
 @pytest.mark.parametrize("host, url", [("0.0.0.0", "http://127.0.0.1:11434"),
@@ -42,9 +42,31 @@ def test_bad_numbers_are_config_errors() -> None:
         Settings.from_env({"ASSISTANT_LLM_TIMEOUT": "soon"})
 
 
+@pytest.mark.parametrize("env", [
+    {"ASSISTANT_MAX_FILE_MB": "nan"}, {"ASSISTANT_MAX_FILE_MB": "inf"}, {"ASSISTANT_LLM_TIMEOUT": "nan"},
+    {"ASSISTANT_DETECTION_THRESHOLD": "5"}, {"ASSISTANT_DETECTION_THRESHOLD": "-0.1"},
+    {"OLLAMA_HOST": "localhost:abc"}, {"OLLAMA_HOST": "http://[::1"}])
+def test_bad_settings_name_variable_value_and_what_is_allowed(env: dict[str, str]) -> None:
+    (variable, value), = env.items()
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert caught.value.problems == [caught.value.problems[0]]
+    assert f"{variable}={value!r}" in str(caught.value) and "allowed is" in str(caught.value)
+
+
+def test_every_bad_setting_is_listed() -> None:
+    _settings, problems = Settings.read({"ASSISTANT_MAX_FILE_MB": "nan", "OLLAMA_HOST": "h:abc",
+                                         "ASSISTANT_DETECTION_THRESHOLD": "5"})
+    assert [p.split("=")[0] for p in problems] == [
+        "ASSISTANT_MAX_FILE_MB", "OLLAMA_HOST", "ASSISTANT_DETECTION_THRESHOLD"]
+    assert "from 0 to 1" in problems[2]
+
+
 def test_allowed_users_list() -> None:
-    settings = Settings.from_env({"ASSISTANT_TELEGRAM_ALLOWED_USERS": "123, @alice;456"})
-    assert settings.telegram_allowed_users == ("123", "@alice", "456")
+    from adapters.telegram import TelegramSettings
+
+    settings = TelegramSettings.from_env({"ASSISTANT_TELEGRAM_ALLOWED_USERS": "123, @alice;456"})
+    assert settings.allowed_users == ("123", "@alice", "456")
 
 
 @pytest.mark.parametrize("name, kind", [
@@ -57,10 +79,13 @@ def test_kind_is_sniffed_from_content(media: Path, tmp_path: Path, name: str, ki
     assert sniff_kind(disguised) == kind
 
 
-def test_text_and_garbage_are_documents(tmp_path: Path) -> None:
+def test_utf8_text_is_text_and_garbage_a_document(tmp_path: Path) -> None:
     text = tmp_path / "a.jpg"
-    text.write_text("not a photo", encoding="utf-8")
-    assert sniff_kind(text) == "document"
+    text.write_text("not a photo — Отличный отзыв", encoding="utf-8")
+    assert sniff_kind(text) == "text"
+    garbage = tmp_path / "b.bin"
+    garbage.write_bytes(bytes(range(256)) * 4)
+    assert sniff_kind(garbage) == "document"
 
 
 def test_attachment_store_ids_and_checks(media: Path, tmp_path: Path) -> None:

@@ -135,7 +135,7 @@ def test_broken_local_paths_and_database(models_env, models_dir: Path, tmp_path:
 
 
 def test_cli_exit_status(models_env, monkeypatch, capsys) -> None:
-    from assistant.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("OLLAMA_HOST", unused_url())
     assert main(["doctor"]) == 1

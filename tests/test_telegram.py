@@ -23,7 +23,8 @@ from types import SimpleNamespace
 import pytest
 from telegram import Update
 
-from adapters.telegram import (MB, PUBLIC_API, PUBLIC_DOWNLOAD_LIMIT, BotOptions, build_application,
+from adapters.telegram import (MB, PUBLIC_API, PUBLIC_DOWNLOAD_LIMIT, BotOptions, TelegramSettings,
+                               build_application,
                                download_limit, render_markdown, run, split_text)
 from assistant.attachments import AttachmentStore
 from assistant.memory import Memory
@@ -72,16 +73,18 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _settings(api: FakeBotAPI, **changes) -> Settings:
-    return replace(Settings(telegram_token=api.token, telegram_api_base_url=api.url,
-                            telegram_allowed_users=(str(OWNER), "@Friend")), **changes)
+def _telegram(api: FakeBotAPI, **changes) -> TelegramSettings:
+    changes = {key.removeprefix("telegram_"): value for key, value in changes.items()}
+    return replace(TelegramSettings(token=api.token, api_base_url=api.url,
+                                    allowed_users=(str(OWNER), "@Friend")), **changes)
 
 
 @contextlib.asynccontextmanager
 async def running_bot(api: FakeBotAPI, agent, *, options: BotOptions = FAST, allow_all: bool = False,
                       **settings) -> AsyncIterator[None]:
-    application = build_application(_settings(api, **settings), agent, allow_all=allow_all,
-                                    options=options)
+    core = {key: settings.pop(key) for key in list(settings) if not key.startswith("telegram_")}
+    application = build_application(Settings(**core), agent, _telegram(api, **settings),
+                                    allow_all=allow_all, options=options)
     await application.initialize()
     await application.post_init(application)
     await application.start()
@@ -196,16 +199,16 @@ def test_username_is_bound_to_the_first_id_seen_with_it(api: FakeBotAPI, tmp_pat
 
 
 def test_run_refuses_to_start_without_token_or_allowlist(capsys: pytest.CaptureFixture) -> None:
-    assert run(argparse.Namespace(allow_all=False), Settings(telegram_allowed_users=("1",))) == 2
+    assert run(argparse.Namespace(allow_all=False), Settings(), TelegramSettings(allowed_users=("1",))) == 2
     assert "TELEGRAM_BOT_TOKEN" in capsys.readouterr().err
-    assert run(argparse.Namespace(allow_all=False), Settings(telegram_token="1:x")) == 2
+    assert run(argparse.Namespace(allow_all=False), Settings(), TelegramSettings(token="1:x")) == 2
     err = capsys.readouterr().err
     assert "ASSISTANT_TELEGRAM_ALLOWED_USERS" in err and "--allow-all" in err
 
 
 def test_cli_telegram_without_allowlist_exits_2(monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture) -> None:
-    from assistant.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "1:x")
     monkeypatch.delenv("ASSISTANT_TELEGRAM_ALLOWED_USERS", raising=False)
@@ -306,10 +309,12 @@ def test_oversized_file_is_refused_before_download(api: FakeBotAPI, media: Path)
 
 
 def test_download_limit_public_and_self_hosted() -> None:
-    assert download_limit(Settings(max_file_mb=200)) == PUBLIC_DOWNLOAD_LIMIT
-    assert download_limit(Settings(max_file_mb=5)) == 5 * MB
-    assert Settings().telegram_api_base_url == PUBLIC_API
-    assert download_limit(Settings(max_file_mb=200, telegram_api_base_url="http://localhost:8081")) == 200 * MB
+    public = TelegramSettings()
+    assert download_limit(Settings(max_file_mb=200), public) == PUBLIC_DOWNLOAD_LIMIT
+    assert download_limit(Settings(max_file_mb=5), public) == 5 * MB
+    assert public.api_base_url == PUBLIC_API
+    local = TelegramSettings(api_base_url="http://localhost:8081")
+    assert download_limit(Settings(max_file_mb=200), local) == 200 * MB
 
 
 def test_progress_status_message_and_media_reply(api: FakeBotAPI, media: Path, tmp_path: Path) -> None:

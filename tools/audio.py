@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from tools.base import (ModelLoadError, ModelSource, Tool, ToolContext, ToolError, ToolResult,
+from tools.base import (ModelCheck, ModelLoadError, ModelSource, ModelSpec, Tool, ToolConfig,
+                        ToolContext, ToolError, ToolResult, short_reason,
                         import_tensorflow, sorted_labels)
 
 if TYPE_CHECKING:
@@ -107,7 +108,51 @@ class AudioResult(ToolResult):
         return details
 
 
-class AudioTool(Tool):
+DEFAULT_MODEL = "https://tfhub.dev/google/yamnet/1"
+
+
+def _fetch_yamnet(dest: Path | None) -> Path:
+    """`models fetch`: the TF Hub YAMNet into its cache, copied to ``dest`` if given."""
+    import shutil
+
+    from tools.base import import_tensorflow
+
+    import_tensorflow()
+    import tensorflow_hub as hub
+
+    cached = Path(hub.resolve(DEFAULT_MODEL))
+    if dest is None:
+        return cached
+    shutil.copytree(cached, dest, dirs_exist_ok=True)
+    return dest
+
+
+def _check_local(path: Path) -> str | None:
+    if path.is_file():
+        return None if path.suffix == ".tflite" else "not a .tflite file"
+    if (path / "yamnet.tflite").is_file() or (path / "saved_model.pb").is_file():
+        return None
+    return "neither yamnet.tflite nor a SavedModel (saved_model.pb) inside"
+
+
+def _check_cached(value: str) -> ModelCheck | None:
+    """A TF Hub handle: is it in TF Hub's module cache (TFHUB_CACHE_DIR or the temp dir)?"""
+    import hashlib
+    import tempfile
+
+    if not value.startswith(("https://", "http://")):
+        return None
+    cache = Path(os.environ.get("TFHUB_CACHE_DIR") or Path(tempfile.gettempdir()) / "tfhub_modules")
+    module = cache / hashlib.sha1(value.encode("utf8")).hexdigest()
+    if (module / "saved_model.pb").is_file():
+        return ModelCheck("ok", f"{value} in the TF Hub cache ({module})")
+    return ModelCheck("warn", f"{value} is not in the TF Hub cache ({cache}); it will "
+                              "download on first use",
+                      "set TFHUB_CACHE_DIR to a lasting folder (the default is in the temp dir), or "
+                      "ASSISTANT_AUDIO_MODEL to a local yamnet.tflite or SavedModel for offline use")
+
+
+class AudioTool(Tool[AudioParams]):
     name = "audio"
     description = (
         "Tag the sounds in an audio clip, voice note or the sound track of a video with YAMNet "
@@ -118,10 +163,18 @@ class AudioTool(Tool):
     )
     Params = AudioParams
     kinds = frozenset({"audio", "video"})
+    routes = frozenset({"audio"})
+    model = ModelSpec("audio (YAMNet)", DEFAULT_MODEL, "ASSISTANT_AUDIO_MODEL", "yamnet",
+                      _fetch_yamnet, _check_local, _check_cached)
 
     def __init__(self, source: ModelSource) -> None:
         super().__init__()
         self._source = source
+
+    @classmethod
+    def create(cls, config: ToolConfig) -> AudioTool:
+        assert config.source is not None
+        return cls(config.source)
 
     def source(self) -> str:
         return self._source.value
@@ -129,8 +182,7 @@ class AudioTool(Tool):
     def _load(self) -> _Yamnet:
         return load_yamnet(self._source)
 
-    def run(self, params: BaseModel, ctx: ToolContext) -> AudioResult:
-        assert isinstance(params, AudioParams)
+    def run(self, params: AudioParams, ctx: ToolContext) -> AudioResult:
         path = ctx.attachments.path_of(params.attachment_id, self.kinds)
         ctx.report(0.0, "Decoding audio")
         wave = decode_audio(path)
@@ -348,10 +400,10 @@ def load_yamnet(source: ModelSource) -> _Yamnet:
         raise
     except OSError as exc:
         if "://" in value:
-            raise fail(f"the model hub could not be reached ({_reason(exc)})") from None
-        raise fail(_reason(exc)) from None
+            raise fail(f"the model hub could not be reached ({short_reason(exc)})") from None
+        raise fail(short_reason(exc)) from None
     except Exception as exc:  # TF and TF Hub raise many kinds; the reason is what matters
-        raise fail(_reason(exc)) from None
+        raise fail(short_reason(exc)) from None
     if scores.ndim != 2 or scores.shape != (1, len(model.class_names)):
         raise fail(f"unexpected output shape {tuple(scores.shape)} for {len(model.class_names)} classes")
     return model
@@ -370,12 +422,6 @@ def read_class_map(text: str) -> list[str]:
     if not rows or "display_name" not in rows[0]:
         raise ValueError("the class map has no display_name column")
     return [row["display_name"] for row in sorted(rows, key=lambda row: int(row["index"]))]
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else type(exc).__name__
-    return first if len(first) <= 200 else first[:197] + "..."
 
 
 # --- inference and events -------------------------------------------------------------------

@@ -8,13 +8,15 @@ Heavy libraries are imported inside ``_load()`` / ``run()``, never at module imp
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -45,10 +47,142 @@ class ModelLoadError(ToolError):
 
 
 def short_reason(exc: BaseException) -> str:
-    """A one-line reason from an exception, for messages (never a traceback)."""
+    """The first line of an exception, for messages (never a traceback). The one such helper."""
     text = str(getattr(exc, "reason", "") or exc).strip()  # URLError keeps it in .reason
     first = text.splitlines()[0].strip().rstrip(":") if text else type(exc).__name__
     return first if len(first) <= 200 else first[:197] + "..."
+
+
+# -- settings: rules kept as data, next to where each setting is declared --------------------
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable, its default, and what values are allowed.
+
+    ``kind`` is ``str``, ``int``, ``float`` or ``Path``; numbers must be finite and within
+    ``minimum``/``maximum``. ``check`` may normalise a text value or raise ``ValueError``
+    saying what is wrong. An empty or unset variable means the default.
+    """
+
+    variable: str
+    default: Any
+    kind: type = str
+    minimum: float | None = None
+    maximum: float | None = None
+    check: Callable[[str], Any] | None = None
+    allowed: str = ""  # what is allowed, in words, when ``check`` decides
+
+    def describe_allowed(self) -> str:
+        if self.allowed:
+            return self.allowed
+        noun = {int: "a whole number", float: "a number", Path: "a path"}.get(self.kind, "text")
+        if self.minimum is not None and self.maximum is not None:
+            return f"{noun} from {self.minimum:g} to {self.maximum:g}"
+        if self.minimum is not None:
+            return f"{noun} of at least {self.minimum:g}"
+        return noun
+
+    def parse(self, raw: str | None) -> Any:
+        """The value for ``raw`` (the default when empty); ``ValueError`` naming variable,
+        value and what is allowed."""
+        text = (raw or "").strip()
+        if not text:
+            return self.default
+        try:
+            value: Any = self.check(text) if self.check else text
+            if self.kind in (int, float):
+                try:
+                    value = self.kind(text)
+                except ValueError:
+                    raise ValueError from None  # the rule below says it better than Python
+                if not math.isfinite(value):
+                    raise ValueError
+                if self.minimum is not None and value < self.minimum:
+                    raise ValueError
+                if self.maximum is not None and value > self.maximum:
+                    raise ValueError
+            elif self.kind is Path:
+                value = Path(text).expanduser()
+        except ValueError as exc:
+            why = f" ({exc})" if str(exc) else ""
+            raise ValueError(f"{self.variable}={text!r}{why}: allowed is "
+                             f"{self.describe_allowed()}") from None
+        return value
+
+
+def read_settings(settings: Iterable[Setting], env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """Every setting's value by variable, and a message for each bad one (all, not the first)."""
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for setting in settings:
+        try:
+            values[setting.variable] = setting.parse(env.get(setting.variable))
+        except ValueError as exc:
+            problems.append(str(exc))
+            values[setting.variable] = setting.default
+    return values, problems
+
+
+# -- models: where a tool's model comes from, how to fetch it and check it -------------------
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """What ``doctor`` learns about a model without loading it."""
+
+    status: str  # ok | warn | fail
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A tool's model: its default source, the variable that overrides it, its folder in a
+    models directory, how ``models fetch`` gets it and how ``doctor`` checks it.
+
+    ``fetch(dest)`` downloads the default into ``dest`` (or the library's cache when None)
+    and returns where it is. ``check_local(path)`` says what is wrong with local files (None:
+    fine). ``check_cached(value)`` says whether a non-local source is in its cache (None: the
+    value is not of that form).
+    """
+
+    what: str  # e.g. "object detection (DETR)"
+    default: str
+    variable: str
+    folder: str
+    fetch: Callable[[Path | None], Path]
+    check_local: Callable[[Path], str | None]
+    check_cached: Callable[[str], ModelCheck | None] = lambda value: None
+    fetch_source: str = ""  # how the fetched source is named to people, if not ``default``
+
+    @property
+    def setting(self) -> Setting:
+        return Setting(self.variable, None)
+
+
+# -- assistant analyze options ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AnalyzeOption:
+    """A flag of ``assistant analyze`` that sets one parameter of the tools that have it."""
+
+    flag: str  # e.g. "--threshold"
+    param: str  # the Params field it sets
+    kind: type
+    metavar: str
+    help: str
+
+
+# -- what routes an attachment to a tool -----------------------------------------------------
+
+@dataclass(frozen=True)
+class TextTrigger:
+    """A tool also runs on attachments of ``kinds`` when the user's text matches ``pattern``."""
+
+    kinds: frozenset[str]
+    pattern: re.Pattern[str]
+
+    def wants(self, kind: str, text: str) -> bool:
+        return kind in self.kinds and bool(self.pattern.search(text))
 
 
 class Label(BaseModel):
@@ -125,15 +259,73 @@ class ToolContext:
             self.progress(min(max(fraction, 0.0), 1.0), message)
 
 
-class Tool(ABC):
+@dataclass
+class ToolConfig:
+    """What a tool is built from: its model source, the device, its settings' values (by
+    variable), and a place to share one loaded model between tools of a module."""
+
+    source: ModelSource | None
+    device: str | None
+    values: Mapping[str, Any]
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    def share(self, key: str, make: Callable[[], Any]) -> Any:
+        """One object per ``key`` for all tools built from this configuration."""
+        if key not in self.shared:
+            self.shared[key] = make()
+        return self.shared[key]
+
+
+P = TypeVar("P", bound=BaseModel)
+
+
+class Tool(ABC, Generic[P]):
     """One tool: a name and description an LLM can choose by, validated parameters,
-    a model that loads lazily once and stays warm, and a typed result."""
+    a model that loads lazily once and stays warm, and a typed result.
+
+    A tool module declares everything about its tools on the class; the registry
+    (:mod:`tools.registry`) finds them and everything else is derived from these:
+
+    - ``name``, ``description`` (what the model reads), ``Params`` (its parameters);
+    - ``kinds``: the attachment kinds it accepts; ``routes``: those it runs on by itself
+      for every attachment; ``trigger``: when it also runs because of what the text asks;
+    - ``model``: its :class:`ModelSpec`; ``settings``: its own ``ASSISTANT_*`` settings;
+    - ``analyze_options``: its flags for ``assistant analyze``;
+    - :meth:`create`: how it is built from a :class:`ToolConfig`.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str]
     Params: ClassVar[type[BaseModel]]
-    #: Attachment kinds this tool analyses ("image", "audio", "video"); empty for text tools.
+    #: Attachment kinds this tool analyses ("image", "audio", "video", "text"); empty for none.
     kinds: ClassVar[frozenset[str]] = frozenset()
+    #: Attachment kinds it runs on by itself, whatever the model decides.
+    routes: ClassVar[frozenset[str]] = frozenset()
+    #: When it also runs on an attachment because of what the user's text asks.
+    trigger: ClassVar[TextTrigger | None] = None
+    model: ClassVar[ModelSpec | None] = None
+    settings: ClassVar[tuple[Setting, ...]] = ()
+    analyze_options: ClassVar[tuple[AnalyzeOption, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Check a concrete tool's declaration when its class is defined."""
+        super().__init_subclass__(**kwargs)
+        if cls.__name__.startswith("_"):  # a shared base of a module's tools
+            return
+        for attribute in ("name", "description", "Params"):
+            if not hasattr(cls, attribute):
+                raise TypeError(f"tool {cls.__name__} does not declare {attribute}")
+        if not (set(cls.routes) <= set(cls.kinds)):
+            raise TypeError(f"tool {cls.name}: routes {set(cls.routes)} are not all in kinds")
+
+    @classmethod
+    def create(cls, config: ToolConfig) -> Tool[Any]:
+        """Build the tool from its configuration; tools with settings override this."""
+        raise NotImplementedError(f"tool {cls.name} does not say how it is built (create)")
+
+    def routed_arguments(self, attachment_id: str, attachments: AttachmentResolver) -> dict[str, Any]:
+        """The arguments of the call it gets for an attachment it runs on by itself."""
+        return {"attachment_id": attachment_id}
 
     def __init__(self) -> None:
         self._model: Any = None
@@ -152,7 +344,7 @@ class Tool(ABC):
         """Load the model (heavy imports happen here); raise :class:`ModelLoadError`."""
 
     @abstractmethod
-    def run(self, params: BaseModel, ctx: ToolContext) -> ToolResult:
+    def run(self, params: P, ctx: ToolContext) -> ToolResult:
         """Run on validated params. The model is loaded (``self._model``)."""
 
     def ensure_loaded(self) -> Any:
@@ -174,9 +366,9 @@ class Tool(ABC):
         with self._lock:
             return self.run(params, ctx)
 
-    def validate(self, arguments: dict[str, Any]) -> BaseModel:
+    def validate(self, arguments: dict[str, Any]) -> P:
         try:
-            return self.Params.model_validate(arguments)
+            return self.Params.model_validate(arguments)  # type: ignore[return-value]
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"

@@ -11,6 +11,7 @@ The model comes from ``ASSISTANT_DETECTION_MODEL``: a Hugging Face hub id (defau
 
 from __future__ import annotations
 
+import re
 import threading
 import zlib
 from collections.abc import Iterator
@@ -21,9 +22,10 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from tools.base import (Label, ModelLoadError, ModelSource, Tool, ToolContext, ToolError,
-                        ToolResult, select_device, short_reason)
-from tools.hub import load_pretrained
+from tools.base import (AnalyzeOption, Label, ModelLoadError, ModelSource, Setting, TextTrigger,
+                        Tool, ToolConfig, ToolContext, ToolError, ToolResult, select_device,
+                        short_reason)
+from tools.hub import hub_spec, load_pretrained
 
 #: Processing size of video frames. DETR was trained with shorter sides of 480 to 800
 #: pixels; the smallest of them keeps a video at or under one second of work per second.
@@ -243,7 +245,28 @@ def _fold_frozen_batch_norms(model: Any) -> None:
 # -- the tools --------------------------------------------------------------------
 
 
-class _DetectionTool(Tool):
+MODEL = hub_spec("object detection (DETR)", "facebook/detr-resnet-50", "ASSISTANT_DETECTION_MODEL",
+                 "detr-resnet-50")
+THRESHOLD = Setting("ASSISTANT_DETECTION_THRESHOLD", 0.7, float, minimum=0.0, maximum=1.0)
+VIDEO_FPS = Setting("ASSISTANT_VIDEO_FPS", 1.0, float, minimum=0.01)
+VIDEO_MAX_FRAMES = Setting("ASSISTANT_VIDEO_MAX_FRAMES", 60, int, minimum=1)
+THRESHOLD_OPTION = AnalyzeOption("--threshold", "threshold", float, "P",
+                                 "detection score threshold (default: ASSISTANT_DETECTION_THRESHOLD)")
+#: Words (English and Russian stems) that ask what or where things are, or to find/count objects.
+ASKS_WHAT_OR_WHERE = re.compile(
+    r"\b(what|whats|where|which|find|count|how many|detect|locate|spot|objects?|things?|anything)\b"
+    r"|(?<!\w)(что|где|какие|найд|найт|посчита|подсчита|сколько|объект|обнаруж|предмет|"
+    r"изображ|есть ли|покажи)", re.IGNORECASE)
+
+
+def _shared_detr(config: ToolConfig) -> _SharedDetr:
+    assert config.source is not None
+    return config.share("detr", lambda: _SharedDetr(config.source, config.device))
+
+
+class _DetectionTool(Tool[Any]):
+    model = MODEL
+
     def __init__(self, shared: _SharedDetr, threshold: float) -> None:
         super().__init__()
         self._shared, self._threshold = shared, threshold
@@ -255,7 +278,7 @@ class _DetectionTool(Tool):
         return self._shared.get()
 
 
-class PhotoDetectionTool(_DetectionTool):
+class PhotoDetectionTool(_DetectionTool):  # Tool[PhotoParams]
     name = "detect"
     description = ("Find and locate objects (people, cars, bicycles, animals, furniture, food "
                    "and the other 80 everyday COCO object classes) in a photo: what is where "
@@ -264,11 +287,17 @@ class PhotoDetectionTool(_DetectionTool):
                    "where they are.")
     Params = PhotoParams
     kinds: ClassVar[frozenset[str]] = frozenset({"image"})
+    trigger = TextTrigger(frozenset({"image"}), ASKS_WHAT_OR_WHERE)
+    settings = (THRESHOLD,)
+    analyze_options = (THRESHOLD_OPTION,)
 
-    def run(self, params: BaseModel, ctx: ToolContext) -> PhotoDetectionResult:
+    @classmethod
+    def create(cls, config: ToolConfig) -> PhotoDetectionTool:
+        return cls(_shared_detr(config), config.values[THRESHOLD.variable])
+
+    def run(self, params: PhotoParams, ctx: ToolContext) -> PhotoDetectionResult:
         from tools.media import open_image
 
-        assert isinstance(params, PhotoParams)
         threshold = params.threshold or self._threshold
         path = ctx.attachments.path_of(params.attachment_id, self.kinds)
         image = open_image(path)
@@ -293,15 +322,28 @@ class VideoDetectionTool(_DetectionTool):
                    "the boxes. Use it for any question about what happens or is seen in a video.")
     Params = VideoParams
     kinds: ClassVar[frozenset[str]] = frozenset({"video"})
+    routes: ClassVar[frozenset[str]] = frozenset({"video"})
+    settings = (THRESHOLD, VIDEO_FPS, VIDEO_MAX_FRAMES)
+    analyze_options = (
+        THRESHOLD_OPTION,
+        AnalyzeOption("--fps", "fps", float, "N",
+                      "video frames sampled per second (default: ASSISTANT_VIDEO_FPS)"),
+        AnalyzeOption("--max-frames", "max_frames", int, "N",
+                      "most video frames analysed (default: ASSISTANT_VIDEO_MAX_FRAMES)"),
+    )
 
     def __init__(self, shared: _SharedDetr, threshold: float, fps: float, max_frames: int) -> None:
         super().__init__(shared, threshold)
         self._fps, self._max_frames = fps, max_frames
 
-    def run(self, params: BaseModel, ctx: ToolContext) -> VideoDetectionResult:
+    @classmethod
+    def create(cls, config: ToolConfig) -> VideoDetectionTool:
+        return cls(_shared_detr(config), config.values[THRESHOLD.variable],
+                   config.values[VIDEO_FPS.variable], config.values[VIDEO_MAX_FRAMES.variable])
+
+    def run(self, params: VideoParams, ctx: ToolContext) -> VideoDetectionResult:
         import cv2
 
-        assert isinstance(params, VideoParams)
         threshold = params.threshold or self._threshold
         path = ctx.attachments.path_of(params.attachment_id, self.kinds)
         video = _open_video(path)

@@ -7,11 +7,12 @@ gets a clear :class:`ModelLoadError` in seconds instead of minutes of retries.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from tools.base import ModelLoadError, ModelSource, short_reason
+from tools.base import ModelCheck, ModelLoadError, ModelSource, ModelSpec, short_reason
 
 HUB_TIMEOUT = 10.0
 
@@ -75,3 +76,44 @@ def _check_hub(repo_id: str, fail: Callable[[str], ModelLoadError]) -> None:
     except Exception:  # noqa: BLE001 - DNS, connection, timeout, proxy errors
         raise fail("the Hugging Face hub cannot be reached (offline?) and the model "
                    "is not in the local cache") from None
+
+
+# -- models fetch and doctor, for models on the Hugging Face hub --------------------------------
+
+#: Weight formats the tools load; other framework files in a hub repository are skipped.
+_FETCH_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "*.bin"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hub_spec(what: str, default: str, variable: str, folder: str) -> ModelSpec:
+    """The :class:`ModelSpec` of a transformers model on the Hugging Face hub."""
+    def fetch(dest: Path | None) -> Path:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(default, local_dir=dest, allow_patterns=_FETCH_PATTERNS))
+
+    return ModelSpec(what, default, variable, folder, fetch, check_saved_pretrained, check_hub_cache)
+
+
+def check_saved_pretrained(path: Path) -> str | None:
+    """What is missing from a transformers ``save_pretrained`` directory (None: nothing)."""
+    if not (path / "config.json").is_file():
+        return "no config.json (not a transformers save_pretrained directory)"
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        return "no weights (*.safetensors or *.bin)"
+    return None
+
+
+def check_hub_cache(value: str) -> ModelCheck | None:
+    """A hub id: is it in the local Hugging Face cache? (files only; nothing is loaded)"""
+    if not _HUB_ID.match(value):
+        return None
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    config = try_to_load_from_cache(value, "config.json")
+    weights = any(isinstance(try_to_load_from_cache(value, name), str)
+                  for name in ("model.safetensors", "pytorch_model.bin"))
+    if isinstance(config, str) and weights:
+        return ModelCheck("ok", f"{value} in the Hugging Face cache ({Path(config).parent})")
+    return ModelCheck("warn", f"{value} is not in the Hugging Face cache "
+                              f"({constants.HF_HUB_CACHE}); it will download on first use")

@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from tools.base import (Label, ModelLoadError, ModelSource, Tool, ToolContext, ToolResult,
+from tools.base import (Label, ModelCheck, ModelLoadError, ModelSource, ModelSpec, Tool,
+                        ToolConfig, ToolContext, ToolResult,
                         select_device, short_reason, sorted_labels)
 from tools.media import open_image
 
@@ -50,7 +51,50 @@ class _Classifier:
     resize_size: int
 
 
-class ImageTool(Tool):
+DEFAULT_WEIGHTS = "IMAGENET1K_V1"
+
+
+def _fetch(dest: Path | None) -> Path:
+    """`models fetch`: the default weights file into torch hub's cache, or into ``dest``."""
+    import torch
+    from torchvision.models import ResNet18_Weights
+
+    weights = ResNet18_Weights[DEFAULT_WEIGHTS]
+    model_dir = str(dest) if dest else None
+    torch.hub.load_state_dict_from_url(weights.url, model_dir=model_dir, progress=True, check_hash=True)
+    return (dest or Path(torch.hub.get_dir()) / "checkpoints") / Path(weights.url).name
+
+
+def _check_local(path: Path) -> str | None:
+    if path.is_file():
+        return None
+    count = len(list(path.glob("*.pth")))
+    return None if count == 1 else f"needs exactly one .pth file inside (found {count})"
+
+
+def _check_cached(value: str) -> ModelCheck | None:
+    """A torchvision weights name: is its file in the torch hub checkpoints folder?"""
+    from torchvision.models import ResNet18_Weights
+
+    if value not in ResNet18_Weights.__members__:
+        return None
+    import torch
+
+    url = ResNet18_Weights[value].url
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    cached = checkpoints / url.rsplit("/", 1)[-1]
+    if cached.is_file():
+        return ModelCheck("ok", f"ResNet18 {value} in the torch hub cache ({cached})")
+    return ModelCheck("warn", f"ResNet18 {value} is not in the torch hub cache ({checkpoints}); "
+                              "it will download on first use")
+
+
+class _ImageParams(BaseModel):
+    attachment_id: str = Field(description="Id of the image attachment, e.g. att_1.")
+    top_k: int = Field(5, ge=1, le=20, description="How many classes to return (1-20).")
+
+
+class ImageTool(Tool[_ImageParams]):
     name = "image"
     description = (
         "Say what a photo shows: classifies an image attachment into the 1000 ImageNet "
@@ -60,15 +104,21 @@ class ImageTool(Tool):
         "tool for that), read text, or recognise people."
     )
     kinds = frozenset({"image"})
-
-    class Params(BaseModel):
-        attachment_id: str = Field(description="Id of the image attachment, e.g. att_1.")
-        top_k: int = Field(5, ge=1, le=20, description="How many classes to return (1-20).")
+    routes = frozenset({"image"})
+    Params = _ImageParams
+    model = ModelSpec("image (ResNet18)", DEFAULT_WEIGHTS, "ASSISTANT_IMAGE_WEIGHTS", "resnet18",
+                      _fetch, _check_local, _check_cached,
+                      fetch_source=f"torchvision ResNet18_Weights.{DEFAULT_WEIGHTS}")
 
     def __init__(self, source: ModelSource, device: str | None = None) -> None:
         super().__init__()
         self._source = source
         self._device = device
+
+    @classmethod
+    def create(cls, config: ToolConfig) -> ImageTool:
+        assert config.source is not None
+        return cls(config.source, device=config.device)
 
     def source(self) -> str:
         return self._source.value
@@ -83,8 +133,7 @@ class ImageTool(Tool):
         try:
             model.load_state_dict(state_dict)
         except (RuntimeError, TypeError, AttributeError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise self._error(f"the file is not a ResNet18 state dict ({first_line})") from None
+            raise self._error(f"the file is not a ResNet18 state dict ({short_reason(exc)})") from None
         device = select_device(self._device)
         model = _fuse_batch_norms(model.eval()).to(device, memory_format=torch.channels_last)
         reference = ResNet18_Weights.IMAGENET1K_V1
@@ -127,8 +176,7 @@ class ImageTool(Tool):
     def _error(self, reason: str) -> ModelLoadError:
         return ModelLoadError("image", self._source.value, self._source.variable, reason)
 
-    def run(self, params: BaseModel, ctx: ToolContext) -> ImageResult:
-        assert isinstance(params, ImageTool.Params)
+    def run(self, params: _ImageParams, ctx: ToolContext) -> ImageResult:
         import torch
 
         classifier: _Classifier = self._model

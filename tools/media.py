@@ -10,7 +10,9 @@ from pathlib import Path
 
 from tools.base import ToolError
 
-KINDS = ("image", "audio", "video", "document")
+KINDS = ("image", "audio", "video", "text", "document")
+#: Bytes read to tell a UTF-8 text document from other files.
+_TEXT_SNIFF_BYTES = 65_536
 
 _IMAGE_MIMES = {"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp",
                 "image/tiff", "image/x-icon", "image/vnd.microsoft.icon"}
@@ -33,13 +35,23 @@ def check_file(path: Path, max_bytes: int | None = None) -> int:
     if size == 0:
         raise ToolError(f"{path.name}: the file is empty.")
     if max_bytes is not None and size > max_bytes:
-        raise ToolError(f"{path.name}: the file is too large ({size / 1e6:.1f} MB; "
-                        f"the limit is {max_bytes / 1e6:.0f} MB, set by ASSISTANT_MAX_FILE_MB).")
+        raise ToolError(f"{path.name}: the file is too large ({megabytes(size)}; "
+                        f"the limit is {megabytes(max_bytes)}, set by ASSISTANT_MAX_FILE_MB).")
     return size
 
 
+#: Bytes in a megabyte, the one size unit the assistant uses (ASSISTANT_MAX_FILE_MB included).
+MB = 1_000_000
+
+
+def megabytes(size: float) -> str:
+    """A size as people read it: ``209.7 MB`` (1 MB = 1,000,000 bytes)."""
+    return f"{size / MB:.1f}".rstrip("0").rstrip(".") + " MB"
+
+
 def sniff_kind(path: Path) -> str:
-    """``image``, ``audio``, ``video`` or ``document``, from the file's bytes, not its name."""
+    """``image``, ``audio``, ``video``, ``text`` (UTF-8, no NUL bytes) or ``document``,
+    from the file's bytes, not its name."""
     import filetype
 
     kind = filetype.guess(str(path))
@@ -53,7 +65,21 @@ def sniff_kind(path: Path) -> str:
     if not mime and _mpeg_audio_sync(path):
         # MPEG audio without an ID3 tag and raw ADTS AAC have no magic that filetype knows.
         return _probe_streams(path) or "document"
-    return "document"
+    return "text" if not mime and _looks_like_text(path) else "document"
+
+
+def _looks_like_text(path: Path) -> bool:
+    import codecs
+
+    with path.open("rb") as file:
+        head = file.read(_TEXT_SNIFF_BYTES)
+    if b"\x00" in head:
+        return False
+    try:  # not final: a character cut at the end of the sample is fine
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _mpeg_audio_sync(path: Path) -> bool:

@@ -1,29 +1,130 @@
-"""The set of tools an agent or the CLI can call, by name."""
+"""The tools, found in the ``tools`` package, and everything derived from their declarations.
+
+No list to edit: every module of the package is imported (cheaply: heavy libraries load with
+a model, never at import) and each concrete :class:`~tools.base.Tool` subclass defined in it
+is a tool. Settings, ``models fetch``, ``doctor``, ``analyze --tool`` choices, routing, the
+tools list and the routing sentence of the system prompt all come from here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Iterable, Iterator, Mapping
+from functools import cache
 from typing import Any
 
-from tools.base import Tool, ToolError
+from tools.base import AnalyzeOption, ModelSource, ModelSpec, Setting, Tool, ToolConfig, ToolError
 
-#: The tool every attachment of a kind is always analysed with.
-DEFAULT_TOOL_FOR_KIND = {"image": "image", "audio": "audio", "video": "video"}
+#: Packages searched for tool modules (tests may add one).
+TOOL_PACKAGES = ["tools"]
+
+
+def tool_classes() -> list[type[Tool[Any]]]:
+    """Every tool class declared in the tool packages, in module then definition order."""
+    return list(_discover(tuple(TOOL_PACKAGES)))
+
+
+@cache
+def _discover(packages: tuple[str, ...]) -> tuple[type[Tool[Any]], ...]:
+    found: dict[str, type[Tool[Any]]] = {}
+    for package_name in packages:
+        package = importlib.import_module(package_name)
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda item: item.name):
+            module = importlib.import_module(f"{package_name}.{info.name}")
+            members = [obj for _, obj in inspect.getmembers(module, inspect.isclass)
+                       if issubclass(obj, Tool) and obj.__module__ == module.__name__
+                       and not inspect.isabstract(obj) and not obj.__name__.startswith("_")]
+            for cls in sorted(members, key=lambda obj: inspect.getsourcelines(obj)[1]):
+                if cls.name in found:
+                    raise TypeError(f"two tools are named {cls.name!r}: "
+                                    f"{found[cls.name].__module__} and {module.__name__}")
+                found[cls.name] = cls
+    return tuple(found.values())
+
+
+def tool_names() -> list[str]:
+    """The names of every tool (``analyze --tool`` choices, ``/tools``)."""
+    return [cls.name for cls in tool_classes()]
+
+
+def model_specs() -> list[ModelSpec]:
+    """Each distinct model the tools use (tools may share one), for fetch, doctor, settings."""
+    specs: dict[str, ModelSpec] = {}
+    for cls in tool_classes():
+        if cls.model is not None:
+            specs.setdefault(cls.model.variable, cls.model)
+    return list(specs.values())
+
+
+def users_of(spec: ModelSpec) -> list[str]:
+    """The names of the tools that use ``spec``'s model."""
+    return [cls.name for cls in tool_classes() if cls.model is not None
+            and cls.model.variable == spec.variable]
+
+
+def tool_settings() -> list[Setting]:
+    """Every tool's own settings (each variable once)."""
+    settings: dict[str, Setting] = {}
+    for cls in tool_classes():
+        for setting in cls.settings:
+            settings.setdefault(setting.variable, setting)
+    return list(settings.values())
+
+
+def analyze_options() -> list[AnalyzeOption]:
+    """Every tool's ``assistant analyze`` flags (each flag once)."""
+    options: dict[str, AnalyzeOption] = {}
+    for cls in tool_classes():
+        for option in cls.analyze_options:
+            options.setdefault(option.flag, option)
+    return list(options.values())
 
 
 class ToolRegistry:
-    def __init__(self, tools: Iterable[Tool]) -> None:
+    """The built tools an agent or the CLI can call, by name."""
+
+    def __init__(self, tools: Iterable[Tool[Any]]) -> None:
         self._tools = {tool.name: tool for tool in tools}
 
-    def get(self, name: str) -> Tool:
+    @classmethod
+    def build(cls, sources: Mapping[str, ModelSource], values: Mapping[str, Any],
+              device: str | None) -> ToolRegistry:
+        """Every discovered tool, built from its model's source (by the model's variable) and
+        the settings' values (by variable). Nothing heavy is imported or loaded here."""
+        shared: dict[str, Any] = {}
+        tools = []
+        for tool_class in tool_classes():
+            source = sources.get(tool_class.model.variable) if tool_class.model else None
+            tools.append(tool_class.create(ToolConfig(source, device, values, shared)))
+        return cls(tools)
+
+    def get(self, name: str) -> Tool[Any]:
         tool = self._tools.get(name)
         if tool is None:
             raise ToolError(f"Unknown tool {name!r}; available: {', '.join(self._tools)}.")
         return tool
 
-    def tool_for_kind(self, kind: str) -> Tool | None:
-        name = DEFAULT_TOOL_FOR_KIND.get(kind)
-        return self._tools.get(name) if name else None
+    def routed(self, kind: str, text: str) -> list[Tool[Any]]:
+        """The tools an attachment of ``kind`` goes to by itself, given the user's ``text``."""
+        return [tool for tool in self._tools.values()
+                if kind in tool.routes or (tool.trigger is not None and tool.trigger.wants(kind, text))]
+
+    def for_kind(self, kind: str) -> list[Tool[Any]]:
+        """The tools that run on every attachment of ``kind``."""
+        return [tool for tool in self._tools.values() if kind in tool.routes]
+
+    def routing_sentence(self) -> str:
+        """How attachments are routed, in words, for the system prompt."""
+        parts = []
+        for tool in self._tools.values():
+            if tool.routes:
+                parts.append(f"{' and '.join(sorted(tool.routes))}: {tool.name}")
+            if tool.trigger is not None:
+                parts.append(f"{' and '.join(sorted(tool.trigger.kinds))}: also {tool.name} "
+                             "when the user asks for it")
+        return "; ".join(parts)
 
     def schemas(self) -> list[dict[str, Any]]:
         return [tool.schema() for tool in self._tools.values()]
@@ -32,7 +133,7 @@ class ToolRegistry:
     def names(self) -> list[str]:
         return list(self._tools)
 
-    def __iter__(self) -> Iterator[Tool]:
+    def __iter__(self) -> Iterator[Tool[Any]]:
         return iter(self._tools.values())
 
     def __contains__(self, name: object) -> bool:

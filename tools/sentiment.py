@@ -13,9 +13,11 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from tools.base import (ModelLoadError, ModelSource, Tool, ToolContext, ToolResult,
-                        select_device, short_reason, sorted_labels)
-from tools.hub import load_pretrained
+from tools.base import (AttachmentResolver, ModelLoadError, ModelSource, Tool, ToolConfig,
+                        ToolContext, ToolError, ToolResult, select_device, short_reason,
+                        sorted_labels)
+from tools.hub import hub_spec, load_pretrained
+from tools.media import read_text_document
 
 #: Longest text accepted, in characters (about 25k tokens: some 50 windows).
 MAX_CHARACTERS = 100_000
@@ -71,17 +73,32 @@ class _Loaded:
         self.window = min(tokenizer.model_max_length, positions, MAX_WINDOW)
 
 
-class SentimentTool(Tool):
+class SentimentTool(Tool[SentimentParams]):
     name = "sentiment"
     description = ("Judge the sentiment of a text in Russian or English: positive, neutral or "
                    "negative, with the probability of each. Use it when the user asks how a "
                    "message, review or comment feels, or whether it is positive or negative.")
     Params = SentimentParams
-    kinds: ClassVar[frozenset[str]] = frozenset()
+    kinds: ClassVar[frozenset[str]] = frozenset({"text"})
+    routes: ClassVar[frozenset[str]] = frozenset({"text"})  # UTF-8 text documents
+    model = hub_spec("sentiment", "blanchefort/rubert-base-cased-sentiment",
+                     "ASSISTANT_SENTIMENT_MODEL", "sentiment")
 
     def __init__(self, source: ModelSource, device: str | None = None) -> None:
         super().__init__()
         self._source, self._device = source, device
+
+    @classmethod
+    def create(cls, config: ToolConfig) -> SentimentTool:
+        assert config.source is not None
+        return cls(config.source, device=config.device)
+
+    def routed_arguments(self, attachment_id: str, attachments: AttachmentResolver) -> dict[str, Any]:
+        """A text document is judged by its text."""
+        text = read_text_document(attachments.path_of(attachment_id, self.kinds), MAX_CHARACTERS)
+        if text is None:
+            raise ToolError(f"{attachment_id} is not UTF-8 text, so sentiment cannot read it.")
+        return {"text": text}
 
     def source(self) -> str:
         return self._source.value
@@ -128,8 +145,7 @@ class SentimentTool(Tool):
         with self._lock:
             return self._classify(checked)
 
-    def run(self, params: BaseModel, ctx: ToolContext) -> SentimentResult:
-        assert isinstance(params, SentimentParams)
+    def run(self, params: SentimentParams, ctx: ToolContext) -> SentimentResult:
         return self._classify([params.text])[0]
 
     def _classify(self, texts: list[str]) -> list[SentimentResult]:

@@ -1,5 +1,7 @@
-"""`assistant ...`: the command line. Parsing only; each command lives in its own module
-and is imported when chosen, so `--help` never loads torch, tensorflow or transformers."""
+"""`assistant ...`: the command line, the composition root. Parsing, settings validation and
+choosing the command; each command lives in its own module and is imported when chosen, so
+`--help` never loads torch, tensorflow or transformers. The tool choices and the tools'
+`analyze` options come from the tool registry."""
 
 from __future__ import annotations
 
@@ -9,8 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from assistant import __version__
-
-TOOL_CHOICES = ("sentiment", "audio", "image", "detect", "video")
+from tools.registry import analyze_options, tool_names
 
 EPILOG = """\
 examples:
@@ -50,15 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("files", nargs="*", metavar="FILE", help="photos, audio, video or UTF-8 text files")
     analyze.add_argument("--text", action="append", default=[], metavar="TEXT",
                          help="text for the sentiment tool (repeatable; batched)")
-    analyze.add_argument("--tool", choices=TOOL_CHOICES, help="use this tool for every FILE")
+    analyze.add_argument("--tool", choices=tool_names(), help="use this tool for every FILE")
     analyze.add_argument("--json", action="store_true",
                          help="print one JSON object per input per line")
-    analyze.add_argument("--threshold", type=float, metavar="P",
-                         help="detection score threshold (default: ASSISTANT_DETECTION_THRESHOLD)")
-    analyze.add_argument("--fps", type=float, metavar="N",
-                         help="video frames sampled per second (default: ASSISTANT_VIDEO_FPS)")
-    analyze.add_argument("--max-frames", type=int, metavar="N",
-                         help="most video frames analysed (default: ASSISTANT_VIDEO_MAX_FRAMES)")
+    for option in analyze_options():
+        analyze.add_argument(option.flag, dest=option.param, type=option.kind,
+                             metavar=option.metavar, help=option.help)
     analyze.add_argument("--output-dir", metavar="DIR",
                          help="where annotated images and videos are written (default: current dir)")
 
@@ -102,29 +100,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault(name, value)
     if args.command != "models":  # downloads show progress; loading from disk does not
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from assistant.config import ConfigError, Settings
+    from assistant.config import Settings
 
+    settings, problems = Settings.read()
     try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"assistant: configuration error: {exc}", file=sys.stderr)
-        return 2
+        if args.command == "doctor":  # shows bad settings as failed checks
+            from assistant import doctor
 
-    try:
+            return doctor.run(args, settings, problems)
         if args.command == "analyze":
             from assistant.analyze import run
         elif args.command == "chat":
             from adapters.repl import run
         elif args.command == "telegram":
-            from adapters.telegram import run
-        elif args.command == "doctor":
-            from assistant.doctor import run
+            from adapters.telegram import SETTINGS, run
+
+            problems += read_problems(SETTINGS)
         else:
             from assistant.models import run
+        if problems:
+            print("assistant: configuration error:\n  " + "\n  ".join(problems), file=sys.stderr)
+            return 2
         return run(args, settings)
     except KeyboardInterrupt:
         print("\nassistant: interrupted", file=sys.stderr)
         return 130
+
+
+def read_problems(settings: object) -> list[str]:
+    """The problems of a channel's own settings (it reads them again itself)."""
+    from assistant.config import read_settings
+
+    return read_settings(settings, os.environ)[1]  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
