@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from assistant.errors import ToolError
+from assistant.turns import interrupted_notice
 
 if TYPE_CHECKING:
     from assistant.agent import Agent
@@ -325,14 +326,6 @@ def run_turn(agent: Agent, turn, on_token, on_progress, on_cancel) -> Reply | No
 
         return Reply(text="Something went wrong while answering (see the log).", llm_used=False)
     return outcome["reply"]
-
-
-def interrupted_notice(text: str) -> str:
-    """What a person is told about their turn that a crash interrupted."""
-    words = " ".join(text.split())
-    short = words[:60] + ("…" if len(words) > 60 else "")
-    return (f"Your previous message (\"{short}\") was interrupted before it was answered; "
-            "what its tools had found is kept in this conversation.")
 
 
 def first_sentence(text: str) -> str:

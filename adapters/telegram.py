@@ -39,7 +39,7 @@ from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, Appli
 
 from assistant.config import MB, Setting, Settings, megabytes, read_settings
 from assistant.errors import ToolError, short_reason
-from assistant.turns import Reply, Turn
+from assistant.turns import Reply, Turn, interrupted_notice
 
 if TYPE_CHECKING:
     from assistant.agent import Agent
@@ -236,6 +236,11 @@ class TelegramBot:
     async def post_init(self, application: Application) -> None:
         await application.bot.set_my_commands([BotCommand(name, text) for name, text in COMMANDS])
         log.info("Serving as @%s", application.bot.username)
+        for conversation in self.agent.memory.open_conversations(CONVERSATION_PREFIX):
+            for text in self.agent.memory.recover_interrupted(conversation):
+                chat_id = int(conversation.rpartition(":")[2])
+                with contextlib.suppress(TelegramError):
+                    await application.bot.send_message(chat_id, interrupted_notice(text))
 
     async def post_shutdown(self, application: Application) -> None:
         self.downloads.close()
@@ -464,8 +469,12 @@ class TelegramBot:
         return self._chat_locks.setdefault(chat_id, asyncio.Lock())
 
 
+#: What every Telegram conversation id starts with (then the chat id).
+CONVERSATION_PREFIX = "telegram:"
+
+
 def conversation_id(chat_id: int) -> str:
-    return f"telegram:{chat_id}"
+    return f"{CONVERSATION_PREFIX}{chat_id}"
 
 
 def download_limit(settings: Settings, telegram: TelegramSettings) -> int:

@@ -147,6 +147,13 @@ class Memory:
                 self._cache.pop(conversation_id, None)
             return texts
 
+    def open_conversations(self, prefix: str) -> list[str]:
+        """Conversations (ids starting with ``prefix``) with a turn left open."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT conversation_id FROM turns WHERE state = 'open' "
+                                    "AND substr(conversation_id, 1, ?) = ?", (len(prefix), prefix))
+            return [row[0] for row in rows]
+
     def _interrupt(self, conversation_id: str) -> list[str]:
         """Close the conversation's open turns as interrupted; call with the lock held."""
         rows = self._db.execute("SELECT id, messages FROM turns WHERE conversation_id = ? AND state = 'open'",

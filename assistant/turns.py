@@ -29,3 +29,11 @@ class Reply:
     notes: list[str] = field(default_factory=list)
     llm_used: bool = True
     results: list[str] = field(default_factory=list)
+
+
+def interrupted_notice(text: str) -> str:
+    """What a person is told about their turn that a crash interrupted."""
+    words = " ".join(text.split())
+    short = words[:60] + ("…" if len(words) > 60 else "")
+    return (f"Your previous message (\"{short}\") was interrupted before it was answered; "
+            "what its tools had found is kept in this conversation.")

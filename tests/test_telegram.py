@@ -198,6 +198,21 @@ def test_username_is_bound_to_the_first_id_seen_with_it(api: FakeBotAPI, tmp_pat
                for r in caplog.records if r.levelno == logging.WARNING)
 
 
+def test_restart_says_a_turn_was_interrupted(api: FakeBotAPI, tmp_path: Path) -> None:
+    from langchain_core.messages import HumanMessage
+
+    memory = Memory(tmp_path / "bot.sqlite3")
+    memory.begin_turn(f"telegram:{OWNER}", [HumanMessage(content="analyse my long video")])
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(OWNER))
+
+    scenario(api, StubAgent(memory=memory), body)
+    (notice,) = api.texts(OWNER)
+    assert "analyse my long video" in notice and "interrupted" in notice
+    assert memory.open_conversations("telegram:") == []
+
+
 def test_run_refuses_to_start_without_token_or_allowlist(capsys: pytest.CaptureFixture) -> None:
     assert run(argparse.Namespace(allow_all=False), Settings(), TelegramSettings(allowed_users=("1",))) == 2
     assert "TELEGRAM_BOT_TOKEN" in capsys.readouterr().err
