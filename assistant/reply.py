@@ -105,7 +105,10 @@ def read_answer(text: str, tools: ToolRegistry) -> Answer:
 
 
 def is_usable(words: str) -> bool:
-    """Words that say something: not empty, not only markup or punctuation."""
+    """Words that say something: not empty, not only markup or punctuation, and not a copy of
+    a fallback reply from memory (a model imitating them would pass off stale results)."""
+    if any(reason in words for reason in (NO_LLM, STOPPED, UNUSABLE, ROUNDS)):
+        return False
     return bool(_MARKUP.sub("", words).strip())
 
 

@@ -81,6 +81,7 @@ def test_bad_requests_are_problems_not_calls(tools: ToolRegistry, text: str, pro
 
 @pytest.mark.parametrize(("words", "usable"), [
     ("", False), ("```\n```", False), ("<|im_end|>", False), ("</tool_call>", False), ("{}", False),
+    ("_" + contract.UNUSABLE + "_\n\n- **audio on att_1**: audio: Siren (87%)", False),  # copied from memory
     ("Ok.", True), ("Да", True)])
 def test_usable_words(words: str, usable: bool) -> None:
     assert contract.is_usable(words) is usable
