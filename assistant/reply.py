@@ -30,8 +30,9 @@ Outcome = ToolResult | str
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 #: Markup a reply may consist of without saying anything: tags, fences, special tokens.
 _MARKUP = re.compile(r"<\|?/?[\w.:-]*\|?>|```\w*|[\s`*_#>\[\](){}|,.:;\"'-]+")
-#: A line with a piece of call syntax that is not valid JSON (``{"tool_calls": [}]}``).
-_CALL_FRAGMENT = re.compile(r'^.*"(tool_calls|arguments|parameters|function_call)"\s*:.*$\n?', re.MULTILINE)
+#: A line with a piece of call or result syntax that is not valid JSON (``{"tool_calls": [}]}``).
+_CALL_FRAGMENT = re.compile(r'^.*"(tool_calls|arguments|parameters|function_call|labels|outputs|events|'
+                            r'detections|duration_s|event_type|event_data|score|label)"\s*:.*$\n?', re.MULTILINE)
 #: Keys of a tool call object and of a tool result object.
 _NAME_KEYS = ("name", "tool", "function", "tool_name")
 _ARGUMENT_KEYS = ("arguments", "parameters", "args", "input")

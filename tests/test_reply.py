@@ -55,7 +55,8 @@ def clip(tmp_path: Path) -> Path:
      "Let me check.\n\n\nDone."),
     ("<tool_call>\n" + CALL + "\n</tool_call>", ["sentiment"], ""),
     ("<tool_call>\n{broken", [], ""),
-    ('{"tool_calls": [}]}', [], ""),  # SmolLM2 copying the decision format, broken
+    ('{"tool_calls": [}]}', [], ""),
+    ('"duration_s": 4.0, "events": [,]}]\n"outputs": [, ]}]', [], ""),  # qwen imitating audio output  # SmolLM2 copying the decision format, broken
     (CALL + '\n{"outputs": [["Emergency vehicle", "Siren"]]}', ["sentiment"], ""),
     ('{"tool": "audio", "labels": [{"label": "Siren", "score": 0.9}]}', [], ""),
     ("I could run the sentiment tool on it.", [], "I could run the sentiment tool on it."),
