@@ -220,7 +220,7 @@ def test_truncated_file(tool, media, tmp_path, name, keep):
 def test_text_file_named_wav(tool, tmp_path):
     fake = tmp_path / "notes.wav"
     fake.write_text("this is not a recording\n" * 20)
-    with pytest.raises(ToolError, match="document.*audio"):
+    with pytest.raises(ToolError, match="text file.*audio"):
         analyse(tool, fake, tmp_path)
     with pytest.raises(ToolError, match="notes.wav: not an audio format"):
         decode_audio(fake)
@@ -330,7 +330,7 @@ def test_cli_analyze_is_quiet_and_never_imports_tensorflow(shared_models, media)
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("ASSISTANT_", "TF_CPP"))}
     env["ASSISTANT_MODELS_DIR"] = str(shared_models)
-    code = ("import sys; from assistant.cli import main; code = main(sys.argv[1:]); "
+    code = ("import sys; from cli.main import main; code = main(sys.argv[1:]); "
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; sys.exit(code)")
     proc = subprocess.run([sys.executable, "-c", code, "analyze",
                            str(media / AUDIO / "us8k_siren_102853-8-0-0.wav")],

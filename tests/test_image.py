@@ -231,7 +231,7 @@ def test_text_and_audio_files_are_refused(tool, media, tmp_path):
     text = tmp_path / "notes.jpg"
     text.write_text("not a photo at all\n")
     audio = media / "audio" / "us8k_dog_bark_100032-3-0-0.wav"
-    with pytest.raises(ToolError, match="document.*needs an? image"):
+    with pytest.raises(ToolError, match="text file.*needs an? image"):
         classify(tool, text, tmp_path)
     with pytest.raises(ToolError, match="audio.*needs an? image"):
         classify(tool, audio, tmp_path)
@@ -253,7 +253,7 @@ def test_directory_with_one_pth_via_models_dir(tool, weights_file, zebra, tmp_pa
     (models_dir / "resnet18").mkdir(parents=True)
     (models_dir / "resnet18" / "weights.pth").write_bytes(weights_file.read_bytes())
     settings = Settings.from_env({"ASSISTANT_MODELS_DIR": str(models_dir)})
-    from_dir = ImageTool(settings.image_weights, device="cpu")
+    from_dir = ImageTool(settings.model("ASSISTANT_IMAGE_WEIGHTS"), device="cpu")
     assert from_dir.source() == str(models_dir / "resnet18")
     expected = classify(tool, zebra, tmp_path)
     result = classify(from_dir, zebra, tmp_path)

@@ -152,7 +152,7 @@ def test_build_agent_wires_tools_memory_and_ollama(models_env: Path, monkeypatch
 
     agent = build_agent(settings)
 
-    assert agent.tools.names == ["sentiment", "audio", "image", "detect", "video"]
+    assert set(agent.tools.names) == {"sentiment", "audio", "image", "detect", "video"}
     assert agent.memory.path == settings.db_path and settings.db_path.exists()
     assert (agent.llm_status().host, agent.llm_status().model) == ("http://127.0.0.1:9", "llama3.1:8b")
     assert build_agent(settings, use_llm=False).llm is None

@@ -207,8 +207,8 @@ def test_terminal_session(models_env, tmp_path: Path) -> None:
         read_until("you›")
         send(b"/help\r", "Ctrl-C cancels", "you›")  # keys go only to a prompt that is shown
         send(b"/tools\r", "loads on first use", "you›")
-        send(b"Hello?\r", "not reachable", "note: no-LLM mode", "you›")
-        assert b"_Ollama is not" not in screen  # Markdown is rendered, not shown raw
+        send(b"Hello?\r", "No language model in this session", "note: no-LLM mode", "you›")
+        assert b"_No language model" not in screen  # Markdown is rendered, not shown raw
         os.write(leader, b"\x04")  # Ctrl-D
         assert process.wait(timeout=60) == 0
     finally:

@@ -189,7 +189,7 @@ def test_missing_local_directory(tmp_path: Path) -> None:
 def test_missing_models_dir_names_its_variable(tmp_path: Path) -> None:
     settings = Settings.from_env({"ASSISTANT_MODELS_DIR": str(tmp_path)})
     with pytest.raises(ModelLoadError, match="ASSISTANT_MODELS_DIR"):
-        SentimentTool(settings.sentiment_model, device="cpu").ensure_loaded()
+        SentimentTool(settings.model("ASSISTANT_SENTIMENT_MODEL"), device="cpu").ensure_loaded()
 
 
 def test_broken_model_directories(tmp_path: Path, tiny_dir: Path) -> None:
@@ -253,7 +253,7 @@ def test_json_result(tiny2: SentimentTool) -> None:
 def test_schema_and_cheap_import() -> None:
     tool = SentimentTool(ModelSource("unused", VARIABLE))
     parameters = tool.schema()["function"]["parameters"]
-    assert parameters["required"] == ["text"] and tool.kinds == frozenset()
+    assert parameters["required"] == ["text"] and tool.kinds == frozenset({"text"})
     code = ("import sys, tools.sentiment; "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
