@@ -20,13 +20,18 @@ from tools.media import check_file, sniff_kind
 @dataclass(frozen=True)
 class Attachment:
     id: str
-    kind: str  # image | audio | video | document
+    kind: str  # image | audio | voice | video | text | document
     path: Path
     name: str
     size: int
+    #: Whose words a forwarded message holds (a name, or "someone"); None: the user's own.
+    forwarded_from: str | None = None
 
     def describe(self) -> str:
-        return f"{self.id} ({self.kind}, {self.name})"
+        what = self.kind if self.kind != "voice" else "voice note"
+        if self.forwarded_from is not None:
+            what = f"{what} forwarded from {self.forwarded_from}"
+        return f"{self.id} ({what}, {self.name})"
 
 
 class AttachmentStore:
@@ -38,8 +43,11 @@ class AttachmentStore:
         self._lock = threading.Lock()
         self.max_bytes = max_bytes
 
-    def register(self, path: Path | str, name: str | None = None, kind: str | None = None) -> Attachment:
-        """Check the file (exists, not empty, within the size limit), sniff its kind, give it an id."""
+    def register(self, path: Path | str, name: str | None = None, kind: str | None = None,
+                 forwarded_from: str | None = None) -> Attachment:
+        """Check the file (exists, not empty, within the size limit), sniff its kind, give it an id.
+
+        ``kind="voice"`` marks a voice note (its words are the user's, or ``forwarded_from``'s)."""
         try:
             path = Path(path).expanduser().resolve()
         except RuntimeError:  # ~user of a user that does not exist
@@ -47,7 +55,8 @@ class AttachmentStore:
         size = check_file(path, self.max_bytes)
         kind = kind or sniff_kind(path)
         with self._lock:
-            attachment = Attachment(f"att_{next(self._ids)}", kind, path, name or path.name, size)
+            attachment = Attachment(f"att_{next(self._ids)}", kind, path, name or path.name, size,
+                                    forwarded_from)
             self._items[attachment.id] = attachment
         return attachment
 

@@ -162,8 +162,8 @@ class AudioTool(Tool[AudioParams]):
         "Use it to answer what can be heard in a recording; it does not transcribe speech."
     )
     Params = AudioParams
-    kinds = frozenset({"audio", "video"})
-    routes = frozenset({"audio"})
+    kinds = frozenset({"audio", "voice", "video"})
+    routes = frozenset({"audio", "voice"})
     model = ModelSpec("audio (YAMNet)", DEFAULT_MODEL, "ASSISTANT_AUDIO_MODEL", "yamnet",
                       _fetch_yamnet, _check_local, _check_cached)
 
