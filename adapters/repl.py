@@ -108,6 +108,9 @@ def _wait(event: threading.Event) -> None:
 
 #: Longest message still tried as file paths (a few paths of at most PATH_MAX bytes each).
 MAX_PATHS_MESSAGE = 16 * 1024
+#: Files that are voice notes when attached (what Telegram and WhatsApp voice notes are):
+#: their words are the user's message.
+VOICE_NOTE_SUFFIXES = (".oga", ".opus")
 
 
 def parse_paths(line: str) -> list[str] | None:
@@ -227,7 +230,8 @@ class Repl:
 
     def register(self, paths: list[str]) -> list[Attachment]:
         store = self.starter.agent().attachments(self.conversation_id)
-        return [store.register(path) for path in paths]
+        return [store.register(path, voice=Path(path).suffix.lower() in VOICE_NOTE_SUFFIXES)
+                for path in paths]
 
     def send(self, text: str, attachments: list[Attachment]) -> None:
         from assistant.turns import Turn

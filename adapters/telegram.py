@@ -66,7 +66,8 @@ HELP_TEXT = """\
 I'm a local assistant. Send me:
 • text — ask anything, or ask for the mood (sentiment) of a text;
 • a photo (or an album) — I say what's in it and can find objects;
-• audio or a voice note — I say what sounds I hear;
+• a voice note — I answer what you say (and say what else I hear);
+• audio — I say what sounds I hear, and what is said in it;
 • a video — I find the objects in it.
 Add a caption to say what you want to know about a file.
 
@@ -214,6 +215,8 @@ class IncomingFile:
     size: int | None
     name: str
     refusal: str | None = None  # why it is not taken (a document of an unsupported type)
+    voice: bool = False  # a voice note: its words are the sender's message
+    forwarded_from: str | None = None  # whose message it is, when forwarded
 
 
 class TelegramBot:
@@ -342,7 +345,8 @@ class TelegramBot:
                         await self._send_text(context, chat_id, self._too_big_message([incoming]), plain=True)
                         return
                     try:
-                        turn.attachments.append(store.register(path, name=incoming.name))
+                        turn.attachments.append(store.register(path, name=incoming.name, voice=incoming.voice,
+                                                               forwarded_from=incoming.forwarded_from))
                     except ToolError as exc:
                         await self._send_text(context, chat_id, str(exc), plain=True)
                         return
@@ -394,8 +398,11 @@ class TelegramBot:
         if reply.notes:  # for the adapter, not the user (the text already says what matters)
             log.info("Reply notes for chat %s: %s", chat_id, "; ".join(reply.notes))
         text = reply.text.strip()
-        if reply.results:  # the measured results, as a short block under the model's words
-            text += "\n\n" + "\n".join(f"`{line}`" for line in reply.results)
+        if reply.heard:  # what was heard in a voice note comes first, as a quote
+            text = "\n".join(f"> {line}" for line in reply.heard) + "\n\n" + text
+        measured = [line for line in reply.results if line not in reply.heard]
+        if measured:  # the measured results, as a short block under the model's words
+            text += "\n\n" + "\n".join(f"`{line}`" for line in measured)
         if text.strip():
             await self._send_text(context, chat_id, text.strip())
         elif not reply.media:
@@ -495,7 +502,8 @@ def incoming_file(message: Message) -> IncomingFile | None:
     for media, default in named:
         if media is not None:
             return IncomingFile(media.file_id, media.file_size,
-                                _safe_name(getattr(media, "file_name", None) or default))
+                                _safe_name(getattr(media, "file_name", None) or default),
+                                voice=media is message.voice, forwarded_from=forwarded_from(message))
     document = message.document
     if document is None:
         return None
@@ -505,6 +513,18 @@ def incoming_file(message: Message) -> IncomingFile | None:
     if not (mime.startswith(_DOCUMENT_PREFIXES) or mime in _UNKNOWN_MIMES):
         refusal = f"I can't read {name} ({mime}); send photos, audio, video or text files."
     return IncomingFile(document.file_id, document.file_size, name, refusal)
+
+
+def forwarded_from(message: Message) -> str | None:
+    """Who wrote a forwarded message (a name, or "someone" when hidden); None if not forwarded."""
+    origin = message.forward_origin
+    if origin is None:
+        return None
+    user = getattr(origin, "sender_user", None)
+    chat = getattr(origin, "sender_chat", None) or getattr(origin, "chat", None)
+    name = (user.full_name if user is not None else None) or getattr(origin, "sender_user_name", None) \
+        or (chat.title if chat is not None else None)
+    return name or "someone"
 
 
 def _safe_name(name: str) -> str:

@@ -23,12 +23,12 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 
 from assistant import prompts
 from assistant import reply as contract
-from assistant.attachments import AttachmentStore
+from assistant.attachments import Attachment, AttachmentStore
 from assistant.config import Settings
 from assistant.llm import ChatLLM, LLMError, LLMStatus, ToolsUnsupported, message_text
 from assistant.memory import Memory, estimate_tokens, fit_history
 from assistant.turns import Reply, Turn
-from tools.base import Progress, ToolContext, ToolError, ToolResult, short_reason
+from tools.base import Progress, Tool, ToolContext, ToolError, ToolResult, short_reason
 from tools.media import read_text_document
 from tools.registry import ToolRegistry
 
@@ -176,6 +176,8 @@ class _TurnRun:
         self.ran: set[str] = set()  # keys of the calls run in this turn (identical ones run once)
         self.media: list[Path] = []
         self.subjects: dict[str, str] = {}  # call id -> what a routed call analyses
+        self.routed_on: dict[str, tuple[str, Attachment]] = {}  # routed call id -> (tool, attachment)
+        self.found: dict[str, ToolResult] = {}  # call id -> its result
         self.notes: list[str] = []
         self.history = agent.memory.turns(turn.conversation_id)  # earlier turns, before this one
         self.turn_id = agent.memory.begin_turn(turn.conversation_id, self.messages)
@@ -186,6 +188,8 @@ class _TurnRun:
 
     def execute(self) -> Reply:
         self.run_calls(self.routed_calls())
+        self.run_calls(self.follow_up_calls())
+        self.take_spoken_words()
         llm = self.agent.llm
         if llm is None:
             return self.tool_only_reply(None)
@@ -200,16 +204,48 @@ class _TurnRun:
         calls = []
         for attachment in self.turn.attachments:
             for tool in self.agent.tools.routed(attachment.kind, self.turn.text):
-                subject = f"{tool.name} on {attachment.id}"
-                try:
-                    arguments = tool.routed_arguments(attachment.id, self.ctx.attachments)
-                except ToolError as exc:
-                    self.outcomes.append((tool.name, subject, str(exc)))
-                    continue
-                call = contract.make_call(tool.name, arguments)
-                self.subjects[call["id"]] = subject
-                calls.append(call)
+                calls += self.routed_call(tool, attachment)
         return calls
+
+    def follow_up_calls(self) -> list[dict[str, Any]]:
+        """The calls routed results ask for (speech when the audio tool heard someone talking)."""
+        calls = []
+        done = {(name, attachment.id) for name, attachment in self.routed_on.values()}
+        for call_id, (_, attachment) in list(self.routed_on.items()):
+            result = self.found.get(call_id)
+            if result is None:
+                continue
+            for tool in self.agent.tools.follow_ups(attachment.kind, result):
+                if (tool.name, attachment.id) not in done:
+                    done.add((tool.name, attachment.id))
+                    calls += self.routed_call(tool, attachment)
+        return calls
+
+    def routed_call(self, tool: Tool[Any], attachment: Attachment) -> list[dict[str, Any]]:
+        """The call of ``tool`` on ``attachment`` (none, and the error recorded, if it cannot be made)."""
+        subject = f"{tool.name} on {attachment.id}"
+        try:
+            arguments = tool.routed_arguments(attachment.id, self.ctx.attachments)
+        except ToolError as exc:
+            self.outcomes.append((tool.name, subject, str(exc)))
+            return []
+        call = contract.make_call(tool.name, arguments)
+        self.subjects[call["id"]] = subject
+        self.routed_on[call["id"]] = (tool.name, attachment)
+        return [call]
+
+    def take_spoken_words(self) -> None:
+        """What was said in this turn's voice notes enters the user's message: the user's own
+        words (answered as if typed), or, forwarded, someone else's words quoted."""
+        spoken = {}
+        for call_id, (_, attachment) in self.routed_on.items():
+            words = self.found[call_id].transcript() if call_id in self.found else None
+            if words and attachment.kind == "voice":
+                spoken[attachment.id] = words
+        if spoken:
+            self.user = HumanMessage(content=_user_text(self.turn, self.ctx.attachments, spoken))
+            self.messages[0] = self.user
+            self.agent.memory.save_turn(self.turn_id, self.messages_to_store(None))
 
     def run_calls(self, calls: Sequence[dict[str, Any]]) -> None:
         """Run tool calls; record them and their results (errors included) in the turn."""
@@ -238,6 +274,7 @@ class _TurnRun:
             self.outcomes.append((name, subject, message))
             return json.dumps({"error": message}, ensure_ascii=False)
         self.outcomes.append((name, subject, result))
+        self.found[call["id"]] = result
         self.media.extend(Path(path) for path in result.outputs)
         return _compact_json(_for_model(result))
 
@@ -355,8 +392,12 @@ class _TurnRun:
 
     def make_reply(self, text: str, *, llm_used: bool, notes: Sequence[str] = ()) -> Reply:
         """The reply with the grounded result line of every tool that ran."""
+        heard = [outcome.result_line() for _, _, outcome in self.outcomes
+                 if isinstance(outcome, ToolResult) and outcome.transcript()]
+        others = [contract.result_line(outcome, tool) for tool, _, outcome in self.outcomes
+                  if not (isinstance(outcome, ToolResult) and outcome.transcript())]
         return Reply(text=text, media=self.media, notes=[*self.notes, *notes], llm_used=llm_used,
-                     results=[contract.result_line(outcome, tool) for tool, _, outcome in self.outcomes])
+                     results=[*heard, *others], heard=heard)
 
     def fallback_reply(self, reason: str, *, said: Sequence[str] = (), note: str | None = None,
                        llm_used: bool = True) -> Reply:
@@ -428,10 +469,22 @@ class _Streamer:
         # otherwise the shown start was not an answer after all: the adapter re-renders Reply.text
 
 
-def _user_text(turn: Turn, attachments: AttachmentStore) -> str:
-    """The user's text, the attachments listed by id, and the text documents' contents
-    (each within :data:`MAX_DOCUMENT_CHARS`) so the model can read them."""
+def _user_text(turn: Turn, attachments: AttachmentStore, spoken: dict[str, str] | None = None) -> str:
+    """The user's text, what was said in their voice notes (``spoken``, by attachment id), the
+    attachments listed by id, and the text documents' contents (each within
+    :data:`MAX_DOCUMENT_CHARS`) so the model can read them."""
     text = turn.text.strip()
+    for attachment in turn.attachments:
+        words = (spoken or {}).get(attachment.id)
+        if not words:
+            continue
+        if attachment.forwarded_from is not None:
+            quoted = f"Forwarded voice note {attachment.id} from {attachment.forwarded_from} says: \u201c{words}\u201d"
+            text = f"{text}\n\n{quoted}" if text else quoted
+        elif text:
+            text += f"\n\n(In my voice note {attachment.id} I said: \u201c{words}\u201d)"
+        else:
+            text = words  # a voice note without a caption is answered as if it had been typed
     if turn.attachments:
         listed = ", ".join(attachment.describe() for attachment in turn.attachments)
         text = f"{text}\n\nAttachments: {listed}" if text else f"Attachments: {listed}"

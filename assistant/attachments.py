@@ -43,17 +43,20 @@ class AttachmentStore:
         self._lock = threading.Lock()
         self.max_bytes = max_bytes
 
-    def register(self, path: Path | str, name: str | None = None, kind: str | None = None,
-                 forwarded_from: str | None = None) -> Attachment:
+    def register(self, path: Path | str, name: str | None = None, kind: str | None = None, *,
+                 voice: bool = False, forwarded_from: str | None = None) -> Attachment:
         """Check the file (exists, not empty, within the size limit), sniff its kind, give it an id.
 
-        ``kind="voice"`` marks a voice note (its words are the user's, or ``forwarded_from``'s)."""
+        ``voice``: the channel says it is a voice note; if it holds audio, its kind is ``voice``
+        (its words are the user's own, or ``forwarded_from``'s)."""
         try:
             path = Path(path).expanduser().resolve()
         except RuntimeError:  # ~user of a user that does not exist
             raise ToolError(f"{str(path)[:80]}: no such user folder.") from None
         size = check_file(path, self.max_bytes)
         kind = kind or sniff_kind(path)
+        if voice and kind == "audio":
+            kind = "voice"
         with self._lock:
             attachment = Attachment(f"att_{next(self._ids)}", kind, path, name or path.name, size,
                                     forwarded_from)

@@ -29,6 +29,9 @@ class Reply:
     notes: list[str] = field(default_factory=list)
     llm_used: bool = True
     results: list[str] = field(default_factory=list)
+    #: The result lines that are transcripts (what was heard in a voice note), also in ``results``
+    #: (first): a channel may show them before the answer.
+    heard: list[str] = field(default_factory=list)
 
 
 def interrupted_notice(text: str) -> str:

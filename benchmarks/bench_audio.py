@@ -34,8 +34,9 @@ def main() -> None:
     repeat = repeat_arg(__doc__, default=20)
 
     from assistant.attachments import AttachmentStore
-    from tools.audio import SAMPLE_RATE, AudioTool, decode_audio, frame_scores, read_class_map
+    from tools.audio import AudioTool, frame_scores, read_class_map
     from tools.base import ModelSource, ToolContext
+    from tools.media import SAMPLE_RATE, decode_audio
 
     scratch = scratch_dir("audio")
     tool = AudioTool(ModelSource(str(YAMNET), "ASSISTANT_AUDIO_MODEL"))

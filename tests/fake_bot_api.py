@@ -126,7 +126,7 @@ class FakeBotAPI(LocalHTTPServer):
                 caption: str | None = None, media_group_id: str | None = None,
                 file_size: int | None = None, photo: Path | None = None, voice: Path | None = None,
                 audio: Path | None = None, video: Path | None = None, document: Path | None = None,
-                mime_type: str | None = None) -> dict:
+                mime_type: str | None = None, forwarded_from: str | None = None) -> dict:
         """Queue an update with a message as a Telegram client would send it; returns the message."""
         user = user or make_user(chat_id)
         message: dict[str, Any] = {"message_id": next(self._ids), "date": int(time.time()),
@@ -164,6 +164,9 @@ class FakeBotAPI(LocalHTTPServer):
             message["document"] = {**self.add_file(document, file_size=file_size),
                                    "file_name": document.name,
                                    "mime_type": mime_type or "application/octet-stream"}
+        if forwarded_from is not None:  # from a user who hides their account, as most do
+            message["forward_origin"] = {"type": "hidden_user", "date": message["date"],
+                                         "sender_user_name": forwarded_from}
         self.push({"message": message})
         return message
 

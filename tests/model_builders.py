@@ -57,10 +57,11 @@ def build_detr(dst: Path, config_dir: Path, seed: int = 0) -> Path:
 
 def build_models_dir(dst: Path, shared_models: Path) -> Path:
     """A complete ASSISTANT_MODELS_DIR in the documented layout: random-weight stand-ins
-    for sentiment (rubert-tiny2 architecture), ResNet18 and DETR, and the real YAMNet."""
+    for sentiment (rubert-tiny2 architecture), ResNet18 and DETR, the real YAMNet and Whisper."""
     configs = shared_models / "configs"
     build_sentiment(dst / "sentiment", configs / "rubert-tiny2-russian-sentiment")
     build_resnet18(dst / "resnet18" / "resnet18.pth")
     build_detr(dst / "detr-resnet-50", configs / "detr-resnet-50")
-    (dst / "yamnet").symlink_to((shared_models / "yamnet").resolve(), target_is_directory=True)
+    for real in ("yamnet", "whisper-base"):
+        (dst / real).symlink_to((shared_models / real).resolve(), target_is_directory=True)
     return dst

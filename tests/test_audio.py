@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from assistant.attachments import AttachmentStore
-from tools.audio import (SAMPLE_RATE, AudioResult, AudioTool, decode_audio, frame_scores,
-                         load_yamnet)
+from tools.audio import AudioResult, AudioTool, frame_scores, load_yamnet
 from tools.base import ModelLoadError, ModelSource, ToolContext, ToolError, import_tensorflow
+from tools.media import SAMPLE_RATE, decode_audio
 
 AUDIO = "audio"
 SIREN = {"Siren", "Emergency vehicle", "Civil defense siren", "Police car (siren)",

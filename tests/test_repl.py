@@ -285,3 +285,18 @@ def test_two_processes_on_one_database_lose_nothing(models_env, tmp_path: Path) 
     memory = Memory(tmp_path / "test.sqlite3")
     for name in ("p1", "p2"):
         assert [t.messages[0].content for t in memory.turns(name)] == [f"{name} message {i}" for i in range(5)]
+
+
+def test_a_voice_note_is_answered_from_its_words(models_env, fake_ollama, media: Path) -> None:
+    fake_ollama.script.append(answer("Это тестовое сообщение, всё понятно."))
+    result = chat([str(media / "audio" / "voice_note_ru.oga")], env=llm_env(fake_ollama))
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    user = [m for m in fake_ollama.chat_requests()[-1]["messages"] if m["role"] == "user"][-1]
+    assert user["content"].startswith("Это тестовый текст на русском языке")  # as if typed
+    assert "att_1 (voice note, voice_note_ru.oga)" in user["content"]
+    lines = result.stdout.splitlines()
+    assert "Это тестовое сообщение, всё понятно." in result.stdout
+    heard = [line for line in lines if line.startswith("result: speech")]
+    assert heard and "Это тестовый текст" in heard[0]
+    assert lines.index(heard[0]) < min(i for i, l in enumerate(lines) if l.startswith("result: audio"))

@@ -580,3 +580,38 @@ def test_real_agent_without_llm_answers_a_photo(api: FakeBotAPI, media: Path, mo
     assert "forgotten" in reset
     sent_media = api.sent("sendPhoto") + api.sent("sendDocument")
     assert sent_media, "the annotated photo from detection is sent back"
+
+
+def test_a_voice_note_is_answered_from_its_words(api: FakeBotAPI, media: Path, shared_models: Path,
+                                                 tmp_path: Path) -> None:
+    from langchain_core.messages import HumanMessage
+
+    from assistant.agent import Agent
+    from tests.scripted_llm import FakeTool, ScriptedLLM, say
+    from tools.base import ModelSource
+    from tools.registry import ToolRegistry
+    from tools.speech import SpeechTool
+
+    heard: list[str] = []
+
+    def answer(messages) -> object:
+        heard.append([m for m in messages if isinstance(m, HumanMessage)][-1].content)
+        return say("Понял.")
+
+    speech = SpeechTool(ModelSource(str(shared_models / "whisper-base"), "ASSISTANT_SPEECH_MODEL"), "cpu")
+    tools = ToolRegistry([FakeTool("audio", frozenset({"audio", "voice"}), "Speech"), speech])
+    agent = Agent(tools, Memory(tmp_path / "memory.sqlite3"), ScriptedLLM([answer, answer]),
+                  output_root=tmp_path / "out")
+    api.message(OWNER, voice=media / "audio/voice_note_ru.oga")
+    api.message(OWNER, voice=media / "audio/voice_note_ru.oga", forwarded_from="Anna")
+
+    async def body() -> None:
+        await api.wait_for(lambda: len(api.texts(OWNER)) == 2, timeout=300)
+
+    scenario(api, agent, body)
+    own, forwarded = heard
+    assert own.startswith("Это тестовый текст на русском языке")  # answered as if typed
+    assert forwarded.startswith("Forwarded voice note att_2 from Anna says: \u201cЭто тестовый текст")
+    first = api.texts(OWNER)[0]
+    assert first.index("speech · ru · \u201cЭто тестовый текст") < first.index("Понял.")  # heard, first
+    assert "audio · Speech" in first

@@ -28,14 +28,12 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 
 from tools.base import (ModelCheck, ModelLoadError, ModelSource, ModelSpec, Tool, ToolConfig,
-                        ToolContext, ToolError, ToolResult, short_reason,
-                        import_tensorflow, sorted_labels)
+                        ToolContext, ToolResult, short_reason, import_tensorflow, sorted_labels)
+from tools.media import SAMPLE_RATE, decode_audio
 
 if TYPE_CHECKING:
-    import av
     import numpy as np
 
-SAMPLE_RATE = 16_000
 #: YAMNet's frame hop and window, in seconds.
 FRAME_HOP_S = 0.48
 FRAME_WINDOW_S = 0.96
@@ -44,10 +42,6 @@ _HOP_SAMPLES = 7_680
 MIN_SAMPLES = 15_600
 #: Frames per inference call: 60 s of audio, so long recordings show progress.
 CHUNK_FRAMES = 125
-#: Longest audio accepted, in seconds.
-MAX_AUDIO_SECONDS = 30 * 60
-#: Shorter than this is not a sound that can be tagged (a truncated header, a click).
-MIN_AUDIO_SECONDS = 0.1
 
 #: A class is "heard" in a frame when its score reaches this.
 EVENT_THRESHOLD = 0.3
@@ -198,92 +192,6 @@ class AudioTool(Tool[AudioParams]):
         )
         ctx.report(1.0, "Done")
         return result
-
-
-# --- decoding -------------------------------------------------------------------------------
-
-def decode_audio(path: Path, rate: int = SAMPLE_RATE, max_seconds: float = MAX_AUDIO_SECONDS) -> np.ndarray:
-    """The first audio stream of ``path`` as mono float32 in [-1, 1] at ``rate`` Hz.
-
-    Channels are averaged after resampling (FFmpeg's own downmix would add them at
-    +3 dB). :class:`ToolError` for files without sound, damaged or truncated files, and
-    audio over ``max_seconds``.
-    """
-    import av
-    import numpy as np
-
-    name = path.name
-    parts: list[np.ndarray] = []
-    samples = 0
-    limit = int(max_seconds * rate)
-    too_long = ToolError(f"{name}: the audio is longer than {_minutes(max_seconds)}, the most "
-                         "this tool analyses; send a shorter clip.")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                what = ("no sound track (the file holds only pictures or video)"
-                        if container.streams.video else "no audio stream")
-                raise ToolError(f"{name}: {what}.")
-            stream = container.streams.audio[0]
-            if container.duration is not None and container.duration / av.time_base > max_seconds + 1:
-                raise too_long
-            resampler = av.AudioResampler(format="fltp", rate=rate)
-            for frame in _joined_frames(container.decode(stream)):
-                for out in resampler.resample(frame):
-                    chunk = out.to_ndarray()
-                    parts.append(chunk.mean(axis=0) if chunk.shape[0] > 1 else chunk[0])
-                    samples += chunk.shape[1]
-                if samples > limit:
-                    raise too_long
-    except av.FFmpegError as exc:
-        reason = "not an audio format that can be read" if not parts else "the audio data is damaged"
-        raise ToolError(f"{name}: {reason} (the file may be truncated or corrupt: "
-                        f"{exc.strerror or exc}).") from None
-    wave = np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
-    if len(wave) < MIN_AUDIO_SECONDS * rate:
-        raise ToolError(f"{name}: only {len(wave) / rate:.3f} s of sound could be decoded, too "
-                        "little to analyse (the file may be truncated).")
-    return np.clip(wave, -1.0, 1.0, out=wave)
-
-
-#: Sample formats PyAV converts to and from numpy (every common decoder output).
-_JOINABLE = frozenset({"dbl", "dblp", "flt", "fltp", "s16", "s16p", "s32", "s32p", "u8", "u8p"})
-
-
-def _joined_frames(frames: Iterator[av.AudioFrame], seconds: float = 1.0) -> Iterator[av.AudioFrame | None]:
-    """Decoded frames joined into frames of about ``seconds`` each, then ``None`` (so the
-    resampler flushes what it holds). Resampling a few large frames gives the same samples
-    as thousands of small ones (an OGG Vorbis packet is ~20 ms), several times faster."""
-    import av
-    import numpy as np
-
-    pending: list[av.AudioFrame] = []
-
-    def join() -> av.AudioFrame:
-        first = pending[0]
-        joined = av.AudioFrame.from_ndarray(np.concatenate([f.to_ndarray() for f in pending], axis=1),
-                                            format=first.format, layout=first.layout)
-        joined.sample_rate = first.sample_rate
-        pending.clear()
-        return joined
-
-    for frame in frames:
-        if frame.format.name not in _JOINABLE:
-            yield frame
-            continue
-        if pending and (frame.format.name, frame.layout.name, frame.sample_rate) != (
-                pending[0].format.name, pending[0].layout.name, pending[0].sample_rate):
-            yield join()
-        pending.append(frame)
-        if sum(f.samples for f in pending) >= seconds * frame.sample_rate:
-            yield join()
-    if pending:
-        yield join()
-    yield None
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} s"
 
 
 # --- the model ------------------------------------------------------------------------------

@@ -223,6 +223,10 @@ class ToolResult(BaseModel):
         """Extra parts of :meth:`result_line` after the top labels."""
         return []
 
+    def transcript(self) -> str | None:
+        """The words spoken in the input, for tools that transcribe (None: no words)."""
+        return None
+
 
 def top_labels(labels: Iterable[Label], limit: int = 3, floor: float = 0.05) -> str:
     """The best labels as ``Siren 76%, Emergency vehicle 53%`` (at least one, then those ≥ ``floor``)."""
@@ -289,6 +293,7 @@ class Tool(ABC, Generic[P]):
     - ``name``, ``description`` (what the model reads), ``Params`` (its parameters);
     - ``kinds``: the attachment kinds it accepts; ``routes``: those it runs on by itself
       for every attachment; ``trigger``: when it also runs because of what the text asks;
+      :meth:`follows`: when it also runs because of what another routed tool found;
     - ``model``: its :class:`ModelSpec`; ``settings``: its own ``ASSISTANT_*`` settings;
     - ``analyze_options``: its flags for ``assistant analyze``;
     - :meth:`create`: how it is built from a :class:`ToolConfig`.
@@ -322,6 +327,12 @@ class Tool(ABC, Generic[P]):
     def create(cls, config: ToolConfig) -> Tool[Any]:
         """Build the tool from its configuration; tools with settings override this."""
         raise NotImplementedError(f"tool {cls.name} does not say how it is built (create)")
+
+    @classmethod
+    def follows(cls, kind: str, result: ToolResult) -> bool:
+        """Whether it also runs on an attachment of ``kind`` after another routed tool gave
+        ``result`` for it (speech after the audio tool heard someone talking)."""
+        return False
 
     def routed_arguments(self, attachment_id: str, attachments: AttachmentResolver) -> dict[str, Any]:
         """The arguments of the call it gets for an attachment it runs on by itself."""

@@ -1,16 +1,26 @@
-"""What kind of media a file holds, judged by its content, and the input limits.
-
-Decoding lives with the tool that needs it (audio in ``tools.audio``, images in
-``tools.image``); this module only looks at files.
+"""What kind of media a file holds, judged by its content, the input limits, and the
+decoding several tools share (photos to RGB, any audio or a video's sound track to 16 kHz mono).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tools.base import ToolError
 
-KINDS = ("image", "audio", "video", "text", "document")
+if TYPE_CHECKING:
+    import av
+    import numpy as np
+
+KINDS = ("image", "audio", "voice", "video", "text", "document")
+#: The sample rate audio is decoded to (what YAMNet and Whisper take).
+SAMPLE_RATE = 16_000
+#: Longest audio accepted, in seconds.
+MAX_AUDIO_SECONDS = 30 * 60
+#: Shorter than this is not a sound that can be analysed (a truncated header, a click).
+MIN_AUDIO_SECONDS = 0.1
 #: Bytes read to tell a UTF-8 text document from other files.
 _TEXT_SNIFF_BYTES = 65_536
 
@@ -168,3 +178,89 @@ def _to_rgb(image):
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image if mode == "RGB" else image.convert("RGB")
+
+
+# -- audio ---------------------------------------------------------------------------------
+
+def decode_audio(path: Path, rate: int = SAMPLE_RATE, max_seconds: float = MAX_AUDIO_SECONDS) -> np.ndarray:
+    """The first audio stream of ``path`` as mono float32 in [-1, 1] at ``rate`` Hz.
+
+    Channels are averaged after resampling (FFmpeg's own downmix would add them at
+    +3 dB). :class:`ToolError` for files without sound, damaged or truncated files, and
+    audio over ``max_seconds``.
+    """
+    import av
+    import numpy as np
+
+    name = path.name
+    parts: list[np.ndarray] = []
+    samples = 0
+    limit = int(max_seconds * rate)
+    too_long = ToolError(f"{name}: the audio is longer than {_minutes(max_seconds)}, the most "
+                         "this tool analyses; send a shorter clip.")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                what = ("no sound track (the file holds only pictures or video)"
+                        if container.streams.video else "no audio stream")
+                raise ToolError(f"{name}: {what}.")
+            stream = container.streams.audio[0]
+            if container.duration is not None and container.duration / av.time_base > max_seconds + 1:
+                raise too_long
+            resampler = av.AudioResampler(format="fltp", rate=rate)
+            for frame in _joined_frames(container.decode(stream)):
+                for out in resampler.resample(frame):
+                    chunk = out.to_ndarray()
+                    parts.append(chunk.mean(axis=0) if chunk.shape[0] > 1 else chunk[0])
+                    samples += chunk.shape[1]
+                if samples > limit:
+                    raise too_long
+    except av.FFmpegError as exc:
+        reason = "not an audio format that can be read" if not parts else "the audio data is damaged"
+        raise ToolError(f"{name}: {reason} (the file may be truncated or corrupt: "
+                        f"{exc.strerror or exc}).") from None
+    wave = np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
+    if len(wave) < MIN_AUDIO_SECONDS * rate:
+        raise ToolError(f"{name}: only {len(wave) / rate:.3f} s of sound could be decoded, too "
+                        "little to analyse (the file may be truncated).")
+    return np.clip(wave, -1.0, 1.0, out=wave)
+
+
+#: Sample formats PyAV converts to and from numpy (every common decoder output).
+_JOINABLE = frozenset({"dbl", "dblp", "flt", "fltp", "s16", "s16p", "s32", "s32p", "u8", "u8p"})
+
+
+def _joined_frames(frames: Iterator[av.AudioFrame], seconds: float = 1.0) -> Iterator[av.AudioFrame | None]:
+    """Decoded frames joined into frames of about ``seconds`` each, then ``None`` (so the
+    resampler flushes what it holds). Resampling a few large frames gives the same samples
+    as thousands of small ones (an OGG Vorbis packet is ~20 ms), several times faster."""
+    import av
+    import numpy as np
+
+    pending: list[av.AudioFrame] = []
+
+    def join() -> av.AudioFrame:
+        first = pending[0]
+        joined = av.AudioFrame.from_ndarray(np.concatenate([f.to_ndarray() for f in pending], axis=1),
+                                            format=first.format, layout=first.layout)
+        joined.sample_rate = first.sample_rate
+        pending.clear()
+        return joined
+
+    for frame in frames:
+        if frame.format.name not in _JOINABLE:
+            yield frame
+            continue
+        if pending and (frame.format.name, frame.layout.name, frame.sample_rate) != (
+                pending[0].format.name, pending[0].layout.name, pending[0].sample_rate):
+            yield join()
+        pending.append(frame)
+        if sum(f.samples for f in pending) >= seconds * frame.sample_rate:
+            yield join()
+    if pending:
+        yield join()
+    yield None
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} s"

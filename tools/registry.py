@@ -15,7 +15,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
 from typing import Any
 
-from tools.base import AnalyzeOption, ModelSource, ModelSpec, Setting, Tool, ToolConfig, ToolError
+from tools.base import (AnalyzeOption, ModelSource, ModelSpec, Setting, Tool, ToolConfig, ToolError,
+                        ToolResult)
 
 #: Packages searched for tool modules (tests may add one).
 TOOL_PACKAGES = ["tools"]
@@ -110,6 +111,11 @@ class ToolRegistry:
         """The tools an attachment of ``kind`` goes to by itself, given the user's ``text``."""
         return [tool for tool in self._tools.values()
                 if kind in tool.routes or (tool.trigger is not None and tool.trigger.wants(kind, text))]
+
+    def follow_ups(self, kind: str, result: ToolResult) -> list[Tool[Any]]:
+        """The tools that also run on an attachment of ``kind`` after a routed tool's ``result``."""
+        return [tool for tool in self._tools.values()
+                if kind in tool.kinds and tool.name != result.tool and tool.follows(kind, result)]
 
     def for_kind(self, kind: str) -> list[Tool[Any]]:
         """The tools that run on every attachment of ``kind``."""
