@@ -27,7 +27,7 @@ from assistant.attachments import Attachment, AttachmentStore
 from assistant.config import Settings
 from assistant.llm import ChatLLM, LLMError, LLMStatus, ToolsUnsupported, message_text
 from assistant.memory import Memory, estimate_tokens, fit_history
-from assistant.turns import Reply, Turn
+from assistant.turns import CANCELLED, Reply, Turn
 from tools.base import Progress, Tool, ToolContext, ToolError, ToolResult, short_reason
 from tools.media import read_text_document
 from tools.registry import ToolRegistry
@@ -419,7 +419,7 @@ class _TurnRun:
         return self.fallback_reply(reason or contract.NO_LLM, note=NO_LLM_NOTE, llm_used=False)
 
     def cancelled_reply(self, text: str) -> Reply:
-        return self.make_reply((text + "\n\n" if text else "") + "_(cancelled)_",
+        return self.make_reply((text + "\n\n" if text else "") + CANCELLED,
                                llm_used=self.agent.llm is not None, notes=["cancelled"])
 
     def messages_to_store(self, reply: Reply | None) -> list[BaseMessage]:

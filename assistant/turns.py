@@ -8,6 +8,10 @@ from pathlib import Path
 from assistant.attachments import Attachment
 
 
+#: How a reply ends when the person cancelled it (Markdown).
+CANCELLED = "_(cancelled)_"
+
+
 @dataclass
 class Turn:
     """One user message: text (may be empty) and the attachments registered for it."""
