@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from assistant.errors import ToolError
+from assistant.session import Session, TurnView
 from assistant.turns import interrupted_notice
 
 if TYPE_CHECKING:
@@ -152,6 +153,14 @@ class Repl:
         self.starter = starter
         self.conversation_id = conversation_id
         self.pending: list[Attachment] = []
+        self._session: Session | None = None
+
+    @property
+    def session(self) -> Session:
+        """The session around the agent (made once the agent is built)."""
+        if self._session is None:
+            self._session = Session(self.starter.agent())
+        return self._session
 
     def loop(self) -> int:
         self.ui.notice(WELCOME)
@@ -170,6 +179,8 @@ class Repl:
                 return 1
             except ToolError as exc:
                 self.ui.error(str(exc))
+            except KeyboardInterrupt:  # Ctrl-C: the reply in progress stops, the REPL goes on
+                self.ui.cancelled()
 
     def handle(self, line: str) -> bool:
         """Act on one line; False to leave."""
@@ -185,7 +196,8 @@ class Repl:
             if command == "/attach":
                 self.attach(rest)
             elif command == "/reset":
-                self.starter.agent().reset(self.conversation_id)
+                with self.session.ordered_sync(self.conversation_id):  # after a cancelled turn
+                    self.session.agent.reset(self.conversation_id)
                 self.pending = []
                 self.ui.notice("Conversation reset: its memory and attachments are forgotten.")
             elif command == "/tools":
@@ -234,14 +246,17 @@ class Repl:
                 for path in paths]
 
     def send(self, text: str, attachments: list[Attachment]) -> None:
+        """One turn in a worker thread (Ctrl-C cancels it; the next turn of the conversation
+        waits until the cancelled one has stored itself)."""
         from assistant.turns import Turn
 
-        agent = self.starter.agent()
+        session = self.session
         if not self.starter.warmed:
             self.ui.waiting(self.starter.wait_warm)
         turn = Turn(self.conversation_id, text, self.pending + attachments)
         self.pending = []
-        self.ui.answer(agent, turn)
+        with session.ordered_sync(self.conversation_id):
+            self.ui.answer(lambda view: session.respond_sync(turn, view))
 
 
 class PlainUI:
@@ -277,11 +292,9 @@ class PlainUI:
     def waiting(self, wait) -> None:
         wait()
 
-    def answer(self, agent: Agent, turn) -> None:
-        reply = run_turn(agent, turn, lambda token: None, lambda fraction, message: None,
-                         self.cancelled)
-        if reply is not None:
-            self.show_reply(reply)
+    def answer(self, respond: Callable[[TurnView], Reply]) -> None:
+        """Show the reply ``respond`` gives (it feeds the view while it works)."""
+        self.show_reply(respond(TurnView()))
 
     def cancelled(self) -> None:
         self.notice("cancelled")
@@ -300,36 +313,6 @@ class PlainUI:
         for path in reply.media:
             self.say(f"saved: {path}")
         self.say("")
-
-
-def run_turn(agent: Agent, turn, on_token, on_progress, on_cancel) -> Reply | None:
-    """``agent.respond`` in a worker thread so that Ctrl-C cancels the reply, not the program.
-
-    Returns the reply, or None when it was cancelled (``on_cancel`` has been called).
-    """
-    cancel = threading.Event()
-    outcome: dict[str, Reply] = {}
-
-    def work() -> None:
-        outcome["reply"] = agent.respond(turn, on_token=on_token, on_progress=on_progress,
-                                         cancel=cancel)
-
-    worker = threading.Thread(target=work, name="reply", daemon=True)
-    worker.start()
-    try:
-        while worker.is_alive():
-            worker.join(0.1)
-    except KeyboardInterrupt:
-        # The agent stops at its next step and stores the turn; the next turn of this
-        # conversation waits for that, so the prompt can come back at once.
-        cancel.set()
-        on_cancel()
-        return None
-    if "reply" not in outcome:
-        from assistant.turns import Reply
-
-        return Reply(text="Something went wrong while answering (see the log).", llm_used=False)
-    return outcome["reply"]
 
 
 def first_sentence(text: str) -> str:
@@ -434,18 +417,21 @@ class RichUI(PlainUI):
             except KeyboardInterrupt:
                 pass  # the first reply waits for the model anyway
 
-    def answer(self, agent: Agent, turn) -> None:
+    def answer(self, respond: Callable[[TurnView], Reply]) -> None:
         from rich.live import Live
 
-        view = _LiveReply()
-        with Live(view, console=self.console, refresh_per_second=10,
+        view = TurnView()
+        shown = _LiveReply(view)
+        with Live(shown, console=self.console, refresh_per_second=10,
                   vertical_overflow="visible") as live:
-            reply = run_turn(agent, turn, view.add_token, view.set_progress, view.cancel)
-            view.finish(reply)
+            try:
+                reply = respond(view)
+            except KeyboardInterrupt:  # the streamed text stays, the spinner goes
+                shown.finish(None)
+                live.refresh()
+                raise
+            shown.finish(reply)
             live.refresh()
-        if reply is None:
-            self.cancelled()
-            return
         for line in reply.results:
             self.console.print(f"[dim]{_escape(line)}[/]")
         for note in reply.notes:
@@ -456,52 +442,43 @@ class RichUI(PlainUI):
 
 
 class _LiveReply:
-    """What the Live display shows during a reply: a spinner, a progress bar, streamed text."""
+    """What the Live display shows during a reply, from the session's view of the turn: a
+    spinner, the place in the queue, a progress bar, the streamed text; then the reply."""
 
-    def __init__(self) -> None:
+    def __init__(self, view: TurnView) -> None:
         from rich.spinner import Spinner
 
-        self._lock = threading.Lock()
-        self._text = ""
-        self._progress: tuple[float, str] | None = None
+        self.view = view
         self._spinner = Spinner("dots", text=" thinking…", style="dim")
         self._done = False
-
-    def add_token(self, token: str) -> None:
-        with self._lock:
-            self._text += token
-            self._progress = None
-
-    def set_progress(self, fraction: float, message: str) -> None:
-        with self._lock:
-            self._progress = (fraction, message)
-
-    def cancel(self) -> None:
-        with self._lock:
-            self._done, self._progress = True, None
+        self._final: str | None = None
 
     def finish(self, reply: Reply | None) -> None:
-        with self._lock:
-            self._done, self._progress = True, None
-            if reply is not None:
-                self._text = reply.text
+        """The turn is over: show the reply's text (or, cancelled, what had streamed)."""
+        self._done = True
+        if reply is not None:
+            self._final = reply.text
 
     def __rich_console__(self, console, options):
         from rich.markdown import Markdown
         from rich.progress_bar import ProgressBar
         from rich.table import Table
 
-        with self._lock:
-            text, progress, done = self._text, self._progress, self._done
+        state = self.view.state
+        text = self._final if self._final is not None else state.text
         if text:
             yield Markdown(text)
-        if progress is not None:
-            fraction, message = progress
+        if self._done:
+            return
+        if state.progress is not None:
+            fraction, message = state.progress
             row = Table.grid(padding=(0, 1))
             row.add_row(ProgressBar(total=1.0, completed=fraction, width=30),
                         f"{fraction:4.0%}", message)
             yield row
-        elif not done and not text:
+        elif state.queued is not None:
+            yield f"[dim]{_escape(state.status_line() or '')}[/]"
+        elif not text:
             yield self._spinner
 
 
