@@ -1,12 +1,13 @@
 """The Telegram bot: the same assistant as the REPL, for every allowed Telegram user.
 
 Channel I/O only: an incoming message (or album) becomes one :class:`Turn` with its files
-downloaded and registered as attachments; the agent's :class:`Reply` is rendered as Telegram
-HTML, split below the message limit, and its annotated photos and videos are sent back.
+downloaded and registered as attachments; while the turn works, the answer streams into a
+message draft (private chats) or one message edited as it grows (groups), with the tools'
+progress and the place in the queue; the agent's :class:`Reply` is then sent as Telegram HTML,
+split below the message limit, with its annotated photos and videos.
 
-Concurrency: updates are handled concurrently; one chat's messages are answered in order
-(a lock per chat); inference runs in a worker thread; turns with media share a bounded
-number of slots, and a user whose job waits is told their place in the queue.
+Order, worker threads, cancel, the heavy-job queue and throttling are the session's
+(:mod:`assistant.session`); updates are handled concurrently.
 """
 
 from __future__ import annotations
@@ -23,22 +24,23 @@ import shutil
 import sqlite3
 import sys
 import tempfile
-import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from telegram import Bot, BotCommand, LinkPreviewOptions, Message, Update, User
-from telegram.constants import ChatAction, ParseMode
-from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, TelegramError, TimedOut
+from telegram import Bot, BotCommand, Chat, LinkPreviewOptions, Message, Update, User
+from telegram.constants import ChatAction, ChatType, ParseMode
+from telegram.error import (BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError,
+                            TimedOut)
 from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, ApplicationHandlerStop,
                           CommandHandler, ContextTypes, MessageHandler, TypeHandler, filters)
 
 from assistant.config import MB, Setting, Settings, megabytes, read_settings
 from assistant.errors import ToolError, short_reason
+from assistant.session import Session, Throttle, TurnView, ViewState, split_text
 from assistant.turns import Reply, Turn, interrupted_notice
 
 if TYPE_CHECKING:
@@ -59,6 +61,7 @@ COMMANDS = (
     ("start", "what this bot does"),
     ("help", "how to use it"),
     ("reset", "forget this conversation"),
+    ("cancel", "stop the reply in progress"),
     ("tools", "the tools I can use"),
 )
 
@@ -71,7 +74,8 @@ I'm a local assistant. Send me:
 • a video — I find the objects in it.
 Add a caption to say what you want to know about a file.
 
-Commands: /reset forgets this conversation, /tools lists what I can use, /help shows this."""
+Commands: /cancel stops the reply in progress, /reset forgets this conversation, /tools lists
+what I can use, /help shows this."""
 
 #: Documents are downloaded only when their MIME type says they may be media or text.
 _DOCUMENT_PREFIXES = ("image/", "audio/", "video/", "text/")
@@ -84,7 +88,9 @@ class BotOptions:
 
     album_wait: float = 1.0  # an album is complete this long after its last message
     heavy_jobs: int = 1  # turns with media analysed at the same time
-    progress_interval: float = 2.5  # at most one status edit this often
+    draft_interval: float = 0.75  # private chats: at most one draft update this often
+    draft_refresh: float = 20.0  # ... and the same draft again this often (drafts last ~30 s)
+    edit_interval: float = 3.5  # groups: at most one edit this often (~20 requests a minute)
     action_interval: float = 4.5  # a chat action shows for ~5 s; renew it this often
     keep_turns: int = 3  # per chat, the downloads of this many recent turns stay for follow-ups
     concurrent_updates: int = 64
@@ -186,7 +192,7 @@ def build_application(settings: Settings, agent: Agent, telegram: TelegramSettin
         .base_url(f"{api}/bot")
         .base_file_url(f"{api}/file/bot")
         .concurrent_updates(options.concurrent_updates)
-        .rate_limiter(AIORateLimiter(max_retries=options.max_retries))
+        .rate_limiter(RateLimiter(max_retries=options.max_retries))
         .read_timeout(30)
         .media_write_timeout(120)
         .post_init(bot.post_init)
@@ -197,6 +203,7 @@ def build_application(settings: Settings, agent: Agent, telegram: TelegramSettin
     application.add_handler(CommandHandler("start", bot.on_start))
     application.add_handler(CommandHandler("help", bot.on_help))
     application.add_handler(CommandHandler("reset", bot.on_reset))
+    application.add_handler(CommandHandler("cancel", bot.on_cancel))
     application.add_handler(CommandHandler("tools", bot.on_tools))
     application.add_handler(MessageHandler(filters.COMMAND, bot.on_unknown_command))
     application.add_handler(MessageHandler(filters.UpdateType.MESSAGE & ~filters.COMMAND, bot.on_message))
@@ -220,7 +227,7 @@ class IncomingFile:
 
 
 class TelegramBot:
-    """Handlers and the state they share: access, per-chat order, the heavy-job queue, downloads."""
+    """Handlers and the state they share: access, the session, downloads, albums."""
 
     def __init__(self, agent: Agent, settings: Settings, telegram: TelegramSettings, *,
                  allow_all: bool = False, options: BotOptions = BotOptions()) -> None:
@@ -229,9 +236,8 @@ class TelegramBot:
         self.access = Access(telegram.allowed_users, agent.memory, allow_all=allow_all)
         self.download_limit = download_limit(settings, telegram)
         self.public_api = telegram.api_base_url.rstrip("/") == PUBLIC_API
-        self.heavy = HeavyQueue(options.heavy_jobs)
+        self.session = Session(agent, heavy_jobs=options.heavy_jobs)
         self.downloads = Downloads(options.keep_turns)
-        self._chat_locks: dict[int, asyncio.Lock] = {}
         self._albums: dict[tuple[int, str], Album] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -283,6 +289,13 @@ class TelegramBot:
             self.downloads.forget(chat_id)
             await self._send_text(context, chat_id, "Done: I've forgotten this conversation.", plain=True)
 
+    async def on_cancel(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Stops the reply in progress in this chat (without waiting in the chat's line, which
+        that reply holds)."""
+        chat_id = update.effective_chat.id
+        if not self.session.cancel(conversation_id(chat_id)):
+            await self._send_text(context, chat_id, "There is no reply in progress to cancel.", plain=True)
+
     async def on_tools(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         async with self._in_order(update.effective_chat.id):
             lines = [f"• **{tool.name}**: {_first_sentence(tool.description)}" for tool in self.agent.tools]
@@ -332,31 +345,25 @@ class TelegramBot:
             return
 
         conversation = conversation_id(chat_id)
-        status = Status(context.bot, chat_id, self.options)
-        try:
-            turn = Turn(conversation, text)
-            if files:
-                await status.action(ChatAction.TYPING)  # downloading takes a moment too
-                store = self.agent.attachments(conversation)
-                folder = self.downloads.new_turn(chat_id)
-                for index, incoming in enumerate(files, 1):
-                    path = await self._download(context, incoming, folder / f"{index}_{incoming.name}")
-                    if path is None:
-                        await self._send_text(context, chat_id, self._too_big_message([incoming]), plain=True)
-                        return
-                    try:
-                        turn.attachments.append(store.register(path, name=incoming.name, voice=incoming.voice,
-                                                               forwarded_from=incoming.forwarded_from))
-                    except ToolError as exc:
-                        await self._send_text(context, chat_id, str(exc), plain=True)
-                        return
-                async with self.heavy.slot(status.queued):
-                    reply = await self._respond(context, turn, status)
-            else:
-                reply = await self._respond(context, turn, status)
-        finally:
-            await status.close()
-        await self._send_reply(context, chat_id, reply)
+        live = live_reply(context.bot, messages[0].chat, self.options)
+        turn = Turn(conversation, text)
+        if files:
+            await live.action(ChatAction.TYPING)  # downloading takes a moment too
+            store = self.agent.attachments(conversation)
+            folder = self.downloads.new_turn(chat_id)
+            for index, incoming in enumerate(files, 1):
+                path = await self._download(context, incoming, folder / f"{index}_{incoming.name}")
+                if path is None:
+                    await self._send_text(context, chat_id, self._too_big_message([incoming]), plain=True)
+                    return
+                try:
+                    turn.attachments.append(store.register(path, name=incoming.name, voice=incoming.voice,
+                                                           forwarded_from=incoming.forwarded_from))
+                except ToolError as exc:
+                    await self._send_text(context, chat_id, str(exc), plain=True)
+                    return
+        reply = await self._respond(context, turn, live)
+        await self._send_reply(context, chat_id, reply, live)
 
     async def _download(self, context: ContextTypes.DEFAULT_TYPE, incoming: IncomingFile,
                         destination: Path) -> Path | None:
@@ -380,21 +387,23 @@ class TelegramBot:
                         "with a self-hosted Bot API server (TELEGRAM_API_BASE_URL).")
         return message
 
-    async def _respond(self, context: ContextTypes.DEFAULT_TYPE, turn: Turn, status: Status) -> Reply:
-        """The agent's reply, computed in a worker thread while the status shows progress.
+    async def _respond(self, context: ContextTypes.DEFAULT_TYPE, turn: Turn, live: LiveReply) -> Reply:
+        """The agent's reply from the session's worker thread, while ``live`` shows how it goes.
         When the bot stops (Ctrl+C), the turn is cancelled rather than waited for."""
-        cancel = threading.Event()
-        await status.action(ChatAction.TYPING)
-        ticker = asyncio.create_task(status.run(cancel, lambda: not context.application.running))
-        try:
-            return await asyncio.to_thread(self.agent.respond, turn, on_progress=status.progress,
-                                           cancel=cancel)
+        view = TurnView()
+        await live.action(ChatAction.TYPING)
+        ticker = asyncio.create_task(live.follow(
+            view, stopping=lambda: not context.application.running,
+            stop=lambda: self.session.cancel(turn.conversation_id)))
+        try:  # the handler holds the chat's order
+            return await self.session.respond(turn, view)
         finally:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
 
-    async def _send_reply(self, context: ContextTypes.DEFAULT_TYPE, chat_id: int, reply: Reply) -> None:
+    async def _send_reply(self, context: ContextTypes.DEFAULT_TYPE, chat_id: int, reply: Reply,
+                          live: LiveReply) -> None:
         if reply.notes:  # for the adapter, not the user (the text already says what matters)
             log.info("Reply notes for chat %s: %s", chat_id, "; ".join(reply.notes))
         text = reply.text.strip()
@@ -403,27 +412,35 @@ class TelegramBot:
         measured = [line for line in reply.results if line not in reply.heard]
         if measured:  # the measured results, as a short block under the model's words
             text += "\n\n" + "\n".join(f"`{line}`" for line in measured)
-        if text.strip():
-            await self._send_text(context, chat_id, text.strip())
-        elif not reply.media:
-            await self._send_text(context, chat_id, "(I have no answer to that.)", plain=True)
+        chunks = render_markdown(text.strip()) if text.strip() else []
+        if not chunks and not reply.media:
+            chunks = [Chunk(None, "(I have no answer to that.)")]
+        for chunk in await live.settle(chunks):  # a group's streamed message becomes the first
+            await self._send_chunk(context.bot, chat_id, chunk)
         for path in reply.media:
             await self._send_media(context, chat_id, Path(path))
 
     async def _send_text(self, context: ContextTypes.DEFAULT_TYPE, chat_id: int, text: str,
                          *, plain: bool = False) -> None:
         """``text`` (Markdown unless ``plain``) as one or more messages below the limit."""
-        chunks = [Chunk(None, part) for part in split_text(text)] if plain else render_markdown(text)
+        if plain:
+            chunks = [Chunk(None, part) for part in split_text(text, MESSAGE_LIMIT)]
+        else:
+            chunks = render_markdown(text)
         for chunk in chunks:
-            if chunk.html is not None:
-                try:
-                    await _retry(context.bot.send_message, chat_id, chunk.html, parse_mode=ParseMode.HTML,
-                                 link_preview_options=LinkPreviewOptions(is_disabled=True))
-                    continue
-                except BadRequest as exc:  # Telegram could not parse it: say it plainly instead
-                    log.warning("HTML reply refused (%s); sending it as plain text", exc)
-            for part in split_text(chunk.plain):
-                await _retry(context.bot.send_message, chat_id, part)
+            await self._send_chunk(context.bot, chat_id, chunk)
+
+    async def _send_chunk(self, bot: Bot, chat_id: int, chunk: Chunk) -> None:
+        """One message: as HTML, or as plain text if it has no HTML or Telegram refuses it."""
+        if chunk.html is not None:
+            try:
+                await _retry(bot.send_message, chat_id, chunk.html, parse_mode=ParseMode.HTML,
+                             link_preview_options=_NO_PREVIEW)
+                return
+            except BadRequest as exc:  # Telegram could not parse it: say it plainly instead
+                log.warning("HTML reply refused (%s); sending it as plain text", exc)
+        for part in split_text(chunk.plain, MESSAGE_LIMIT):
+            await _retry(bot.send_message, chat_id, part)
 
     async def _send_media(self, context: ContextTypes.DEFAULT_TYPE, chat_id: int, path: Path) -> None:
         """An annotated photo or video; as a document if Telegram refuses it as media."""
@@ -471,9 +488,9 @@ class TelegramBot:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _in_order(self, chat_id: int) -> asyncio.Lock:
-        """The lock that keeps one chat's messages answered in the order they came."""
-        return self._chat_locks.setdefault(chat_id, asyncio.Lock())
+    def _in_order(self, chat_id: int) -> contextlib.AbstractAsyncContextManager[None]:
+        """The chat's messages and commands, one at a time in the order they came."""
+        return self.session.ordered(conversation_id(chat_id))
 
 
 #: What every Telegram conversation id starts with (then the chat id).
@@ -612,88 +629,190 @@ class Album:
         self.messages.sort(key=lambda m: m.message_id)
 
 
-class HeavyQueue:
-    """A bounded number of turns with media at a time; the rest wait in line, in order."""
+class LiveReply:
+    """What a chat shows while a turn works, until its reply: the answer streamed so far, the
+    tools' progress and the place in the queue, refreshed when the throttle lets it, and
+    "typing…" until any of that is shown. Streaming is a nicety: when Telegram refuses it,
+    the reply still comes as messages."""
 
-    def __init__(self, slots: int) -> None:
-        self._semaphore = asyncio.Semaphore(max(1, slots))
-        self._waiting = 0
-
-    @contextlib.asynccontextmanager
-    async def slot(self, on_wait: Callable[[int], Awaitable[None]]) -> AsyncIterator[None]:
-        if self._semaphore.locked():
-            self._waiting += 1
-            try:
-                await on_wait(self._waiting)
-                await self._semaphore.acquire()
-            finally:
-                self._waiting -= 1
-        else:
-            await self._semaphore.acquire()
-        try:
-            yield
-        finally:
-            self._semaphore.release()
-
-
-class Status:
-    """What the user sees while a turn works: the chat action, and for long media one status
-    message edited with the latest progress (throttled, and only when its text changes)."""
-
-    def __init__(self, bot: Bot, chat_id: int, options: BotOptions) -> None:
-        self.bot = bot
-        self.chat_id = chat_id
-        self.options = options
-        self._latest: str | None = None  # set from the worker thread; a str assignment is atomic
-        self._shown: str | None = None
-        self._message: Message | None = None
-        self._last_edit = 0.0
-
-    def progress(self, fraction: float, message: str) -> None:
-        """The agent's progress callback (called from the worker thread)."""
-        self._latest = f"⏳ {message.strip() or 'Working'}… {min(max(fraction, 0.0), 1.0):.0%}"
-
-    async def queued(self, position: int) -> None:
-        await self._show(f"⏳ Another file is being analysed; yours is number {position} in the queue. "
-                         "I'll start as soon as it's your turn.")
+    def __init__(self, bot: Bot, chat_id: int, options: BotOptions, throttle: Throttle) -> None:
+        self.bot, self.chat_id, self.options, self.throttle = bot, chat_id, options, throttle
+        self.streaming = True  # False once Telegram refused it for this reply
+        self.visible = False  # something has been shown
+        self._html = True  # False once Telegram refused this reply's HTML
+        self._version = -1  # the view shown last
 
     async def action(self, action: str) -> None:
         with contextlib.suppress(TelegramError):
             await self.bot.send_chat_action(self.chat_id, action)
 
-    async def run(self, cancel: threading.Event, stopping: Callable[[], bool]) -> None:
-        """Until cancelled: renew the chat action; show new progress at most once an interval;
-        set ``cancel`` once ``stopping()`` says the bot is shutting down."""
-        next_action = time.monotonic() + self.options.action_interval
+    async def follow(self, view: TurnView, stopping: Callable[[], bool], stop: Callable[[], object]) -> None:
+        """Until cancelled: show the view; ``stop()`` the turn once ``stopping()`` says the bot is
+        shutting down."""
+        next_action = time.monotonic() + self.options.action_interval  # the caller sent the first
         while True:
             if stopping():
-                cancel.set()
+                stop()
+            state = view.state
+            if self.streaming and self.throttle.due(state.version != self._version):
+                chunk = live_chunk(state)
+                if chunk is not None:
+                    self.throttle.shown()
+                    self._version = state.version
+                    await self._update(chunk)
             now = time.monotonic()
-            if now >= next_action:
+            if not self.visible and now >= next_action:  # no typing next to a streamed message
                 await self.action(ChatAction.TYPING)
                 next_action = now + self.options.action_interval
-            latest = self._latest
-            if latest is not None and latest != self._shown \
-                    and now - self._last_edit >= self.options.progress_interval:
-                await self._show(latest)
-            await asyncio.sleep(min(self.options.progress_interval, self.options.action_interval))
+            await asyncio.sleep(min(self.throttle.interval, 0.25))
 
-    async def _show(self, text: str) -> None:
+    async def _update(self, chunk: Chunk) -> None:
+        html_on = self._html and chunk.html is not None
         try:
-            if self._message is None:
-                self._message = await self.bot.send_message(self.chat_id, text)
+            await self.show(chunk.html if html_on else chunk.plain, ParseMode.HTML if html_on else None)
+            self.visible = True
+        except RetryAfter as exc:  # skipped, not retried; the next update waits the flood limit out
+            log.info("Streaming paused by Telegram's flood limit (%s)", exc)
+            self.throttle.pause(_seconds(exc.retry_after))
+        except BadRequest as exc:
+            if "not modified" in str(exc).lower():
+                return
+            log.info("Streaming %s refused (%s)", "HTML" if html_on else "text", exc)
+            if html_on:
+                self._html = False  # plain text next time
             else:
-                await self._message.edit_text(text)
-        except TelegramError as exc:  # progress is a nicety; never fail a turn for it
-            log.debug("Status update failed: %s", exc)
-        self._shown = text
-        self._last_edit = time.monotonic()
+                self.streaming = False
+        except TelegramError as exc:
+            log.debug("Streaming update failed: %s", exc)
 
-    async def close(self) -> None:
-        if self._message is not None:
-            with contextlib.suppress(TelegramError):
-                await self._message.delete()
-            self._message = None
+    async def show(self, text: str, parse_mode: str | None) -> None:
+        """Show ``text`` (at most :data:`MESSAGE_LIMIT` characters) as the reply so far."""
+        raise NotImplementedError
+
+    async def settle(self, chunks: list[Chunk]) -> list[Chunk]:
+        """The reply's messages that are still to be sent once the turn is done."""
+        return chunks
+
+
+class DraftReply(LiveReply):
+    """A private chat: the reply streams as a message draft (one ``draft_id`` per reply); the
+    draft is refreshed while nothing changes (drafts last about 30 s) and gives way to the
+    final messages."""
+
+    def __init__(self, bot: Bot, chat_id: int, options: BotOptions) -> None:
+        super().__init__(bot, chat_id, options, Throttle(options.draft_interval, options.draft_refresh))
+        self.draft_id = secrets.randbelow(2**31 - 1) + 1  # non-zero
+
+    async def show(self, text: str, parse_mode: str | None) -> None:
+        await self.bot.send_message_draft(self.chat_id, self.draft_id, text, parse_mode=parse_mode,
+                                          rate_limit_args=_NO_RETRY)
+
+
+class EditedReply(LiveReply):
+    """A group: one message edited as the reply grows (at most every ``edit_interval``: the
+    flood limit counts every request to a group), replaced by the reply's first message."""
+
+    def __init__(self, bot: Bot, chat_id: int, options: BotOptions) -> None:
+        super().__init__(bot, chat_id, options, Throttle(options.edit_interval))
+        self.message: Message | None = None
+
+    async def show(self, text: str, parse_mode: str | None) -> None:
+        if self.message is None:
+            self.message = await self.bot.send_message(self.chat_id, text, parse_mode=parse_mode,
+                                                       link_preview_options=_NO_PREVIEW,
+                                                       rate_limit_args=_NO_RETRY)
+        else:
+            await self.bot.edit_message_text(text, self.chat_id, self.message.message_id,
+                                             parse_mode=parse_mode, link_preview_options=_NO_PREVIEW,
+                                             rate_limit_args=_NO_RETRY)
+
+    async def settle(self, chunks: list[Chunk]) -> list[Chunk]:
+        if self.message is None:
+            return chunks
+        message, self.message = self.message, None
+        if chunks and await self._replace(message, chunks[0]):
+            return chunks[1:]
+        with contextlib.suppress(TelegramError):  # the reply comes as new messages instead
+            await message.delete()
+        return chunks
+
+    async def _replace(self, message: Message, chunk: Chunk) -> bool:
+        attempts = [(chunk.html, ParseMode.HTML)] if chunk.html is not None else []
+        attempts.append((chunk.plain[:MESSAGE_LIMIT], None))
+        for text, parse_mode in attempts:
+            try:
+                await _retry(self.bot.edit_message_text, text, self.chat_id, message.message_id,
+                             parse_mode=parse_mode, link_preview_options=_NO_PREVIEW)
+                return True
+            except BadRequest as exc:
+                if "not modified" in str(exc).lower():  # it shows the final text already
+                    return True
+                log.warning("Could not replace the streamed message (%s)", exc)
+            except TelegramError as exc:
+                log.warning("Could not replace the streamed message (%s)", exc)
+                return False
+        return False
+
+
+def live_reply(bot: Bot, chat: Chat, options: BotOptions) -> LiveReply:
+    """Drafts in a private chat, an edited message elsewhere."""
+    if chat.type == ChatType.PRIVATE:
+        return DraftReply(bot, chat.id, options)
+    return EditedReply(bot, chat.id, options)
+
+
+def live_chunk(state: ViewState) -> Chunk | None:
+    """The running turn as one message: the end of the answer streamed so far (rendered like
+    the reply) and the progress or queue line; None while there is nothing to show."""
+    status = state.status_line()
+    text = state.text.strip()
+    if not text:
+        return Chunk(None, status) if status else None
+    room = MESSAGE_LIMIT - (len(status) + 2 if status else 0)
+    chunk = (render_markdown(text, room) or [Chunk(None, text[-room:])])[-1]
+    if status:
+        return Chunk(None if chunk.html is None else f"{chunk.html}\n\n{html.escape(status, quote=False)}",
+                     f"{chunk.plain}\n\n{status}")
+    return chunk
+
+
+def _seconds(value: float | object) -> float:
+    """RetryAfter.retry_after: seconds, or a timedelta (python-telegram-bot's future default)."""
+    total = getattr(value, "total_seconds", None)
+    return float(total() if callable(total) else value)  # type: ignore[arg-type]
+
+
+#: ``rate_limit_args`` of a streamed update: answered with 429, it is skipped, not retried.
+_NO_RETRY = "no retry"
+_NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+
+
+class RateLimiter(AIORateLimiter):
+    """python-telegram-bot's rate limiter (throttles, retries after a 429's ``retry_after``),
+    except that a request made with ``rate_limit_args=_NO_RETRY`` gets the 429 at once
+    (AIORateLimiter reads 0 retries as "the default")."""
+
+    async def process_request(self, callback: Callable[..., Awaitable[object]], args: object,
+                              kwargs: dict, endpoint: str, data: dict, rate_limit_args: object) -> object:
+        if rate_limit_args != _NO_RETRY:
+            return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
+
+        async def once(*a: object, **kw: object) -> object:
+            try:
+                return await callback(*a, **kw)
+            except RetryAfter as exc:  # not a RetryAfter to the limiter, so not retried
+                raise _Flood(exc) from exc
+
+        try:
+            return await super().process_request(once, args, kwargs, endpoint, data, None)
+        except _Flood as flood:
+            raise flood.error from None
+
+
+class _Flood(Exception):
+    def __init__(self, error: RetryAfter) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class Downloads:
@@ -763,34 +882,6 @@ def render_markdown(text: str, limit: int = MESSAGE_LIMIT) -> list[Chunk]:
         plain_parts.append(block_plain)
     flush()
     return chunks
-
-
-def split_text(text: str, limit: int = MESSAGE_LIMIT,
-               separators: tuple[str, ...] = ("\n\n", "\n", " ")) -> list[str]:
-    """``text`` in pieces of at most ``limit`` characters, cut at paragraphs, then lines, then
-    words (and mid-word only when a word alone is longer)."""
-    if len(text) <= limit:
-        return [text] if text.strip() else []
-    if not separators:
-        return [text[i:i + limit] for i in range(0, len(text), limit)]
-    separator, finer = separators[0], separators[1:]
-    pieces: list[str] = []
-    current = ""
-    for part in text.split(separator):
-        candidate = f"{current}{separator}{part}" if current else part
-        if len(candidate) <= limit:
-            current = candidate
-            continue
-        if current.strip():
-            pieces.append(current)
-        current = ""
-        if len(part) <= limit:
-            current = part
-        else:
-            pieces.extend(split_text(part, limit, finer))
-    if current.strip():
-        pieces.append(current)
-    return pieces
 
 
 _SAFE_LINK = re.compile(r"^(https?://|tg://|mailto:)", re.IGNORECASE)

@@ -45,8 +45,9 @@ MAX_DOCUMENT_CHARS = 8000
 
 
 class Agent:
-    """One assistant shared by all conversations of an adapter; :meth:`respond` is thread-safe
-    (turns of one conversation run one at a time, different conversations concurrently)."""
+    """One assistant shared by all conversations of an adapter. Turns of different
+    conversations may run concurrently; those of one conversation come one at a time, in order
+    (:class:`assistant.session.Session` sees to that for every channel)."""
 
     def __init__(self, tools: ToolRegistry, memory: Memory, llm: ChatLLM | None, *,
                  output_root: Path, num_ctx: int = 8192, max_tool_rounds: int = 4,
@@ -60,7 +61,6 @@ class Agent:
         self.max_file_bytes = max_file_bytes
         self._status_host, self._status_model = status_host, status_model
         self._stores: dict[str, AttachmentStore] = {}
-        self._turn_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._told_no_tools: set[str] = set()
         self.schemas = tools.schemas()  # the tools never change; their schemas are built once
@@ -111,24 +111,23 @@ class Agent:
 
         ``on_token`` receives the model's text as it streams; ``Reply.text`` is always the
         complete answer (adapters re-render it when the turn ends)."""
-        with self._turn_lock(turn.conversation_id):
-            run: _TurnRun | None = None
-            try:  # building the run creates the output folder and reads memory: inside too
-                run = _TurnRun(self, turn, on_token, on_progress, cancel)
-                reply = run.execute()
-            except Exception as exc:  # noqa: BLE001 - last resort: a reply, not a crash
-                log.exception("turn failed")
-                reply = Reply(text=f"Something went wrong while answering: {short_reason(exc)}",
-                              media=run.media if run is not None else [],
-                              notes=["internal error; see the log"], llm_used=False)
-            if run is not None:
-                try:
-                    self.memory.finish_turn(turn.conversation_id, run.turn_id,
-                                            run.messages_to_store(reply))
-                except Exception:  # noqa: BLE001 - the person still gets the answer
-                    log.exception("could not store the turn")
-                    reply.notes.append("this turn could not be stored; see the log")
-            return reply
+        run: _TurnRun | None = None
+        try:  # building the run creates the output folder and reads memory: inside too
+            run = _TurnRun(self, turn, on_token, on_progress, cancel)
+            reply = run.execute()
+        except Exception as exc:  # noqa: BLE001 - last resort: a reply, not a crash
+            log.exception("turn failed")
+            reply = Reply(text=f"Something went wrong while answering: {short_reason(exc)}",
+                          media=run.media if run is not None else [],
+                          notes=["internal error; see the log"], llm_used=False)
+        if run is not None:
+            try:
+                self.memory.finish_turn(turn.conversation_id, run.turn_id,
+                                        run.messages_to_store(reply))
+            except Exception:  # noqa: BLE001 - the person still gets the answer
+                log.exception("could not store the turn")
+                reply.notes.append("this turn could not be stored; see the log")
+        return reply
 
     # -- helpers used by a turn ----------------------------------------------------------
 
@@ -155,10 +154,6 @@ class Agent:
                 return False
             self._told_no_tools.add(conversation_id)
             return True
-
-    def _turn_lock(self, conversation_id: str) -> threading.Lock:
-        with self._lock:
-            return self._turn_locks.setdefault(conversation_id, threading.Lock())
 
 
 class _TurnRun:

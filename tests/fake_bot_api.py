@@ -1,12 +1,14 @@
 """A local server that speaks enough of the Telegram Bot API for the bot's tests.
 
 It serves queued updates through long-polled ``getUpdates``, answers the methods the bot
-calls (``getMe``, ``sendMessage``, ``sendChatAction``, ``editMessageText``, ``deleteMessage``,
-``getFile``, ``sendPhoto``, ``sendVideo``, ``sendDocument``, ``setMyCommands``,
-``deleteWebhook``) and the file download path (``/file/bot<token>/<file_path>``), checks
-HTML the way Telegram does (known tags, balanced, at most 4,096 visible characters), and
-records every request so tests can assert what the bot sent. A failure (for example a 429
-with ``retry_after``) can be injected for the next call of a method.
+calls (``getMe``, ``sendMessage``, ``sendMessageDraft``, ``sendChatAction``,
+``editMessageText``, ``deleteMessage``, ``getFile``, ``sendPhoto``, ``sendVideo``,
+``sendDocument``, ``setMyCommands``, ``deleteWebhook``) and the file download path
+(``/file/bot<token>/<file_path>``), checks text the way Telegram does (HTML: known tags,
+balanced; 1–4,096 visible characters; drafts in private chats only, with a non-zero
+``draft_id``; an edit must change the message), and records every request so tests can assert
+what the bot sent. A failure (for example a 429 with ``retry_after``) can be injected for the
+next calls of a method.
 
 Standard library only: ``http.server`` in a thread, reached at ``url``.
 """
@@ -45,6 +47,7 @@ class Call:
     params: dict[str, Any]
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     error: str | None = None  # the error answered instead of a result, if any
+    result: Any = None  # what was answered (for sendMessage, the message)
 
 
 class TelegramHTMLError(ValueError):
@@ -94,6 +97,9 @@ class FakeBotAPI(LocalHTTPServer):
         self._updates: list[dict] = []
         self._files: dict[str, tuple[Path, str]] = {}  # file_id -> (path, file_path)
         self._failures: dict[str, list[dict]] = {}
+        self._chat_types: dict[int, str] = {}  # chat id -> "private", "group", "supergroup"
+        #: The bot's messages as they show now: (chat id, message id) -> (text, parse_mode).
+        self._shown: dict[tuple[int, int], tuple[str, str | None]] = {}
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
         self._closing = False
@@ -126,13 +132,19 @@ class FakeBotAPI(LocalHTTPServer):
                 caption: str | None = None, media_group_id: str | None = None,
                 file_size: int | None = None, photo: Path | None = None, voice: Path | None = None,
                 audio: Path | None = None, video: Path | None = None, document: Path | None = None,
-                mime_type: str | None = None, forwarded_from: str | None = None) -> dict:
-        """Queue an update with a message as a Telegram client would send it; returns the message."""
+                mime_type: str | None = None, chat_type: str = "private",
+                forwarded_from: str | None = None) -> dict:
+        """Queue an update with a message as a Telegram client would send it; returns the message.
+
+        A private chat's id is its user's; in a group (``chat_type="group"`` or
+        ``"supergroup"``, a negative ``chat_id``) pass the ``user`` who writes."""
         user = user or make_user(chat_id)
+        chat: dict[str, Any] = {"id": chat_id, "type": chat_type}
+        chat["first_name" if chat_type == "private" else "title"] = (
+            user["first_name"] if chat_type == "private" else "Test group")
+        self._chat_types[chat_id] = chat_type
         message: dict[str, Any] = {"message_id": next(self._ids), "date": int(time.time()),
-                                   "chat": {"id": chat_id, "type": "private",
-                                            "first_name": user["first_name"]},
-                                   "from": user}
+                                   "chat": chat, "from": user}
         if text is not None:
             message["text"] = text
             if text.startswith("/"):
@@ -194,8 +206,13 @@ class FakeBotAPI(LocalHTTPServer):
                     and (chat_id is None or c.params.get("chat_id") == chat_id)]
 
     def texts(self, chat_id: int) -> list[str]:
-        """The texts of the messages delivered to ``chat_id``, in order."""
+        """The texts of the messages delivered to ``chat_id``, in order (as first sent)."""
         return [c.params["text"] for c in self.sent("sendMessage", chat_id)]
+
+    def shown(self, chat_id: int, message_id: int) -> str:
+        """The text a bot message shows now (after its edits)."""
+        with self._cond:
+            return self._shown[(chat_id, message_id)][0]
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float = 20.0) -> None:
         """Wait (without blocking the event loop) until ``condition()`` holds."""
@@ -217,13 +234,13 @@ class FakeBotAPI(LocalHTTPServer):
                 self.calls.append(call)
                 return answer
             try:
-                result = self._result(call)
+                call.result = self._result(call)
             except ApiError as exc:
                 call.error = exc.description
                 self.calls.append(call)
                 return {"ok": False, "error_code": exc.code, "description": exc.description}
             self.calls.append(call)
-            return {"ok": True, "result": result}
+            return {"ok": True, "result": call.result}
 
     def _get_updates(self, params: dict) -> dict:
         with self._cond:
@@ -250,10 +267,27 @@ class FakeBotAPI(LocalHTTPServer):
         if method in ("deleteWebhook", "setMyCommands", "sendChatAction", "deleteMessage"):
             return True
         if method == "sendMessage":
-            return self._bot_message(p["chat_id"], text=_checked_text(p, "text"))
+            message = self._bot_message(p["chat_id"], text=_checked_text(p, "text"))
+            self._shown[(p["chat_id"], message["message_id"])] = (p["text"], p.get("parse_mode"))
+            return message
+        if method == "sendMessageDraft":
+            if self._chat_types.get(p["chat_id"], "private") != "private":
+                raise ApiError(400, "Bad Request: message drafts can be sent to private chats only")
+            if not isinstance(p.get("draft_id"), int) or p["draft_id"] == 0:
+                raise ApiError(400, "Bad Request: draft_id must be non-zero")
+            _checked_text(p, "text")
+            return True
         if method == "editMessageText":
-            return self._bot_message(p["chat_id"], text=_checked_text(p, "text"),
-                                     message_id=int(p["message_id"]))
+            key = (p["chat_id"], int(p["message_id"]))
+            text = _checked_text(p, "text")
+            if key not in self._shown:
+                raise ApiError(400, "Bad Request: message to edit not found")
+            if self._shown[key] == (text, p.get("parse_mode")):
+                raise ApiError(400, "Bad Request: message is not modified: specified new message "
+                                    "content and reply markup are exactly the same as a current "
+                                    "content and reply markup of the message")
+            self._shown[key] = (text, p.get("parse_mode"))
+            return self._bot_message(p["chat_id"], text=text, message_id=key[1])
         if method == "getFile":
             if p["file_id"] not in self._files:
                 raise ApiError(400, "Bad Request: invalid file_id")
@@ -272,8 +306,9 @@ class FakeBotAPI(LocalHTTPServer):
         raise ApiError(404, f"Not Found: method {method} is not served by the fake Bot API")
 
     def _bot_message(self, chat_id: int, message_id: int | None = None, **content: Any) -> dict:
+        chat_type = self._chat_types.get(chat_id, "private")
         return {"message_id": message_id or next(self._ids), "date": int(time.time()),
-                "chat": {"id": chat_id, "type": "private"}, "from": BOT_USER, **content}
+                "chat": {"id": chat_id, "type": chat_type}, "from": BOT_USER, **content}
 
     def _file_for(self, file_path: str) -> Path | None:
         for path, known in self._files.values():
@@ -336,7 +371,7 @@ def _parse_params(content_type: str, body: bytes) -> tuple[dict[str, Any], dict[
                 params[key] = json.loads(value)
             except ValueError:
                 pass
-    for key in ("chat_id", "message_id"):
+    for key in ("chat_id", "message_id", "draft_id"):
         if isinstance(params.get(key), str) and params[key].lstrip("-").isdigit():
             params[key] = int(params[key])
     return params, files

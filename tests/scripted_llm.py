@@ -2,7 +2,9 @@
 or real models.
 
 Each step of the script is an :class:`AIMessage` (returned, its text streamed word by word),
-an exception (raised), or a callable taking the messages and returning one of those.
+an exception (raised), or a callable taking the messages and returning one of those. ``pace``,
+if given, is called with the text streamed so far before each further word (a test can hold
+the stream there until a channel has shown that text).
 Every call is recorded in :attr:`ScriptedLLM.calls` so tests can inspect what the model saw.
 """
 
@@ -45,8 +47,10 @@ Step = AIMessage | BaseException | Callable[[list[BaseMessage]], AIMessage]
 
 class ScriptedLLM:
     def __init__(self, script: Sequence[Step] = (), *, native_tools: bool | None = True,
-                 repeat_last: bool = False) -> None:
+                 repeat_last: bool = False, pace: Callable[[str], None] | None = None) -> None:
         self.script = list(script)
+        self.pace = pace
+        self.cancel: threading.Event | None = None  # the cancel event of the latest call
         self.native_tools = native_tools
         self.repeat_last = repeat_last
         self.calls: list[Call] = []
@@ -56,6 +60,7 @@ class ScriptedLLM:
              format: dict[str, Any] | None = None, on_token: Callable[[str], None] | None = None,
              cancel: threading.Event | None = None) -> AIMessage:
         self.calls.append(Call(list(messages), list(tools) if tools else None, format))
+        self.cancel = cancel
         if not self.script:
             raise AssertionError("the scripted model was called more often than scripted")
         step = self.script[0] if self.repeat_last and len(self.script) == 1 else self.script.pop(0)
@@ -63,10 +68,14 @@ class ScriptedLLM:
             raise step
         answer = step if isinstance(step, AIMessage) else step(list(messages))
         if on_token is not None and isinstance(answer.content, str):
+            streamed = ""
             for word in answer.content.split(" "):
+                if self.pace is not None and streamed:
+                    self.pace(streamed)
                 if cancel is not None and cancel.is_set():
                     break
                 on_token(word + " ")
+                streamed += word + " "
         return answer
 
     def status(self) -> LLMStatus:

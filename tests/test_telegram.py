@@ -15,6 +15,7 @@ import logging
 import re
 import shutil
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -24,18 +25,20 @@ import pytest
 from telegram import Update
 
 from adapters.telegram import (MB, PUBLIC_API, PUBLIC_DOWNLOAD_LIMIT, BotOptions, TelegramSettings,
-                               build_application,
-                               download_limit, render_markdown, run, split_text)
+                               build_application, download_limit, render_markdown, run)
+from assistant.agent import Agent
 from assistant.attachments import AttachmentStore
 from assistant.memory import Memory
 from assistant.config import Settings
 from assistant.turns import Reply, Turn
-from tests.fake_bot_api import FakeBotAPI, make_user, visible_text
+from tests.fake_bot_api import Call, FakeBotAPI, make_user, visible_text
+from tests.scripted_llm import ScriptedLLM, call_tools, fake_tools, say
 
 OWNER = 1001  # allowed by id; the chat id of a private chat is the user's id
 FRIEND = 1002  # allowed by @username
 STRANGER = 6666
-FAST = BotOptions(album_wait=0.3, progress_interval=0.1, action_interval=0.5)
+GROUP = -100777  # a supergroup OWNER writes in
+FAST = BotOptions(album_wait=0.3, draft_interval=0.05, edit_interval=0.1, action_interval=0.5)
 
 
 class StubAgent:
@@ -124,7 +127,7 @@ def test_text_turn_rendered_as_html_and_commands_registered(api: FakeBotAPI) -> 
 
     scenario(api, agent, body)
     commands = api.sent("setMyCommands")[0].params["commands"]
-    assert [c["command"] for c in commands] == ["start", "help", "reset", "tools"]
+    assert [c["command"] for c in commands] == ["start", "help", "reset", "cancel", "tools"]
     assert agent.turns[0].conversation_id == f"telegram:{OWNER}"
     assert agent.turns[0].text == "Hello <there> & you"
     sent = api.sent("sendMessage", OWNER)[0].params
@@ -332,7 +335,8 @@ def test_download_limit_public_and_self_hosted() -> None:
     assert download_limit(Settings(max_file_mb=200), local) == 200 * MB
 
 
-def test_progress_status_message_and_media_reply(api: FakeBotAPI, media: Path, tmp_path: Path) -> None:
+def test_progress_goes_into_the_draft_and_media_reply(api: FakeBotAPI, media: Path,
+                                                      tmp_path: Path) -> None:
     photo = shutil.copy(media / "images/street_scooters.jpg", tmp_path / "annotated.jpg")
     video = shutil.copy(media / "video/car_traffic_small.mp4", tmp_path / "annotated.mp4")
     finish = threading.Event()
@@ -340,7 +344,7 @@ def test_progress_status_message_and_media_reply(api: FakeBotAPI, media: Path, t
     def answer(turn: Turn, progress) -> Reply:
         for step in range(1, 4):
             progress(step / 4, "Analysing frames")
-            finish.wait(10)  # until the status message shows progress
+            finish.wait(10)  # until the draft shows the progress
             finish.clear()
         return Reply(text="Found **3 cars**.", media=[Path(photo), Path(video)])
 
@@ -349,18 +353,16 @@ def test_progress_status_message_and_media_reply(api: FakeBotAPI, media: Path, t
 
     async def body() -> None:
         for step in range(1, 4):
-            await api.wait_for(lambda: any(f"{step * 25}%" in c.params["text"]
-                                           for c in api.calls if c.method in ("sendMessage", "editMessageText")))
+            await api.wait_for(lambda: any(f"Analysing frames… {step * 25}%" in c.params["text"]
+                                           for c in api.sent("sendMessageDraft", OWNER)))
             finish.set()
         await api.wait_for(lambda: api.sent("sendVideo"))
 
     scenario(api, agent, body)
-    status = api.sent("sendMessage", OWNER)[0]
-    assert "Analysing frames" in status.params["text"] and "25%" in status.params["text"]
-    edits = [c.params["text"] for c in api.sent("editMessageText")]
-    assert edits and all(a != b for a, b in zip([status.params["text"], *edits], edits))
-    assert api.sent("deleteMessage")  # the status message is gone at the end
-    assert api.texts(OWNER)[-1] == "Found <b>3 cars</b>."
+    drafts = api.sent("sendMessageDraft", OWNER)
+    assert len({c.params["draft_id"] for c in drafts}) == 1  # one draft for the reply
+    assert api.texts(OWNER) == ["Found <b>3 cars</b>."]  # no separate status message
+    assert not api.sent("editMessageText") and not api.sent("deleteMessage")
     assert api.sent("sendPhoto")[0].files["photo"][1] == Path(photo).read_bytes()
     assert api.sent("sendVideo")[0].files["video"][1] == Path(video).read_bytes()
     actions = [c.params["action"] for c in api.sent("sendChatAction", OWNER)]
@@ -381,6 +383,109 @@ def test_photo_refused_as_media_is_sent_as_a_document(api: FakeBotAPI, media: Pa
     assert api.texts(OWNER) == []  # no text reply when the agent only returned media
 
 
+# -- streaming and /cancel -------------------------------------------------------------------
+
+def scripted_agent(tmp_path: Path, llm: ScriptedLLM) -> Agent:
+    """The real agent with a scripted model that streams word by word (and fake tools)."""
+    return Agent(fake_tools(), Memory(tmp_path / "memory.sqlite3"), llm, output_root=tmp_path / "outputs")
+
+
+def hold_until(condition: Callable[[], bool]) -> None:
+    """Called from the model's stream (a worker thread): wait until the bot has shown it."""
+    deadline = time.monotonic() + 10
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def drafts(api: FakeBotAPI, chat_id: int) -> list[Call]:
+    return api.sent("sendMessageDraft", chat_id)
+
+
+def test_private_chat_streams_drafts_before_the_final_message(api: FakeBotAPI, tmp_path: Path) -> None:
+    answer = "A zebra has black and white stripes"
+    llm = ScriptedLLM([say(answer)], pace=lambda streamed: hold_until(
+        lambda: any(c.params["text"] == streamed.strip() for c in drafts(api, OWNER))))
+    api.message(OWNER, text="tell me about zebras")
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(OWNER))
+
+    scenario(api, scripted_agent(tmp_path, llm), body)
+    shown = [c.params["text"] for c in drafts(api, OWNER)]
+    words = answer.split(" ")
+    growing = [" ".join(words[:n]) for n in range(1, len(words))]
+    assert shown[:len(growing)] == growing and set(shown[len(growing):]) <= {answer}
+    assert len({c.params["draft_id"] for c in drafts(api, OWNER)}) == 1  # one draft for the reply
+    final = api.sent("sendMessage", OWNER)[0]
+    assert api.calls.index(final) > max(api.calls.index(c) for c in drafts(api, OWNER))
+    assert api.texts(OWNER) == [answer]
+
+
+def test_group_streams_by_editing_one_message(api: FakeBotAPI, tmp_path: Path) -> None:
+    def streamed_message() -> str:
+        sent = api.sent("sendMessage", GROUP)
+        return visible_text(api.shown(GROUP, sent[0].result["message_id"])) if sent else ""
+
+    llm = ScriptedLLM([call_tools(("sentiment", {"text": "busy road"})), say("Three cars and **one** bus")],
+                      pace=lambda streamed: hold_until(
+                          lambda: streamed_message() == streamed.strip().replace("**", "")))
+    api.message(GROUP, user=make_user(OWNER), chat_type="supergroup", text="what is on the road?")
+
+    async def body() -> None:
+        await api.wait_for(lambda: "sentiment" in streamed_message())  # the reply, results included
+
+    scenario(api, scripted_agent(tmp_path, llm), body)
+    assert not api.sent("sendMessageDraft")  # drafts are for private chats
+    (streamed,) = api.sent("sendMessage", GROUP)  # one message, edited as the text grew ...
+    edits = api.sent("editMessageText", GROUP)
+    assert len(edits) >= 4 and {c.params["message_id"] for c in edits} == {streamed.result["message_id"]}
+    final = api.shown(GROUP, streamed.result["message_id"])  # ... into the reply
+    assert final.startswith("Three cars and <b>one</b> bus\n\n<code>sentiment · ")
+    typing = [c for c in api.calls if c.method == "sendChatAction"]
+    assert all(api.calls.index(c) < api.calls.index(streamed) for c in typing)  # none while editing
+
+
+def test_a_draft_answered_429_is_skipped_and_the_reply_arrives(api: FakeBotAPI, tmp_path: Path) -> None:
+    def after_the_draft_of(streamed: str) -> None:
+        if streamed == "one ":  # the first draft is answered 429
+            hold_until(lambda: any(c.method == "sendMessageDraft" for c in api.calls))
+        else:
+            hold_until(lambda: any(c.params["text"] == streamed.strip() for c in drafts(api, OWNER)))
+
+    api.fail_next("sendMessageDraft", 429, retry_after=1)
+    llm = ScriptedLLM([say("one two three")], pace=after_the_draft_of)
+    api.message(OWNER, text="count")
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(OWNER))
+
+    scenario(api, scripted_agent(tmp_path, llm), body)
+    failed = [c for c in api.calls if c.method == "sendMessageDraft"][0]
+    assert failed.error and "retry after" in failed.error.lower() and failed.params["text"] == "one"
+    assert drafts(api, OWNER)[0].params["text"] == "one two"  # "one" was skipped, not retried
+    assert api.texts(OWNER) == ["one two three"]
+
+
+def test_cancel_stops_the_reply_in_progress(api: FakeBotAPI, tmp_path: Path) -> None:
+    llm = ScriptedLLM([say("one two three four")])
+    llm.pace = lambda streamed: hold_until(lambda: llm.cancel is not None and llm.cancel.is_set())
+    agent = scripted_agent(tmp_path, llm)
+    api.message(OWNER, text="/cancel")
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(OWNER))  # nothing was running
+        api.message(OWNER, text="count slowly")
+        await api.wait_for(lambda: any(c.params["text"] == "one" for c in drafts(api, OWNER)))
+        api.message(OWNER, text="/cancel")
+        await api.wait_for(lambda: len(api.texts(OWNER)) == 2)
+
+    scenario(api, agent, body)
+    idle, cancelled = api.texts(OWNER)
+    assert "no reply in progress" in idle
+    assert cancelled == "one\n\n<i>(cancelled)</i>"
+    assert agent.memory.turns(f"telegram:{OWNER}")  # the cancelled turn is stored
+
+
 # -- long replies and Markdown ---------------------------------------------------------------
 
 def test_long_reply_is_split_at_paragraphs(api: FakeBotAPI) -> None:
@@ -396,14 +501,6 @@ def test_long_reply_is_split_at_paragraphs(api: FakeBotAPI) -> None:
     assert len(texts) >= 3
     assert all(len(text) <= 4096 for text in texts)
     assert [p for text in texts for p in text.split("\n\n")] == paragraphs  # cut between paragraphs
-
-
-def test_split_text_cuts_lines_then_words() -> None:
-    line = "x" * 30
-    assert split_text("\n".join([line] * 4), 70) == [f"{line}\n{line}", f"{line}\n{line}"]
-    assert split_text("aaa bbb ccc", 7) == ["aaa bbb", "ccc"]
-    assert split_text("a" * 10, 4) == ["aaaa", "aaaa", "aa"]
-    assert split_text("   ", 10) == []
 
 
 def test_markdown_renders_to_html_telegram_accepts() -> None:
@@ -507,14 +604,40 @@ def test_heavy_jobs_queue_and_the_waiting_user_is_told(api: FakeBotAPI, media: P
     async def body() -> None:
         await api.wait_for(lambda: agent.turns)  # the owner's job holds the only slot
         api.message(other, user=make_user(other), photo=media / "images/inet_pizza.jpg")
-        await api.wait_for(lambda: api.texts(other))
+        await api.wait_for(lambda: api.sent("sendMessageDraft", other))
         release.set()
         await api.wait_for(lambda: "done" in api.texts(other) and "done" in api.texts(OWNER))
 
     scenario(api, agent, body, telegram_allowed_users=(str(OWNER), str(other)))
-    waiting = api.texts(other)[0]
-    assert "number 1 in the queue" in waiting
-    assert api.sent("deleteMessage", other)  # the queue message is removed when the job is done
+    waiting = api.sent("sendMessageDraft", other)[0].params["text"]
+    assert "number 1 in the queue" in waiting  # told in the draft, not in a message of its own
+    assert api.texts(other) == ["done"]
+
+
+def test_a_text_turn_waits_for_a_slot_when_its_chat_has_files(api: FakeBotAPI, media: Path) -> None:
+    other = 2002
+    release = threading.Event()
+
+    def answer(turn: Turn, progress) -> Reply:
+        if turn.conversation_id == f"telegram:{OWNER}":
+            release.wait(10)
+        return Reply(text=f"re: {turn.text}")
+
+    agent = StubAgent(answer)
+    api.message(other, user=make_user(other), photo=media / "images/inet_pizza.jpg")
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(other))
+        api.message(OWNER, photo=media / "images/inet_zebra.jpg")
+        await api.wait_for(lambda: len(agent.turns) == 2)  # the owner's job holds the only slot
+        api.message(other, user=make_user(other), text="now find the objects in it")
+        await api.wait_for(lambda: any("in the queue" in c.params["text"]
+                                       for c in api.sent("sendMessageDraft", other)))
+        release.set()
+        await api.wait_for(lambda: len(api.texts(other)) == 2)
+
+    scenario(api, agent, body, telegram_allowed_users=(str(OWNER), str(other)))
+    assert api.texts(other)[-1] == "re: now find the objects in it"
 
 
 def test_stopping_the_bot_cancels_a_running_turn(api: FakeBotAPI) -> None:
