@@ -25,11 +25,12 @@ import pytest
 from telegram import Update
 
 from adapters.telegram import (MB, PUBLIC_API, PUBLIC_DOWNLOAD_LIMIT, BotOptions, TelegramSettings,
-                               build_application, download_limit, render_markdown, run)
+                               build_application, download_limit, live_chunk, render_markdown, run)
 from assistant.agent import Agent
 from assistant.attachments import AttachmentStore
 from assistant.memory import Memory
 from assistant.config import Settings
+from assistant.session import ViewState
 from assistant.turns import Reply, Turn
 from tests.fake_bot_api import Call, FakeBotAPI, make_user, visible_text
 from tests.scripted_llm import ScriptedLLM, call_tools, fake_tools, say
@@ -464,6 +465,16 @@ def test_a_draft_answered_429_is_skipped_and_the_reply_arrives(api: FakeBotAPI, 
     assert failed.error and "retry after" in failed.error.lower() and failed.params["text"] == "one"
     assert drafts(api, OWNER)[0].params["text"] == "one two"  # "one" was skipped, not retried
     assert api.texts(OWNER) == ["one two three"]
+
+
+def test_the_streamed_view_fits_one_message() -> None:
+    paragraphs = [f"Paragraph {i}: " + " ".join(["**word**"] * 300) for i in range(8)]
+    state = ViewState(text="\n\n".join(paragraphs), progress=(0.5, "Analysing frames"))
+    chunk = live_chunk(state)
+    shown = visible_text(chunk.html)
+    assert len(shown) <= 4096 and shown.startswith("Paragraph 7") and shown.endswith("Analysing frames… 50%")
+    assert live_chunk(ViewState()) is None  # nothing to show yet: "typing…" only
+    assert live_chunk(ViewState(queued=2)).plain.startswith("⏳ Another file is being analysed; yours is number 2")
 
 
 def test_cancel_stops_the_reply_in_progress(api: FakeBotAPI, tmp_path: Path) -> None:
