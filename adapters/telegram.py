@@ -25,9 +25,11 @@ import sqlite3
 import sys
 import tempfile
 import time
+import warnings
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +37,7 @@ from telegram import Bot, BotCommand, Chat, LinkPreviewOptions, Message, Update,
 from telegram.constants import ChatAction, ChatType, ParseMode
 from telegram.error import (BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError,
                             TimedOut)
+from telegram.warnings import PTBDeprecationWarning
 from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, ApplicationHandlerStop,
                           CommandHandler, ContextTypes, MessageHandler, TypeHandler, filters)
 
@@ -673,7 +676,7 @@ class LiveReply:
             self.visible = True
         except RetryAfter as exc:  # skipped, not retried; the next update waits the flood limit out
             log.info("Streaming paused by Telegram's flood limit (%s)", exc)
-            self.throttle.pause(_seconds(exc.retry_after))
+            self.throttle.pause(_retry_seconds(exc))
         except BadRequest as exc:
             if "not modified" in str(exc).lower():
                 return
@@ -776,10 +779,13 @@ def live_chunk(state: ViewState) -> Chunk | None:
     return chunk
 
 
-def _seconds(value: float | object) -> float:
-    """RetryAfter.retry_after: seconds, or a timedelta (python-telegram-bot's future default)."""
-    total = getattr(value, "total_seconds", None)
-    return float(total() if callable(total) else value)  # type: ignore[arg-type]
+def _retry_seconds(error: RetryAfter) -> float:
+    """How long the flood limit lasts (``retry_after`` is moving from seconds to a timedelta;
+    python-telegram-bot warns on every read until one opts in)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value = error.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 #: ``rate_limit_args`` of a streamed update: answered with 429, it is skipped, not retried.
