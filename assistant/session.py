@@ -261,8 +261,9 @@ class Session:
     def respond_sync(self, turn: Turn, view: TurnView | None = None) -> Reply:
         """:meth:`respond` for a thread, inside :meth:`ordered_sync`; an interrupted caller
         (Ctrl-C) cancels the turn and gets the KeyboardInterrupt at once."""
-        job = self.start(turn, view or TurnView())
-        try:
+        job = Job(turn)
+        try:  # from before the worker starts: a Ctrl-C right after it started still cancels it
+            self._launch(job, view or TurnView())
             return wait(job.reply)
         except BaseException:
             job.cancel.set()
@@ -270,7 +271,10 @@ class Session:
 
     def start(self, turn: Turn, view: TurnView) -> Job:
         """Start ``turn`` in a worker thread (the conversation's order must be held)."""
-        job = Job(turn)
+        return self._launch(Job(turn), view)
+
+    def _launch(self, job: Job, view: TurnView) -> Job:
+        turn = job.turn
         with self._lock:
             if turn.conversation_id in self._jobs:
                 raise RuntimeError(f"a turn of {turn.conversation_id} is already running")

@@ -263,7 +263,7 @@ def test_photo_voice_video_audio_and_documents_become_attachments(api: FakeBotAP
 
     scenario(api, agent, body)
     expected = [("image", "images/inet_zebra.jpg", "What animal?"),
-                ("audio", "audio/voice_note_ru.oga", ""),
+                ("voice", "audio/voice_note_ru.oga", ""),
                 ("video", "video/car_traffic_small.mp4", "count the cars"),
                 ("audio", "audio/bird_robin.mp3", ""),
                 ("audio", "audio/us8k_siren_102853-8-0-0.wav", ""),
