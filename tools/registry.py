@@ -11,15 +11,17 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from tools.base import (AnalyzeOption, ModelSource, ModelSpec, Setting, Tool, ToolConfig, ToolError,
                         ToolResult)
 
 #: Packages searched for tool modules (tests may add one).
 TOOL_PACKAGES = ["tools"]
+
+T = TypeVar("T")
 
 
 def tool_classes() -> list[type[Tool[Any]]]:
@@ -52,11 +54,8 @@ def tool_names() -> list[str]:
 
 def model_specs() -> list[ModelSpec]:
     """Each distinct model the tools use (tools may share one), for fetch, doctor, settings."""
-    specs: dict[str, ModelSpec] = {}
-    for cls in tool_classes():
-        if cls.model is not None:
-            specs.setdefault(cls.model.variable, cls.model)
-    return list(specs.values())
+    return _each_once((cls.model for cls in tool_classes() if cls.model is not None),
+                      lambda spec: spec.variable)
 
 
 def users_of(spec: ModelSpec) -> list[str]:
@@ -67,20 +66,23 @@ def users_of(spec: ModelSpec) -> list[str]:
 
 def tool_settings() -> list[Setting]:
     """Every tool's own settings (each variable once)."""
-    settings: dict[str, Setting] = {}
-    for cls in tool_classes():
-        for setting in cls.settings:
-            settings.setdefault(setting.variable, setting)
-    return list(settings.values())
+    return _each_once((setting for cls in tool_classes() for setting in cls.settings),
+                      lambda setting: setting.variable)
 
 
 def analyze_options() -> list[AnalyzeOption]:
     """Every tool's ``assistant analyze`` flags (each flag once)."""
-    options: dict[str, AnalyzeOption] = {}
-    for cls in tool_classes():
-        for option in cls.analyze_options:
-            options.setdefault(option.flag, option)
-    return list(options.values())
+    return _each_once((option for cls in tool_classes() for option in cls.analyze_options),
+                      lambda option: option.flag)
+
+
+def _each_once(items: Iterable[T], key: Callable[[T], str]) -> list[T]:
+    """``items`` in order, keeping the first of those that share a ``key`` (tools may share
+    a model, a setting or a flag)."""
+    first: dict[str, T] = {}
+    for item in items:
+        first.setdefault(key(item), item)
+    return list(first.values())
 
 
 class ToolRegistry:
