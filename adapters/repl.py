@@ -141,8 +141,10 @@ def is_existing_file(text: str) -> bool:
         return False
 
 
-def _looks_like_path(word: str) -> bool:
-    return word.startswith(("~", "./", "../")) or "/" in word[1:]
+def _is_path_not_command(word: str) -> bool:
+    """Is a first word starting with ``/`` an absolute path (``/home/me/cat.jpg``) rather than
+    a command (``/attach``)? A command has no second ``/``."""
+    return "/" in word[1:]
 
 
 class Repl:
@@ -206,7 +208,7 @@ class Repl:
                 self.show_model()
             elif command == "/help":
                 self.ui.say(HELP)
-            elif _looks_like_path(command):
+            elif _is_path_not_command(command):
                 raise ToolError(f"{command}: no such file.")
             else:
                 raise ToolError(f"Unknown command {command}; /help lists the commands.")

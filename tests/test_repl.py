@@ -91,7 +91,8 @@ def test_commands_and_errors_keep_the_session_going(models_env, models_dir: Path
                                                       tmp_path: Path) -> None:
     empty = tmp_path / "empty.jpg"
     empty.touch()
-    result = chat(["/tools", "/help", "/bogus", "/attach /nowhere/missing.jpg", f"/attach {empty}",
+    result = chat(["/tools", "/help", "/bogus", "/attach /nowhere/missing.jpg", "/nowhere/typed.jpg",
+                   f"/attach {empty}",
                    "/attach 'unbalanced", "/attach", "/model", "/reset", "Hello?"], "--no-llm")
 
     assert result.returncode == 0, result.stderr[-2000:]
@@ -101,6 +102,7 @@ def test_commands_and_errors_keep_the_session_going(models_env, models_dir: Path
     assert "/attach PATH..." in out and "/quit" in out  # /help
     assert "Unknown command /bogus; /help lists the commands." in err
     assert "missing.jpg: no such file." in err
+    assert "/nowhere/typed.jpg: no such file." in err  # a path, not an unknown command
     assert "empty.jpg: the file is empty." in err
     assert "quote paths that contain spaces" in err
     assert "Usage: /attach PATH..." in err

@@ -19,7 +19,6 @@ HUB_TIMEOUT = 10.0
 T = TypeVar("T")
 
 
-
 def load_pretrained(source: ModelSource, what: str, contents: str,
                     load: Callable[[str, bool], T]) -> T:
     """``load(location, local_files_only)`` from ``source``: a local directory, or a hub id.
@@ -54,11 +53,18 @@ def _location(value: str, contents: str, fail: Callable[[str], ModelLoadError]) 
         return str(path)
     if path.exists():
         raise fail(f"it is a file; expected a directory saved with save_pretrained ({contents})")
-    looks_like_path = (value.startswith((".", "/", "~", "\\")) or value.count("/") > 1
-                       or (len(value) > 1 and value[1] == ":"))
-    if looks_like_path or not value:
+    if not value or _is_path_not_hub_id(value):
         raise fail("no such directory")
     return value
+
+
+def _is_path_not_hub_id(value: str) -> bool:
+    """Is a model source that names nothing on disk written as a file-system path rather than
+    a Hugging Face hub id (``org/name``, one slash)? Relative or absolute, ``~``, Windows
+    (``C:``, ``\\``), or more than one ``/``. Such a value is a missing directory, not
+    something to ask the hub for."""
+    return (value.startswith((".", "/", "~", "\\")) or value.count("/") > 1
+            or (len(value) > 1 and value[1] == ":"))
 
 
 def _check_hub(repo_id: str, fail: Callable[[str], ModelLoadError]) -> None:
