@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,3 +59,24 @@ def models_env(models_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setenv("ASSISTANT_DB", str(tmp_path / "test.sqlite3"))
     monkeypatch.setenv("ASSISTANT_DEVICE", "cpu")
     return models_dir
+
+
+@pytest.fixture()
+def tools() -> Any:
+    """Small fake tools that record their calls (``tests.scripted_llm.fake_tools``)."""
+    from tests.scripted_llm import fake_tools
+
+    return fake_tools()
+
+
+@pytest.fixture()
+def make_agent(tools: Any, tmp_path: Path) -> Callable[..., Any]:
+    """``make_agent(llm, **options)``: an agent over ``tools`` with its memory and outputs in
+    ``tmp_path`` (agents made in one test share the memory)."""
+    from assistant.agent import Agent
+    from assistant.memory import Memory
+
+    def make(llm: Any, **options: Any) -> Agent:
+        return Agent(tools, Memory(tmp_path / "memory.sqlite3"), llm,
+                     output_root=tmp_path / "outputs", **options)
+    return make

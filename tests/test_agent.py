@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
@@ -15,21 +14,8 @@ from assistant.agent import NO_LLM_NOTE, Agent
 from assistant.llm import LLMError, ToolsUnsupported
 from assistant.memory import Memory
 from assistant.turns import Turn
-from tests.scripted_llm import BrokenTool, ScriptedLLM, call_tools, fake_tools, say
+from tests.scripted_llm import BrokenTool, ScriptedLLM, call_tools, say
 from tools.registry import ToolRegistry
-
-
-@pytest.fixture()
-def tools() -> ToolRegistry:
-    return fake_tools()
-
-
-@pytest.fixture()
-def make_agent(tools: ToolRegistry, tmp_path: Path):
-    def make(llm: ScriptedLLM | None, **kwargs: Any) -> Agent:
-        return Agent(tools, Memory(tmp_path / "db" / "memory.sqlite3"), llm,
-                     output_root=tmp_path / "outputs", **kwargs)
-    return make
 
 
 @pytest.fixture()

@@ -5,35 +5,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage
 
 from assistant import reply as contract
-from assistant.agent import Agent
 from assistant.llm import LLMError
-from assistant.memory import Memory
 from assistant.turns import Turn
-from tests.scripted_llm import ScriptedLLM, call_tools, fake_tools, say
+from tests.scripted_llm import ScriptedLLM, call_tools, say
 from tools.audio import AudioEvent, AudioResult
 from tools.base import Label
 from tools.detection import DetectionLabel, VideoDetectionResult
 from tools.registry import ToolRegistry
 
 CALL = '{"name": "sentiment", "arguments": {"text": "x"}}'
-
-
-@pytest.fixture()
-def tools() -> ToolRegistry:
-    return fake_tools()
-
-
-@pytest.fixture()
-def make_agent(tools: ToolRegistry, tmp_path: Path):
-    def make(llm: Any, **kwargs: Any) -> Agent:
-        return Agent(tools, Memory(tmp_path / "memory.sqlite3"), llm, output_root=tmp_path / "out", **kwargs)
-    return make
 
 
 @pytest.fixture()
