@@ -336,3 +336,29 @@ def test_the_model_never_sees_a_file_system_path(make_agent, photo: Path, tmp_pa
     sent = " ".join(str(m.content) for call in llm.calls for m in call.messages)
     assert "att_1_annotated.jpg" in sent  # the model knows the file by its name
     assert str(tmp_path) not in sent and "/outputs/" not in sent
+
+
+#: What the model reads at the start of every conversation: the system prompt and every tool's
+#: schema, in tokens (issue 9: at most 900, every tool included).
+FIXED_PROMPT_BUDGET = 900
+#: Characters per token of that text, measured with the Qwen2.5 and SmolLM2 tokenizers (3.9
+#: and 3.7: 724 and 757 tokens for the five tools); the worse one counts.
+MEASURED_CHARS_PER_TOKEN = 3.7
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_first_request_reads_a_short_fixed_prompt(tmp_path: Path, native: bool) -> None:
+    from assistant.config import Settings
+    from assistant.runtime import build_tools
+
+    script = [say("Привет!")] if native else [say('{"tool_calls": []}'), say("Привет!")]
+    llm = ScriptedLLM(script, native_tools=native)
+    agent = Agent(build_tools(Settings.from_env({})), Memory(tmp_path / "m.sqlite3"), llm,
+                  output_root=tmp_path)  # the real tools, with their real descriptions
+    agent.respond(Turn("c", "Привет! Как дела?"))
+
+    first = llm.calls[0]
+    fixed = str(first.messages[0].content) + json.dumps(first.tools or [], ensure_ascii=False)
+    assert len(fixed) / MEASURED_CHARS_PER_TOKEN <= FIXED_PROMPT_BUDGET
+    assert all(name in fixed for name in agent.tools.names)  # without native tools: listed in it
+    assert {str(call.messages[0].content) for call in llm.calls} == {str(first.messages[0].content)}

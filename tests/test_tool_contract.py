@@ -160,7 +160,7 @@ def test_it_is_routed_offered_to_the_model_and_run(bytes_tool: str, model_dir: P
     agent = Agent(tools, Memory(tmp_path / "memory.sqlite3"), llm, output_root=tmp_path / "out")
     assert "bytes" in [schema["function"]["name"] for schema in agent.schemas]
     system = agent.system_prompt(native=True)
-    assert "document: bytes" in system and "text: also bytes when the user asks for it" in system
+    assert "document: bytes" in system and "text: sentiment, bytes when asked" in system
 
     blob = tmp_path / "blob.bin"
     blob.write_bytes(b"\x00\x01" * 5)  # 10 bytes, a "model" scale of 2

@@ -62,8 +62,8 @@ DEFAULT_HUB_TIMEOUT_S = 30.0
 
 
 class AudioParams(BaseModel):
-    attachment_id: str = Field(description="Id of the audio, voice note or video attachment, e.g. att_1.")
-    top_k: int = Field(5, ge=1, le=20, description="How many of the clip's top sound classes to return.")
+    attachment_id: str
+    top_k: int = Field(5, ge=1, le=20)
 
 
 class AudioEvent(BaseModel):
@@ -148,13 +148,9 @@ def _check_cached(value: str) -> ModelCheck | None:
 
 class AudioTool(Tool[AudioParams]):
     name = "audio"
-    description = (
-        "Tag the sounds in an audio clip, voice note or the sound track of a video with YAMNet "
-        "(521 AudioSet classes: speech, music and instruments, animals such as dogs and birds, "
-        "sirens, vehicles, alarms, laughter, applause and more). Returns the clip's top sound "
-        "classes with scores and the distinct sound events with their start and end times. "
-        "Use it to answer what can be heard in a recording; it does not transcribe speech."
-    )
+    description = ("Tag the sounds of an audio clip, voice note or video (YAMNet, 521 classes: "
+                   "speech, music, animals, sirens, vehicles...) and when each is heard. "
+                   "It does not transcribe speech.")
     Params = AudioParams
     kinds = frozenset({"audio", "voice", "video"})
     routes = frozenset({"audio", "voice"})

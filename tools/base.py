@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
 #: Progress callback: fraction done in [0, 1] and a short status text.
 Progress = Callable[[float, str], None]
@@ -389,15 +391,31 @@ class Tool(ABC, Generic[P]):
 
     def schema(self) -> dict[str, Any]:
         """The tool as an OpenAI/Ollama function schema, from its description and Params."""
-        parameters = self.Params.model_json_schema()
+        parameters = self.Params.model_json_schema(schema_generator=_ModelFacingSchema)
         parameters.pop("title", None)
-        for prop in parameters.get("properties", {}).values():
-            prop.pop("title", None)
         return {
             "type": "function",
             "function": {"name": self.name, "description": self.description,
                          "parameters": parameters},
         }
+
+
+class _ModelFacingSchema(GenerateJsonSchema):
+    """Parameters as a language model reads them, in few tokens (they are in every request):
+    no titles, and a field that may be left out (default None) is its type alone, not
+    ``anyOf [type, null]`` with ``default: null``. Validation still accepts null."""
+
+    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
+        return self.generate_inner(schema["schema"])
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        json_schema = super().default_schema(schema)
+        if "default" in json_schema and json_schema["default"] is None:
+            del json_schema["default"]
+        return json_schema
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
 
 
 def select_device(override: str | None = None) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from tools.base import (AnalyzeOption, Label, ModelLoadError, ModelSource, Setting, TextTrigger,
                         Tool, ToolConfig, ToolContext, ToolError, ToolResult, select_device,
@@ -128,22 +129,16 @@ def _counted(label: str, count: int) -> str:
 
 
 class PhotoParams(BaseModel):
-    attachment_id: str = Field(description="Id of the photo attachment, e.g. att_1.")
-    threshold: float | None = Field(
-        None, gt=0, lt=1,
-        description="Keep objects detected with at least this confidence (0-1). Leave it out "
-                    "for the default; lower it to find more, less certain objects.")
+    attachment_id: str
+    threshold: float | None = Field(None, gt=0, lt=1,
+                                    description="Minimum confidence; omit for the default.")
 
 
 class VideoParams(PhotoParams):
-    attachment_id: str = Field(description="Id of the video attachment, e.g. att_2.")
-    fps: float | None = Field(None, gt=0, le=MAX_FPS,
-                              description="Frames analysed per second of video. Leave it out "
-                                          "for the default.")
-    max_frames: int | None = Field(None, ge=1, le=MAX_FRAMES,
-                                   description="Most frames analysed; a longer video is sampled "
-                                               "evenly over its whole length. Leave it out for "
-                                               "the default.")
+    # How densely to sample is for `assistant analyze --fps/--max-frames` and the settings;
+    # left out of what the model reads (every request carries the schemas).
+    fps: SkipJsonSchema[float | None] = Field(None, gt=0, le=MAX_FPS)
+    max_frames: SkipJsonSchema[int | None] = Field(None, ge=1, le=MAX_FRAMES)
 
 
 # -- the shared model -------------------------------------------------------------
@@ -280,11 +275,8 @@ class _DetectionTool(Tool[Any]):
 
 class PhotoDetectionTool(_DetectionTool):  # Tool[PhotoParams]
     name = "detect"
-    description = ("Find and locate objects (people, cars, bicycles, animals, furniture, food "
-                   "and the other 80 everyday COCO object classes) in a photo: what is where "
-                   "and how many of each, with an annotated copy of the photo showing the boxes. "
-                   "Use it when the user asks what or how many objects are in a picture, or "
-                   "where they are.")
+    description = ("Find, count and locate the objects in a photo (80 COCO classes: people, "
+                   "cars, animals, furniture...); draws their boxes on a copy.")
     Params = PhotoParams
     kinds: ClassVar[frozenset[str]] = frozenset({"image"})
     trigger = TextTrigger(frozenset({"image"}), ASKS_WHAT_OR_WHERE)
@@ -316,10 +308,8 @@ class PhotoDetectionTool(_DetectionTool):  # Tool[PhotoParams]
 
 class VideoDetectionTool(_DetectionTool):
     name = "video"
-    description = ("Find the objects (people, cars, bicycles, animals and the other 80 everyday "
-                   "COCO object classes) across a video: which appear, when (first and last "
-                   "time) and how many at once, with an annotated copy of the video showing "
-                   "the boxes. Use it for any question about what happens or is seen in a video.")
+    description = ("Find the objects across a video (80 COCO classes): which, when and how many "
+                   "at once; draws their boxes on a copy.")
     Params = VideoParams
     kinds: ClassVar[frozenset[str]] = frozenset({"video"})
     routes: ClassVar[frozenset[str]] = frozenset({"video"})

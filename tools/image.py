@@ -90,19 +90,14 @@ def _check_cached(value: str) -> ModelCheck | None:
 
 
 class _ImageParams(BaseModel):
-    attachment_id: str = Field(description="Id of the image attachment, e.g. att_1.")
-    top_k: int = Field(5, ge=1, le=20, description="How many classes to return (1-20).")
+    attachment_id: str
+    top_k: int = Field(5, ge=1, le=20)
 
 
 class ImageTool(Tool[_ImageParams]):
     name = "image"
-    description = (
-        "Say what a photo shows: classifies an image attachment into the 1000 ImageNet "
-        "categories (animals, objects, vehicles, food, scenes) with torchvision's ResNet18 and "
-        "returns the top 5 with their probabilities. Use it for 'what is in this picture?'. "
-        "It names the main subject only: it does not locate or count objects (use the detection "
-        "tool for that), read text, or recognise people."
-    )
+    description = ("Say what a photo shows (1000 ImageNet classes, top 5 with probabilities). "
+                   "Names the main subject only; to count or locate objects use detect.")
     kinds = frozenset({"image"})
     routes = frozenset({"image"})
     Params = _ImageParams

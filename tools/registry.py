@@ -124,15 +124,16 @@ class ToolRegistry:
         return [tool for tool in self._tools.values() if kind in tool.routes]
 
     def routing_sentence(self) -> str:
-        """How attachments are routed, in words, for the system prompt."""
-        parts = []
+        """How attachments are routed, by kind, for the system prompt
+        (``image: image, detect when asked; video: video``)."""
+        by_kind: dict[str, list[str]] = {}
         for tool in self._tools.values():
-            if tool.routes:
-                parts.append(f"{' and '.join(sorted(tool.routes))}: {tool.name}")
-            if tool.trigger is not None:
-                parts.append(f"{' and '.join(sorted(tool.trigger.kinds))}: also {tool.name} "
-                             "when the user asks for it")
-        return "; ".join(parts)
+            for kind in sorted(tool.routes):
+                by_kind.setdefault(kind, []).append(tool.name)
+        for tool in self._tools.values():
+            for kind in sorted(tool.trigger.kinds if tool.trigger is not None else ()):
+                by_kind.setdefault(kind, []).append(f"{tool.name} when asked")
+        return "; ".join(f"{kind}: {', '.join(names)}" for kind, names in by_kind.items())
 
     def schemas(self) -> list[dict[str, Any]]:
         return [tool.schema() for tool in self._tools.values()]

@@ -33,7 +33,7 @@ _LABEL_PREFIXES = {"pos": "positive", "neg": "negative", "neu": "neutral"}
 
 
 class SentimentParams(BaseModel):
-    text: str = Field(description="The text whose sentiment to judge (Russian or English).")
+    text: str = Field(description="The text to judge.")
 
     @field_validator("text")
     @classmethod
@@ -75,9 +75,8 @@ class _Loaded:
 
 class SentimentTool(Tool[SentimentParams]):
     name = "sentiment"
-    description = ("Judge the sentiment of a text in Russian or English: positive, neutral or "
-                   "negative, with the probability of each. Use it when the user asks how a "
-                   "message, review or comment feels, or whether it is positive or negative.")
+    description = ("Judge whether a Russian or English text is positive, neutral or negative, "
+                   "with probabilities.")
     Params = SentimentParams
     kinds: ClassVar[frozenset[str]] = frozenset({"text"})
     routes: ClassVar[frozenset[str]] = frozenset({"text"})  # UTF-8 text documents
