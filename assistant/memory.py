@@ -2,7 +2,8 @@
 
 A turn (the user's message, the tool calls and results, the answer) is stored as one row,
 so that trimming to the context budget always drops whole turns and never separates a
-tool call from its result.
+tool call from its result; turns are dropped in blocks, so the start of what the model reads
+stays the same for several turns and its prompt cache keeps serving it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 from langchain_core.messages import (AIMessage, BaseMessage, HumanMessage, ToolMessage, messages_from_dict,
@@ -28,6 +30,13 @@ MESSAGE_OVERHEAD = 8
 MAX_TURNS_LOADED = 200
 #: Conversations whose turns are kept parsed in memory (least recently used ones are let go).
 CACHED_CONVERSATIONS = 256
+#: Old turns are dropped from the history in blocks of this many, counted from the
+#: conversation's first turn: the history then starts at the same turn until a whole block
+#: more must go, so consecutive requests share their prefix (Ollama's prompt cache).
+HISTORY_BLOCK_TURNS = 4
+#: Room kept for the note that stands for the dropped turns (its size does not depend on
+#: the budget left, so it changes only when another block is dropped).
+DROPPED_NOTE_TOKENS = 100
 
 #: The database schema, one step per version (``PRAGMA user_version``): a database is brought
 #: up to date by the steps after its version, in one transaction, when it is opened. Append new
@@ -69,14 +78,16 @@ def migrate(db: sqlite3.Connection) -> None:
 
 @dataclass(frozen=True)
 class StoredTurn:
-    """One remembered turn: its messages and their estimated size in tokens."""
+    """One remembered turn: its messages, their estimated size in tokens, and its place in
+    the conversation (0 for the first turn)."""
 
     messages: list[BaseMessage]
     tokens: int
+    number: int
 
     @classmethod
-    def of(cls, messages: Sequence[BaseMessage]) -> StoredTurn:
-        return cls(list(messages), estimate_tokens(messages))
+    def of(cls, messages: Sequence[BaseMessage], number: int) -> StoredTurn:
+        return cls(list(messages), estimate_tokens(messages), number)
 
 
 class Memory:
@@ -109,7 +120,7 @@ class Memory:
             turns = self._cached(conversation_id)
             self._db.execute("INSERT INTO turns (conversation_id, messages, created) VALUES (?, ?, ?)",
                              (conversation_id, _dumps(messages), time.time()))
-            turns.append(StoredTurn.of(messages))
+            turns.append(StoredTurn.of(messages, turns[-1].number + 1 if turns else 0))
             del turns[:-MAX_TURNS_LOADED]
 
     def begin_turn(self, conversation_id: str, messages: Sequence[BaseMessage]) -> int:
@@ -135,7 +146,7 @@ class Memory:
             turns = self._cached(conversation_id)
             self._db.execute("UPDATE turns SET messages = ?, state = 'done' WHERE id = ?",
                              (_dumps(messages), turn_id))
-            turns.append(StoredTurn.of(messages))
+            turns.append(StoredTurn.of(messages, turns[-1].number + 1 if turns else 0))
             del turns[:-MAX_TURNS_LOADED]
 
     def recover_interrupted(self, conversation_id: str) -> list[str]:
@@ -202,7 +213,11 @@ class Memory:
                 "SELECT messages FROM turns WHERE conversation_id = ? AND state != 'open' "
                 "ORDER BY id DESC LIMIT ?",
                 (conversation_id, MAX_TURNS_LOADED)).fetchall()
-            turns = [StoredTurn.of(messages_from_dict(json.loads(row[0]))) for row in reversed(rows)]
+            total = self._db.execute("SELECT COUNT(*) FROM turns WHERE conversation_id = ? AND state != 'open'",
+                                     (conversation_id,)).fetchone()[0]
+            first = total - len(rows)  # the number of the oldest turn loaded
+            turns = [StoredTurn.of(messages_from_dict(json.loads(row[0])), first + i)
+                     for i, row in enumerate(reversed(rows))]
             self._cache[conversation_id] = turns
             while len(self._cache) > CACHED_CONVERSATIONS:
                 self._cache.popitem(last=False)
@@ -230,32 +245,37 @@ def estimate_tokens(messages: Sequence[BaseMessage]) -> int:
 
 
 def fit_history(turns: Sequence[StoredTurn], budget_tokens: int) -> list[BaseMessage]:
-    """The newest turns that fit ``budget_tokens``, oldest first; when older turns are
-    dropped, a short note in their place says how many and what they were about."""
-    kept: list[StoredTurn] = []
-    used = 0
-    for turn in reversed(turns):
-        if used + turn.tokens > budget_tokens:
-            break
-        kept.append(turn)
-        used += turn.tokens
-    kept.reverse()
-    dropped = turns[:len(turns) - len(kept)]
-    history = [message for turn in kept for message in turn.messages]
-    if not dropped:
-        return history
-    note = _dropped_note(dropped, budget_tokens - used)
-    return [note, *history] if note is not None else history
+    """The history that fits ``budget_tokens``, oldest first, in whole turns (a tool call
+    stays with its results).
+
+    When it does not all fit, the oldest turns are dropped in whole blocks of
+    :data:`HISTORY_BLOCK_TURNS` (by their number in the conversation), so the history starts
+    at the same turn in request after request until another block must go; only when even
+    the newest block does not fit is it cut turn by turn. A note in their place, within
+    :data:`DROPPED_NOTE_TOKENS`, says how many turns were left out and what they were about.
+    """
+    if sum(turn.tokens for turn in turns) <= budget_tokens:
+        return [message for turn in turns for message in turn.messages]
+    room = budget_tokens - DROPPED_NOTE_TOKENS
+    if room < 0:
+        return []
+    after = list(accumulate(reversed([turn.tokens for turn in turns]), initial=0))[::-1]
+    fits = [index for index, tokens in enumerate(after) if tokens <= room]  # turns[index:] fit
+    on_block = [index for index in fits if index < len(turns)
+                and turns[index].number % HISTORY_BLOCK_TURNS == 0]
+    start = (on_block or fits)[0]
+    left_out = turns[start].number if start < len(turns) else turns[-1].number + 1
+    note = _dropped_note(turns[:start], left_out)
+    return [note, *(message for turn in turns[start:] for message in turn.messages)]
 
 
-def _dropped_note(dropped: Sequence[StoredTurn], budget_tokens: int) -> HumanMessage | None:
-    """What the dropped turns were about (the start of each user message), within the budget left."""
-    header = (f"[Memory note: {len(dropped)} earlier turn(s) of this conversation were left out "
+def _dropped_note(dropped: Sequence[StoredTurn], left_out: int) -> HumanMessage:
+    """How many turns were left out and what the latest of them were about (the start of each
+    user message), within :data:`DROPPED_NOTE_TOKENS`."""
+    header = (f"[Memory note: {left_out} earlier turn(s) of this conversation were left out "
               f"to fit the context window. The user had written:")
     topics: list[str] = []
-    budget_chars = budget_tokens * CHARS_PER_TOKEN - len(header) - MESSAGE_OVERHEAD * CHARS_PER_TOKEN
-    if budget_chars <= 0:
-        return None
+    budget_chars = (DROPPED_NOTE_TOKENS - MESSAGE_OVERHEAD) * CHARS_PER_TOKEN - len(header) - 1
     for turn in reversed(dropped):
         first = next((m for m in turn.messages if isinstance(m, HumanMessage)), None)
         if first is None:

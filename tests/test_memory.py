@@ -8,15 +8,15 @@ from pathlib import Path
 
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-from assistant.memory import MIGRATIONS, Memory, StoredTurn, estimate_tokens, fit_history
+from assistant.memory import DROPPED_NOTE_TOKENS, MIGRATIONS, Memory, StoredTurn, estimate_tokens, fit_history
 
 
 def turn(user: str, answer: str = "ok") -> list:
     return [HumanMessage(content=user), AIMessage(content=answer)]
 
 
-def stored(user: str) -> StoredTurn:
-    return StoredTurn.of(turn(user))
+def stored(user: str, number: int = 0) -> StoredTurn:
+    return StoredTurn.of(turn(user), number)
 
 
 def test_turns_persist_across_instances_in_a_new_directory(tmp_path: Path) -> None:
@@ -59,22 +59,63 @@ def test_appends_from_many_threads(tmp_path: Path) -> None:
     assert [t.messages[0].content for t in Memory(tmp_path / "m.sqlite3").turns("c2")] == [f"2-{i}" for i in range(20)]
 
 
-def test_fit_history_keeps_newest_turns_and_notes_the_dropped() -> None:
-    turns = [stored(f"question {i} " + "x" * 400) for i in range(5)]
+def test_fit_history_drops_old_turns_in_blocks_so_the_prefix_stays_the_same() -> None:
+    turns = [stored(f"question {i} " + "x" * 400, i) for i in range(14)]
     per_turn = turns[0].tokens
+    budget = DROPPED_NOTE_TOKENS + per_turn * 5  # the note and five turns
 
-    history = fit_history(turns, budget_tokens=per_turn * 2 + 60)
+    histories = {n: fit_history(turns[:n], budget) for n in range(1, 15)}
 
-    assert history[0].content.startswith("[Memory note: 3 earlier turn(s)")
-    assert '"question 2 xxx' in history[0].content  # what the dropped turns were about
-    assert [m.content[:10] for m in history[1::2]] == ["question 3", "question 4"]
-    assert estimate_tokens(history) <= per_turn * 2 + 60
+    assert histories[5] == [m for t in turns[:5] for m in t.messages]  # all fit
+    asked = {n: [m.content[:11].strip() for m in history[1::2]] for n, history in histories.items()}
+    assert asked[6] == ["question 4", "question 5"]  # a whole block (0-3) went, not just turn 0
+    assert asked[9] == ["question 4", "question 5", "question 6", "question 7", "question 8"]
+    assert asked[10] == ["question 8", "question 9"]  # the next block (4-7)
+    for n in (6, 7, 8):  # the same start while the block holds: each request extends the last
+        assert histories[n + 1][:len(histories[n])] == histories[n]
+    assert histories[10][0].content.startswith("[Memory note: 8 earlier turn(s)")
+    assert '"question 7 xxx' in histories[10][0].content  # what the dropped turns were about
+    assert all(estimate_tokens(history) <= budget for history in histories.values())
+    assert len(histories[10][0].content) // 4 + 8 <= DROPPED_NOTE_TOKENS
+
+
+def test_fit_history_keeps_a_turn_whole_and_cuts_turn_by_turn_only_when_a_block_is_too_big() -> None:
+    call = {"name": "image", "args": {"attachment_id": "att_1"}, "id": "c1", "type": "tool_call"}
+    with_tool = StoredTurn.of([HumanMessage(content="photo"), AIMessage(content="", tool_calls=[call]),
+                               ToolMessage(content="x" * 400, tool_call_id="c1", name="image"),
+                               AIMessage(content="A cat.")], 1)
+    turns = [stored("h" * 800, 0), with_tool, stored("y" * 400, 2), stored("z" * 400, 3)]
+    budget = DROPPED_NOTE_TOKENS + turns[2].tokens + turns[3].tokens  # no block start fits
+
+    history = fit_history(turns, budget)
+
+    assert [m.content[:1] for m in history[1:]] == ["y", "o", "z", "o"]
+    assert history[0].content.startswith("[Memory note: 2 earlier turn(s)")
+    history = fit_history(turns, budget + with_tool.tokens)  # the call and its result come together
+    assert [type(m).__name__ for m in history[1:5]] == ["HumanMessage", "AIMessage", "ToolMessage", "AIMessage"]
+    assert history[0].content.startswith("[Memory note: 1 earlier turn(s)")
 
 
 def test_fit_history_everything_fits_or_nothing() -> None:
-    turns = [stored("short"), stored("also short")]
+    turns = [stored("short", 0), stored("also short", 1)]
     assert fit_history(turns, 10_000) == [m for t in turns for m in t.messages]
     assert fit_history(turns, 0) == []
+
+
+def test_turns_are_numbered_from_the_conversations_first(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "m.sqlite3"
+    memory = Memory(path)
+    for i in range(5):
+        memory.append("a", turn(f"q{i}"))
+    turn_id = memory.begin_turn("a", [HumanMessage(content="q5")])
+    memory.finish_turn("a", turn_id, turn("q5"))
+    assert [t.number for t in memory.turns("a")] == [0, 1, 2, 3, 4, 5]
+
+    monkeypatch.setattr("assistant.memory.MAX_TURNS_LOADED", 3)
+    reopened = Memory(path)
+    assert [(t.number, t.messages[0].content) for t in reopened.turns("a")] == [(3, "q3"), (4, "q4"), (5, "q5")]
+    reopened.append("a", turn("q6"))
+    assert [t.number for t in reopened.turns("a")] == [4, 5, 6]
 
 
 def test_token_estimate_counts_tool_calls() -> None:
