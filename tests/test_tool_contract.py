@@ -41,7 +41,7 @@ def _check_local(path: Path) -> str | None:
 
 
 class BytesParams(BaseModel):
-    attachment_id: str = Field(description="Id of the file, e.g. att_1.")
+    attachment_id: str
     unit: int | None = Field(None, ge=1, description="Bytes per unit.")
 
 

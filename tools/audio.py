@@ -148,8 +148,8 @@ def _check_cached(value: str) -> ModelCheck | None:
 
 class AudioTool(Tool[AudioParams]):
     name = "audio"
-    description = ("Tag the sounds of an audio clip, voice note or video (YAMNet, 521 classes: "
-                   "speech, music, animals, sirens, vehicles...) and when each is heard. "
+    description = ("Tag the sounds of an audio clip, voice note or video (521 classes: speech, "
+                   "music, animals, sirens, vehicles...) and when each is heard. "
                    "It does not transcribe speech.")
     Params = AudioParams
     kinds = frozenset({"audio", "voice", "video"})

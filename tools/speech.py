@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from tools.base import (ModelCheck, ModelSource, ModelSpec, Setting, TextTrigger, Tool,
                         ToolConfig, ToolContext, ToolError, ToolResult, short_reason,
@@ -74,7 +74,7 @@ LANGUAGE = Setting("ASSISTANT_SPEECH_LANGUAGE", None, check=_language,
 
 
 class SpeechParams(BaseModel):
-    attachment_id: str = Field(description="Id of the voice note, audio or video attachment, e.g. att_1.")
+    attachment_id: str
 
 
 class Segment(BaseModel):
