@@ -152,7 +152,7 @@ def test_build_agent_wires_tools_memory_and_ollama(models_env: Path, monkeypatch
 
     agent = build_agent(settings)
 
-    assert set(agent.tools.names) == {"sentiment", "audio", "image", "detect", "video"}
+    assert set(agent.tools.names) == {"sentiment", "audio", "image", "detect", "video", "speech"}
     assert agent.memory.path == settings.db_path and settings.db_path.exists()
     assert (agent.llm_status().host, agent.llm_status().model) == ("http://127.0.0.1:9", "llama3.1:8b")
     assert build_agent(settings, use_llm=False).llm is None
@@ -169,7 +169,7 @@ def test_real_tools_end_to_end(real_agent: Agent, fake_ollama: FakeOllama, media
 
     assert reply.text == "Зебра и сирена." and reply.llm_used
     first, second = fake_ollama.chat_requests()
-    assert {tool["function"]["name"] for tool in first["tools"]} == {"sentiment", "audio", "image", "detect", "video"}
+    assert {tool["function"]["name"] for tool in first["tools"]} == {"sentiment", "audio", "image", "detect", "video", "speech"}
     results = [json.loads(m["content"]) for m in first["messages"] if m["role"] == "tool"]
     routed = {result.get("tool"): result for result in results}
     assert set(routed) == {"image", "audio"}  # no detection: the text does not ask what or where
