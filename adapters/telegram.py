@@ -7,7 +7,8 @@ progress and the place in the queue; the agent's :class:`Reply` is then sent as 
 split below the message limit, with its annotated photos and videos.
 
 Order, worker threads, cancel, the heavy-job queue and throttling are the session's
-(:mod:`assistant.session`); updates are handled concurrently.
+(:mod:`assistant.session`); updates are handled concurrently. Downloads are kept with their
+attachment ids (see :class:`~assistant.attachments.AttachmentStore`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,10 @@ import logging
 import re
 import secrets
 import os
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 import warnings
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -95,7 +93,6 @@ class BotOptions:
     draft_refresh: float = 20.0  # ... and the same draft again this often (drafts last ~30 s)
     edit_interval: float = 3.5  # groups: at most one edit this often (~20 requests a minute)
     action_interval: float = 4.5  # a chat action shows for ~5 s; renew it this often
-    keep_turns: int = 3  # per chat, the downloads of this many recent turns stay for follow-ups
     concurrent_updates: int = 64
     max_retries: int = 3  # retries after Telegram's flood limit (429 retry_after)
 
@@ -199,7 +196,6 @@ def build_application(settings: Settings, agent: Agent, telegram: TelegramSettin
         .read_timeout(30)
         .media_write_timeout(120)
         .post_init(bot.post_init)
-        .post_shutdown(bot.post_shutdown)
         .build()
     )
     application.add_handler(TypeHandler(Update, bot.gate), group=-1)
@@ -230,7 +226,7 @@ class IncomingFile:
 
 
 class TelegramBot:
-    """Handlers and the state they share: access, the session, downloads, albums."""
+    """Handlers and the state they share: access, the session, albums."""
 
     def __init__(self, agent: Agent, settings: Settings, telegram: TelegramSettings, *,
                  allow_all: bool = False, options: BotOptions = BotOptions()) -> None:
@@ -240,7 +236,6 @@ class TelegramBot:
         self.download_limit = download_limit(settings, telegram)
         self.public_api = telegram.api_base_url.rstrip("/") == PUBLIC_API
         self.session = Session(agent, heavy_jobs=options.heavy_jobs)
-        self.downloads = Downloads(options.keep_turns)
         self._albums: dict[tuple[int, str], Album] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -253,9 +248,6 @@ class TelegramBot:
                 chat_id = int(conversation.rpartition(":")[2])
                 with contextlib.suppress(TelegramError):
                     await application.bot.send_message(chat_id, interrupted_notice(text))
-
-    async def post_shutdown(self, application: Application) -> None:
-        self.downloads.close()
 
     # -- access ---------------------------------------------------------------------------------
 
@@ -289,7 +281,6 @@ class TelegramBot:
         chat_id = update.effective_chat.id
         async with self._in_order(chat_id):
             await asyncio.to_thread(self.agent.reset, conversation_id(chat_id))
-            self.downloads.forget(chat_id)
             await self._send_text(context, chat_id, "Done: I've forgotten this conversation.", plain=True)
 
     async def on_cancel(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -353,9 +344,8 @@ class TelegramBot:
         if files:
             await live.action(ChatAction.TYPING)  # downloading takes a moment too
             store = self.agent.attachments(conversation)
-            folder = self.downloads.new_turn(chat_id)
-            for index, incoming in enumerate(files, 1):
-                path = await self._download(context, incoming, folder / f"{index}_{incoming.name}")
+            for incoming in files:
+                path = await self._download(context, incoming, store.new_path(incoming.name))
                 if path is None:
                     await self._send_text(context, chat_id, self._too_big_message([incoming]), plain=True)
                     return
@@ -819,35 +809,6 @@ class _Flood(Exception):
     def __init__(self, error: RetryAfter) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-class Downloads:
-    """Per-chat temporary folders for downloaded files: the last few turns' files stay (the
-    user may ask about them again), older ones, /reset and shutdown remove them."""
-
-    def __init__(self, keep_turns: int) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="assistant-telegram-"))
-        self.keep_turns = max(1, keep_turns)
-        self._turns: dict[int, deque[Path]] = {}
-        self._count = 0
-
-    def new_turn(self, chat_id: int) -> Path:
-        self._count += 1
-        folder = self.root / f"chat_{chat_id}" / f"turn_{self._count}"
-        folder.mkdir(parents=True)
-        turns = self._turns.setdefault(chat_id, deque())
-        turns.append(folder)
-        while len(turns) > self.keep_turns:
-            shutil.rmtree(turns.popleft(), ignore_errors=True)
-        return folder
-
-    def forget(self, chat_id: int) -> None:
-        self._turns.pop(chat_id, None)
-        shutil.rmtree(self.root / f"chat_{chat_id}", ignore_errors=True)
-
-    def close(self) -> None:
-        self._turns.clear()
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,9 +10,11 @@ rendered from a template, clearly marked as such.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
+import shutil
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -51,16 +53,19 @@ class Agent:
 
     def __init__(self, tools: ToolRegistry, memory: Memory, llm: ChatLLM | None, *,
                  output_root: Path, num_ctx: int = 8192, max_tool_rounds: int = 4,
-                 max_file_bytes: int | None = None, status_host: str = "", status_model: str = "") -> None:
+                 max_file_bytes: int | None = None, status_host: str = "", status_model: str = "",
+                 attachment_root: Path | None = None, attachment_bytes: int | None = None) -> None:
         self.tools = tools
         self.memory = memory
         self.llm = llm
         self.output_root = Path(output_root)
+        #: Where received files are kept, one folder per conversation (default: beside the outputs).
+        self.attachment_root = Path(attachment_root or self.output_root.parent / "attachments")
+        self.attachment_bytes = attachment_bytes
         self.num_ctx = num_ctx
         self.max_tool_rounds = max_tool_rounds
         self.max_file_bytes = max_file_bytes
         self._status_host, self._status_model = status_host, status_model
-        self._stores: dict[str, AttachmentStore] = {}
         self._lock = threading.Lock()
         self._told_no_tools: set[str] = set()
         self.schemas = tools.schemas()  # the tools never change; their schemas are built once
@@ -70,19 +75,18 @@ class Agent:
     # -- the fixed interface -------------------------------------------------------------
 
     def attachments(self, conversation_id: str) -> AttachmentStore:
-        """The conversation's attachments: adapters register files here."""
-        with self._lock:
-            store = self._stores.get(conversation_id)
-            if store is None:
-                store = self._stores[conversation_id] = AttachmentStore(self.max_file_bytes)
-            return store
+        """The conversation's attachments (kept in memory's database): adapters register files
+        here, and put the files they receive at :meth:`AttachmentStore.new_path`."""
+        return AttachmentStore(self.max_file_bytes, memory=self.memory, conversation_id=conversation_id,
+                               folder=self.attachment_dir(conversation_id),
+                               folder_bytes=self.attachment_bytes)
 
     def reset(self, conversation_id: str) -> None:
-        """Forget the conversation's memory and attachments."""
+        """Forget the conversation's memory and attachments (and delete the files it received)."""
         with self._lock:
-            self._stores.pop(conversation_id, None)
             self._told_no_tools.discard(conversation_id)
         self.memory.clear(conversation_id)
+        shutil.rmtree(self.attachment_dir(conversation_id), ignore_errors=True)
 
     def warm_up(self) -> str | None:
         """Check and load the language model; one sentence if something is wrong. Never raises."""
@@ -132,8 +136,7 @@ class Agent:
     # -- helpers used by a turn ----------------------------------------------------------
 
     def output_dir(self, conversation_id: str) -> Path:
-        safe = re.sub(r"[^\w.-]", "_", conversation_id)[:80] or "default"
-        path = self.output_root / safe
+        path = self.output_root / _safe_name(conversation_id)[:80]
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -154,6 +157,11 @@ class Agent:
                 return False
             self._told_no_tools.add(conversation_id)
             return True
+
+    def attachment_dir(self, conversation_id: str) -> Path:
+        """The folder of the files the conversation received (one per conversation id)."""
+        digest = hashlib.sha256(conversation_id.encode()).hexdigest()[:10]
+        return self.attachment_root / f"{_safe_name(conversation_id)[:60]}-{digest}"
 
 
 class _TurnRun:
@@ -494,6 +502,11 @@ def _user_text(turn: Turn, attachments: AttachmentStore, spoken: dict[str, str] 
     return text
 
 
+def _safe_name(conversation_id: str) -> str:
+    """A conversation id as a folder name."""
+    return re.sub(r"[^\w.-]", "_", conversation_id) or "default"
+
+
 def _subject(call: dict[str, Any]) -> str:
     target = call["args"].get("attachment_id")
     return f"{call['name']} on {target}" if target else call["name"]
@@ -543,4 +556,6 @@ def build_agent(settings: Settings, *, use_llm: bool = True) -> Agent:
                  output_root=db_path.parent / "outputs", num_ctx=settings.llm_num_ctx,
                  max_tool_rounds=settings.max_tool_rounds,
                  max_file_bytes=settings.max_file_bytes,
-                 status_host=settings.ollama_host, status_model=settings.llm_model)
+                 status_host=settings.ollama_host, status_model=settings.llm_model,
+                 attachment_root=db_path.parent / "attachments",
+                 attachment_bytes=settings.attachments_bytes)

@@ -50,6 +50,7 @@ CORE_SETTINGS: dict[str, Setting] = {
     "models_dir": Setting("ASSISTANT_MODELS_DIR", None, Path),
     "device": Setting("ASSISTANT_DEVICE", None),
     "max_file_mb": Setting("ASSISTANT_MAX_FILE_MB", 200.0, float, minimum=0.001),
+    "attachments_mb": Setting("ASSISTANT_ATTACHMENTS_MB", 500.0, float, minimum=0.001),
     "ollama_host": Setting("OLLAMA_HOST", "http://127.0.0.1:11434", check=_ollama_url,
                            allowed="host, host:port or http(s)://host:port"),
     "llm_model": Setting("ASSISTANT_LLM_MODEL", "llama3.1:8b"),
@@ -70,6 +71,8 @@ class Settings:
     models_dir: Path | None = None
     device: str | None = None
     max_file_mb: float = 200.0
+    #: Received files (Telegram downloads) kept per conversation, in MB; the oldest go first.
+    attachments_mb: float = 500.0
     ollama_host: str = "http://127.0.0.1:11434"
     llm_model: str = "llama3.1:8b"
     llm_num_ctx: int = 8192
@@ -85,6 +88,10 @@ class Settings:
     @property
     def max_file_bytes(self) -> int:
         return int(self.max_file_mb * MB)
+
+    @property
+    def attachments_bytes(self) -> int:
+        return int(self.attachments_mb * MB)
 
     def model(self, variable: str) -> ModelSource:
         """Where the model of ``variable`` comes from (the default if it was not read)."""

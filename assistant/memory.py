@@ -8,18 +8,22 @@ stays the same for several turns and its prompt cache keeps serving it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 
 from langchain_core.messages import (AIMessage, BaseMessage, HumanMessage, ToolMessage, messages_from_dict,
                                      messages_to_dict)
+
+from assistant.attachments import Attachment
 
 #: Rough characters per token for budgeting (Llama 3's tokenizer averages ~4 for English,
 #: fewer for Russian; the reserve in the budget absorbs the difference).
@@ -56,24 +60,42 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             bound REAL NOT NULL)""",),
     # A turn is stored as it happens ('open'), then 'done', or 'interrupted' if its process died.
     ("ALTER TABLE turns ADD COLUMN state TEXT NOT NULL DEFAULT 'done'",),
+    # Each conversation's attachments (att_<number>), so ids stay unique across restarts.
+    ("""CREATE TABLE attachments (
+            conversation_id TEXT NOT NULL,
+            number INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            path TEXT NOT NULL,
+            name TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            forwarded_from TEXT,
+            created REAL NOT NULL,
+            PRIMARY KEY (conversation_id, number))""",),
 )
 #: What an interrupted turn ends with in the history.
 INTERRUPTED_NOTE = "(This turn was interrupted before it was answered: the assistant stopped.)"
 
 
-def migrate(db: sqlite3.Connection) -> None:
-    """Bring the database up to the latest schema version (safe with several processes)."""
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction (taking the write lock at once, so several processes are safe)."""
     db.execute("BEGIN IMMEDIATE")
     try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring the database up to the latest schema version (safe with several processes)."""
+    with transaction(db):
         version = db.execute("PRAGMA user_version").fetchone()[0]
         for step in MIGRATIONS[version:]:
             for statement in step:
                 db.execute(statement)
         db.execute(f"PRAGMA user_version = {max(version, len(MIGRATIONS))}")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
 
 
 @dataclass(frozen=True)
@@ -200,9 +222,55 @@ class Memory:
         with self._lock:
             return dict(self._db.execute("SELECT username, user_id FROM telegram_usernames"))
 
-    def clear(self, conversation_id: str) -> None:
+    def add_attachment(self, conversation_id: str, kind: str, path: Path, name: str, size: int,
+                       forwarded_from: str | None = None) -> Attachment:
+        """Store a new attachment of the conversation under the next free id (``att_<n>``,
+        unique in the conversation however many processes share the database). The first
+        one comes after any id its turns mention (turns stored before ids were)."""
+        with self._lock, transaction(self._db):
+            (last,) = self._db.execute("SELECT MAX(number) FROM attachments WHERE conversation_id = ?",
+                                       (conversation_id,)).fetchone()
+            if last is None:
+                rows = self._db.execute("SELECT messages FROM turns WHERE conversation_id = ? "
+                                        "AND instr(messages, ?) > 0", (conversation_id, ATTACHMENT_PREFIX))
+                last = max((int(number) for (data,) in rows for number in _MENTIONED_ID.findall(data)),
+                           default=0)
+            self._db.execute("INSERT INTO attachments (conversation_id, number, kind, path, name, size, "
+                             "forwarded_from, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             (conversation_id, last + 1, kind, str(path), name, size, forwarded_from,
+                              time.time()))
+        return Attachment(f"{ATTACHMENT_PREFIX}{last + 1}", kind, Path(path), name, size, forwarded_from)
+
+    def attachment(self, conversation_id: str, attachment_id: str) -> Attachment | None:
+        """The conversation's attachment with this id, or None."""
+        number = re.fullmatch(f"{ATTACHMENT_PREFIX}([0-9]{{1,18}})", attachment_id)
+        if number is None:
+            return None
         with self._lock:
+            row = self._db.execute(f"SELECT {_ATTACHMENT_COLUMNS} FROM attachments "
+                                   "WHERE conversation_id = ? AND number = ?",
+                                   (conversation_id, int(number[1]))).fetchone()
+        return None if row is None else _attachment(row)
+
+    def attachments(self, conversation_id: str) -> list[Attachment]:
+        """The conversation's attachments, oldest first."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_ATTACHMENT_COLUMNS} FROM attachments "
+                                    "WHERE conversation_id = ? ORDER BY number", (conversation_id,)).fetchall()
+        return [_attachment(row) for row in rows]
+
+    def count_attachments(self, conversation_id: str) -> int:
+        """How many attachments the conversation has (one indexed count, no rows read)."""
+        with self._lock:
+            (count,) = self._db.execute("SELECT COUNT(*) FROM attachments WHERE conversation_id = ?",
+                                        (conversation_id,)).fetchone()
+        return count
+
+    def clear(self, conversation_id: str) -> None:
+        """Forget the conversation's turns and attachments."""
+        with self._lock, transaction(self._db):
             self._db.execute("DELETE FROM turns WHERE conversation_id = ?", (conversation_id,))
+            self._db.execute("DELETE FROM attachments WHERE conversation_id = ?", (conversation_id,))
             self._cache.pop(conversation_id, None)
 
     def _cached(self, conversation_id: str) -> list[StoredTurn]:
@@ -227,6 +295,17 @@ class Memory:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+#: What every attachment id starts with (then its number in the conversation).
+ATTACHMENT_PREFIX = "att_"
+_ATTACHMENT_COLUMNS = "number, kind, path, name, size, forwarded_from"
+_MENTIONED_ID = re.compile(rf"\b{ATTACHMENT_PREFIX}([0-9]{{1,18}})\b")
+
+
+def _attachment(row: tuple) -> Attachment:
+    number, kind, path, name, size, forwarded_from = row
+    return Attachment(f"{ATTACHMENT_PREFIX}{number}", kind, Path(path), name, size, forwarded_from)
 
 
 def _dumps(messages: Sequence[BaseMessage]) -> str:

@@ -11,6 +11,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 
 from tools.detection import PhotoDetectionTool
 from assistant.agent import NO_LLM_NOTE, Agent
+from assistant.errors import ToolError
 from assistant.llm import LLMError, ToolsUnsupported
 from assistant.memory import Memory
 from assistant.turns import Turn
@@ -362,3 +363,50 @@ def test_the_first_request_reads_a_short_fixed_prompt(tmp_path: Path, native: bo
     assert len(fixed) / MEASURED_CHARS_PER_TOKEN <= FIXED_PROMPT_BUDGET
     assert all(name in fixed for name in agent.tools.names)  # without native tools: listed in it
     assert {str(call.messages[0].content) for call in llm.calls} == {str(first.messages[0].content)}
+
+
+def test_a_restart_between_two_turns_keeps_the_attachment_ids(make_agent, tools: ToolRegistry,
+                                                               photo: Path) -> None:
+    first = make_agent(ScriptedLLM([say("A cat.")]))
+    image = attach(first, "c", photo, "image")
+    first.respond(Turn("c", "my cat", [image]))
+    first.memory.close()
+
+    llm = ScriptedLLM([call_tools(("detect", {"attachment_id": "att_1"})), say("One cat.")])
+    second = make_agent(llm)  # a new Agent and Memory on the same database, as after a restart
+    reply = second.respond(Turn("c", "find the objects in that photo"))
+
+    assert reply.text == "One cat."
+    assert tools.get("detect").calls == [{"attachment_id": "att_1"}]  # type: ignore[attr-defined]
+    assert "error" not in tool_messages(llm.calls[-1].messages)[-1].content
+    assert attach(second, "c", photo, "image").id == "att_2"  # new ids continue the numbering
+    assert [a.id for a in second.attachments("c")] == ["att_1", "att_2"]
+
+
+def test_received_files_stay_within_the_cap_and_reset_deletes_them(make_agent, photo: Path) -> None:
+    agent = make_agent(None, attachment_bytes=25)
+    store = agent.attachments("c")
+    received = []
+    for index in range(3):
+        path = store.new_path(f"photo {index}.jpg")
+        path.write_bytes(b"\xff\xd8\xff" + bytes(7))  # 10 bytes each
+        received.append(store.register(path, name=f"photo {index}.jpg"))
+    own = store.register(photo)  # the user's own file (the REPL's /attach) is never the store's
+
+    assert [a.path.parent for a in received] == [agent.attachment_dir("c")] * 3
+    assert [a.path.exists() for a in received] == [False, True, True]  # the oldest went first
+    with pytest.raises(ToolError, match=r"photo 0.jpg \(att_1\): that file is no longer available; send it again"):
+        agent.attachments("c").path_of("att_1", {"image"})
+    assert agent.attachments("c").path_of("att_3", {"image"}) == received[2].path
+    empty = store.new_path("empty.jpg")
+    empty.touch()
+    with pytest.raises(ToolError, match="empty"):
+        store.register(empty)
+    assert not empty.exists()  # a received file that is refused is not kept
+
+    agent.reset("c")
+    assert not agent.attachment_dir("c").exists() and own.path.exists()
+    assert len(agent.attachments("c")) == 0
+    assert agent.attachment_dir("a:b") != agent.attachment_dir("a_b")  # no two conversations share one
+    # A text-only chat asked about its attachments (each message's heavy-queue check) leaves nothing behind.
+    assert len(agent.attachments("text only")) == 0 and not agent.attachment_dir("text only").exists()

@@ -147,3 +147,45 @@ def test_a_database_from_before_versioning_keeps_its_conversations(tmp_path: Pat
     assert len(again.turns("a")) == 1
     version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
     assert version == len(MIGRATIONS)
+
+
+def test_attachments_keep_their_ids_across_instances_and_reset_forgets_them(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite3"
+    memory = Memory(path)
+    first = memory.add_attachment("a", "image", tmp_path / "cat.jpg", "cat.jpg", 123)
+    second = memory.add_attachment("a", "voice", tmp_path / "v.oga", "v.oga", 9, forwarded_from="Bob")
+    other = memory.add_attachment("b", "audio", tmp_path / "s.wav", "s.wav", 5)
+    assert (first.id, second.id, other.id) == ("att_1", "att_2", "att_1")
+    memory.close()
+
+    reopened = Memory(path)
+    assert reopened.attachment("a", "att_2") == second  # kind, path, name, size, forwarded_from
+    assert reopened.attachments("a") == [first, second]
+    assert (reopened.count_attachments("a"), reopened.count_attachments("none")) == (2, 0)
+    assert reopened.attachment("a", "att_3") is None and reopened.attachment("a", "2") is None
+    assert reopened.attachment("a", "att_٢") is None  # only ASCII digits
+    assert reopened.add_attachment("a", "video", tmp_path / "c.mp4", "c.mp4", 7).id == "att_3"
+
+    reopened.append("a", turn("photo"))
+    reopened.clear("a")
+    assert reopened.attachments("a") == [] and reopened.turns("a") == []
+    assert reopened.attachments("b") == [other]
+
+
+def test_a_database_of_the_previous_version_upgrades_and_keeps_its_turns(tmp_path: Path) -> None:
+    path = tmp_path / "v3.sqlite3"
+    old = sqlite3.connect(path, isolation_level=None)
+    for step in MIGRATIONS[:3]:  # the schema before attachments were stored
+        for statement in step:
+            old.execute(statement)
+    old.execute("PRAGMA user_version = 3")
+    old.execute("INSERT INTO turns (conversation_id, messages, created, state) VALUES (?, ?, 0, 'done')",
+                ("a", '[{"type": "human", "data": {"content": "photo att_1", "type": "human"}}]'))
+    old.close()
+
+    memory = Memory(path)
+    assert [t.messages[0].content for t in memory.turns("a")] == ["photo att_1"]
+    # Ids already mentioned in the conversation are not given again.
+    assert memory.add_attachment("a", "image", tmp_path / "x.jpg", "x.jpg", 1).id == "att_2"
+    assert memory.add_attachment("fresh", "image", tmp_path / "x.jpg", "x.jpg", 1).id == "att_1"
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)

@@ -43,7 +43,10 @@ FAST = BotOptions(album_wait=0.3, draft_interval=0.05, edit_interval=0.1, action
 
 
 class StubAgent:
-    """The agent interface the bot uses, answering with ``answer(turn, progress)``."""
+    """The agent interface the bot uses, answering with ``answer(turn, progress)``; received
+    files go under ``root`` (each test's temporary folder)."""
+
+    root: Path
 
     def __init__(self, answer: Callable[..., Reply] | None = None, memory: Memory | None = None) -> None:
         self.answer = answer or (lambda turn, progress: Reply(text=f"You said: **{turn.text}**"))
@@ -57,7 +60,8 @@ class StubAgent:
         self._stores: dict[str, AttachmentStore] = {}
 
     def attachments(self, conversation_id: str) -> AttachmentStore:
-        return self._stores.setdefault(conversation_id, AttachmentStore())
+        return self._stores.setdefault(conversation_id,
+                                       AttachmentStore(folder=self.root / conversation_id.replace(":", "_")))
 
     def respond(self, turn: Turn, *, on_token=None, on_progress=None, cancel=None) -> Reply:
         self.turns.append(turn)
@@ -100,7 +104,6 @@ async def running_bot(api: FakeBotAPI, agent, *, options: BotOptions = FAST, all
         await application.updater.stop()
         await application.stop()
         await application.shutdown()
-        await application.post_shutdown(application)
 
 
 def scenario(api: FakeBotAPI, agent, body: Callable[[], object], **kwargs) -> None:
@@ -109,6 +112,16 @@ def scenario(api: FakeBotAPI, agent, body: Callable[[], object], **kwargs) -> No
         async with running_bot(api, agent, **kwargs):
             await body()
     asyncio.run(main())
+
+
+@pytest.fixture(autouse=True)
+def _stub_files_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(StubAgent, "root", tmp_path / "attachments", raising=False)
+
+
+def real_agent(db: Path, llm) -> Agent:
+    """The real agent with the fake tools, on the database ``db``."""
+    return Agent(fake_tools(), Memory(db), llm, output_root=db.parent / "outputs")
 
 
 @pytest.fixture()
@@ -276,21 +289,43 @@ def test_photo_voice_video_audio_and_documents_become_attachments(api: FakeBotAP
     assert len(api.downloads) == 6
     root = Path(__file__).resolve().parent.parent
     assert not any(path.is_relative_to(root) for path in agent.paths)  # never into the repository
-    assert not any(path.exists() for path in agent.paths)  # the temporary area is cleaned up
+    assert all(path.is_relative_to(agent.root) and path.exists() for path in agent.paths)  # kept with their ids
 
 
-def test_downloads_of_old_turns_are_removed(api: FakeBotAPI, media: Path) -> None:
-    agent = StubAgent(lambda turn, progress: Reply(text="ok"))
-    for name in ("inet_zebra.jpg", "inet_pizza.jpg", "inet_goldfish.jpg"):
+def test_follow_up_about_a_photo_from_5_turns_earlier_after_a_restart(api: FakeBotAPI, media: Path,
+                                                                      tmp_path: Path) -> None:
+    db = tmp_path / "bot.sqlite3"
+    photos = ["inet_zebra.jpg", "inet_pizza.jpg", "inet_goldfish.jpg", "inet_school_bus.jpg", "ext_tabby_cat.jpg"]
+    first = real_agent(db, ScriptedLLM([say(f"Photo {n}.") for n in range(1, 6)]))
+    for name in photos:
         api.message(OWNER, photo=media / "images" / name)
-    exist_at_end: list[bool] = []
 
-    async def body() -> None:
-        await api.wait_for(lambda: len(api.texts(OWNER)) == 3)
-        exist_at_end.extend(path.exists() for path in agent.paths)
+    async def five_photos() -> None:
+        await api.wait_for(lambda: len(api.texts(OWNER)) == 5)
 
-    scenario(api, agent, body, options=replace(FAST, keep_turns=2))
-    assert exist_at_end == [False, True, True]  # follow-up questions can use the recent ones
+    scenario(api, first, five_photos)
+    first.memory.close()
+
+    # A restart: a new agent on the same database. The first photo is asked about 5 turns later.
+    llm = ScriptedLLM([call_tools(("detect", {"attachment_id": "att_1"})), say("The first photo shows a zebra."),
+                       say("A new photo.")])
+    second = real_agent(db, llm)
+    folder = second.attachment_dir(f"telegram:{OWNER}")
+    api.message(OWNER, text="Find the objects in the first photo")
+    api.message(OWNER, photo=media / "images" / "inet_pizza.jpg")
+    api.message(OWNER, text="/reset")
+
+    async def follow_up() -> None:
+        await api.wait_for(lambda: len(api.texts(OWNER)) == 8)
+
+    scenario(api, second, follow_up)
+    texts = api.texts(OWNER)
+    assert texts[5].startswith("The first photo shows a zebra.")
+    assert second.tools.get("detect").calls == [{"attachment_id": "att_1"}]  # type: ignore[attr-defined]
+    detect_result = [m for m in llm.calls[1].messages if getattr(m, "name", None) == "detect"][-1]
+    assert "error" not in detect_result.content
+    assert any("Attachments: att_6 (image, photo_" in str(m.content) for m in llm.calls[2].messages)
+    assert "forgotten" in texts[7] and not folder.exists()  # /reset deletes the conversation's files
 
 
 def test_album_is_one_turn_with_the_caption(api: FakeBotAPI, media: Path) -> None:
