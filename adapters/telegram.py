@@ -41,6 +41,7 @@ from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, Appli
 
 from assistant.config import MB, Setting, Settings, megabytes, read_settings
 from assistant.errors import ToolError, short_reason
+from assistant.recent import RecentSet
 from assistant.session import Session, Throttle, TurnView, ViewState, split_text
 from assistant.turns import Reply, Turn, interrupted_notice
 
@@ -57,6 +58,8 @@ PUBLIC_DOWNLOAD_LIMIT = 20 * MB
 PUBLIC_UPLOAD_LIMIT = 50 * MB
 #: Telegram's limit on one text message.
 MESSAGE_LIMIT = 4096
+#: Refused users remembered as told (strangers are many; the least recent are forgotten).
+REFUSALS_REMEMBERED = 4096
 
 COMMANDS = (
     ("start", "what this bot does"),
@@ -579,7 +582,7 @@ class Access:
         self.memory = memory
         self._bound = {name: user_id for name, user_id in memory.username_bindings().items()
                        if name in self.usernames}
-        self._refused: set[int] = set()
+        self._refused: RecentSet[int] = RecentSet(REFUSALS_REMEMBERED)
 
     def allows(self, user: User) -> bool:
         if self.allow_all or user.id in self.ids or user.id in self._bound.values():
@@ -598,11 +601,9 @@ class Access:
         return bound == user.id
 
     def first_refusal(self, user: User) -> bool:
-        """True the first time ``user`` is refused in this process (they are told once)."""
-        if user.id in self._refused:
-            return False
-        self._refused.add(user.id)
-        return True
+        """True the first time ``user`` is refused in this process (they are told once; of
+        many strangers, the least recent may be told again)."""
+        return self._refused.add(user.id)
 
 
 class Album:

@@ -29,6 +29,7 @@ from assistant.attachments import Attachment, AttachmentStore
 from assistant.config import Settings
 from assistant.llm import ChatLLM, LLMError, LLMStatus, ToolsUnsupported, message_text
 from assistant.memory import Memory, estimate_tokens, fit_history
+from assistant.recent import RecentSet
 from assistant.turns import CANCELLED, Reply, Turn
 from tools.base import Progress, Tool, ToolContext, ToolError, ToolResult, short_reason
 from tools.media import read_text_document
@@ -44,6 +45,8 @@ MAX_TOOL_RESULT_CHARS = 4000
 NO_LLM_NOTE = "no-LLM mode: tool results only"
 #: Longest text document (characters) put into the user's message for the model to read.
 MAX_DOCUMENT_CHARS = 8000
+#: Conversations remembered as told that their model has no native tools.
+TOLD_NO_TOOLS = 1024
 
 
 class Agent:
@@ -67,7 +70,7 @@ class Agent:
         self.max_file_bytes = max_file_bytes
         self._status_host, self._status_model = status_host, status_model
         self._lock = threading.Lock()
-        self._told_no_tools: set[str] = set()
+        self._told_no_tools: RecentSet[str] = RecentSet(TOLD_NO_TOOLS)
         self.schemas = tools.schemas()  # the tools never change; their schemas are built once
         self.schema_tokens = len(json.dumps(self.schemas, ensure_ascii=False)) // 4
         self.decision_schema = contract.decision_schema(tools.names)
@@ -152,11 +155,9 @@ class Agent:
         return system + "\n\n" + prompts.render("tool_selection", tools=tools)
 
     def tell_no_tools_once(self, conversation_id: str) -> bool:
+        """True the first time this conversation meets its model's lack of native tools."""
         with self._lock:
-            if conversation_id in self._told_no_tools:
-                return False
-            self._told_no_tools.add(conversation_id)
-            return True
+            return self._told_no_tools.add(conversation_id)
 
     def attachment_dir(self, conversation_id: str) -> Path:
         """The folder of the files the conversation received (one per conversation id)."""

@@ -10,6 +10,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 from tools.detection import PhotoDetectionTool
+from assistant import agent as agent_module
 from assistant.agent import NO_LLM_NOTE, Agent
 from assistant.errors import ToolError
 from assistant.llm import LLMError, ToolsUnsupported
@@ -410,3 +411,13 @@ def test_received_files_stay_within_the_cap_and_reset_deletes_them(make_agent, p
     assert agent.attachment_dir("a:b") != agent.attachment_dir("a_b")  # no two conversations share one
     # A text-only chat asked about its attachments (each message's heavy-queue check) leaves nothing behind.
     assert len(agent.attachments("text only")) == 0 and not agent.attachment_dir("text only").exists()
+
+
+def test_per_conversation_state_stays_bounded(make_agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_module, "TOLD_NO_TOOLS", 10)
+    agent = make_agent(ScriptedLLM([say("ok")], repeat_last=True))
+    for index in range(50):
+        agent.respond(Turn(f"chat {index}", "hi"))
+        agent.tell_no_tools_once(f"chat {index}")
+    assert len(agent._told_no_tools) == 10
+    assert not agent.tell_no_tools_once("chat 49")  # recent ones are still told only once

@@ -22,10 +22,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from telegram import Update
+from telegram import Update, User
 
-from adapters.telegram import (MB, PUBLIC_API, PUBLIC_DOWNLOAD_LIMIT, BotOptions, TelegramSettings,
-                               build_application, download_limit, live_chunk, render_markdown, run)
+from adapters import telegram as telegram_module
+from adapters.telegram import (MB, PUBLIC_API, PUBLIC_DOWNLOAD_LIMIT, Access, BotOptions, TelegramBot,
+                               TelegramSettings, build_application, download_limit, live_chunk,
+                               render_markdown, run)
 from assistant.agent import Agent
 from assistant.attachments import AttachmentStore
 from assistant.memory import Memory
@@ -784,3 +786,27 @@ def test_a_voice_note_is_answered_from_its_words(api: FakeBotAPI, media: Path, s
     first = api.texts(OWNER)[0]
     assert first.index("speech · ru · \u201cЭто тестовый текст") < first.index("Понял.")  # heard, first
     assert "audio · Speech" in first
+
+
+# -- per-chat state stays bounded ------------------------------------------------------------
+
+def test_refused_strangers_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(telegram_module, "REFUSALS_REMEMBERED", 10)
+    access = Access([str(OWNER)], Memory(":memory:"))
+    strangers = [User(id=5000 + n, first_name="S", is_bot=False) for n in range(100)]
+    assert all(access.first_refusal(user) for user in strangers)
+    assert len(access._refused) == 10
+    assert not access.first_refusal(strangers[-1])  # a recent one is not told twice
+    assert access.first_refusal(strangers[0])  # one from long ago may be told again
+
+
+def test_the_order_of_chats_keeps_nothing_for_idle_chats() -> None:
+    bot = TelegramBot(StubAgent(), Settings(), TelegramSettings(token="1:x", allowed_users=(str(OWNER),)))
+
+    async def main() -> None:
+        for chat in range(500):
+            async with bot._in_order(chat):
+                pass
+
+    asyncio.run(main())
+    assert bot.session._tails == {} and bot.session._jobs == {}  # the session's line, per busy chat only
