@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from assistant.errors import ToolError
+from assistant.errors import LLMError, ToolError
 from assistant.session import Session, TurnView
 from assistant.turns import interrupted_notice
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from assistant.agent import Agent
     from assistant.attachments import Attachment
     from assistant.config import Settings
-    from assistant.llm import LLMStatus
+    from assistant.llm import LLMStatus, ModelInfo
     from assistant.turns import Reply
 
 COMMANDS = ("/attach", "/reset", "/tools", "/model", "/help", "/quit", "/exit")
@@ -41,7 +41,8 @@ Type a message and press Enter; the assistant answers with its tools.
                    (a message that is only file paths sends those files at once)
   /reset           forget this conversation
   /tools           list the tools and where their models come from
-  /model           show the language model's status (Ollama)
+  /model [NAME]    the conversation's language model and the models Ollama has;
+                   with NAME, switch this conversation to that model
   /help            this help
   /quit            leave (also /exit or Ctrl-D)
 Paths may be quoted and may start with ~. Ctrl-C cancels the reply in progress."""
@@ -205,7 +206,7 @@ class Repl:
             elif command == "/tools":
                 self.ui.show_tools(self.starter.agent())
             elif command == "/model":
-                self.show_model()
+                self.model(rest.strip())
             elif command == "/help":
                 self.ui.say(HELP)
             elif _is_path_not_command(command):
@@ -216,12 +217,28 @@ class Repl:
         self.send(line, [])
         return True
 
-    def show_model(self) -> None:
+    def model(self, name: str) -> None:
+        """/model: the conversation's model and Ollama's models; /model NAME switches."""
         if not self.starter.use_llm:
             self.ui.say("The language model is off (--no-llm): attachments go straight to their "
                         "tools and results are shown from templates.")
             return
-        self.ui.show_status(self.starter.agent().llm_status())
+        agent = self.starter.agent()
+        if name:
+            try:
+                chosen = agent.set_model(self.conversation_id, name)
+            except LLMError as exc:
+                self.ui.error(str(exc))
+                return
+            self.ui.notice(f"This conversation now uses {chosen.name}: {chosen.describe()}.")
+            return
+        status = agent.llm_status(self.conversation_id)
+        self.ui.show_status(status)
+        if status.reachable:
+            try:
+                self.ui.show_models(agent.models(), status.model)
+            except LLMError as exc:
+                self.ui.error(str(exc))
 
     def attach(self, rest: str) -> None:
         try:
@@ -290,6 +307,11 @@ class PlainUI:
     def show_status(self, status: LLMStatus) -> None:
         for label, value in status_lines(status):
             self.say(f"{label}: {value}")
+
+    def show_models(self, models: list[ModelInfo], current: str) -> None:
+        self.say("Models in Ollama (/model NAME switches this conversation's model):")
+        for model in models:
+            self.say(f"  {model.name}{' (in use)' if model.name == current else ''} – {model.describe()}")
 
     def waiting(self, wait) -> None:
         wait()

@@ -40,7 +40,7 @@ from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, Appli
                           CommandHandler, ContextTypes, MessageHandler, TypeHandler, filters)
 
 from assistant.config import MB, Setting, Settings, megabytes, read_settings
-from assistant.errors import ToolError, short_reason
+from assistant.errors import LLMError, ToolError, short_reason
 from assistant.recent import RecentSet
 from assistant.session import Session, Throttle, TurnView, ViewState, split_text
 from assistant.turns import Reply, Turn, interrupted_notice
@@ -67,6 +67,7 @@ COMMANDS = (
     ("reset", "forget this conversation"),
     ("cancel", "stop the reply in progress"),
     ("tools", "the tools I can use"),
+    ("model", "show or switch the language model"),
 )
 
 HELP_TEXT = """\
@@ -79,7 +80,7 @@ I'm a local assistant. Send me:
 Add a caption to say what you want to know about a file.
 
 Commands: /cancel stops the reply in progress, /reset forgets this conversation, /tools lists
-what I can use, /help shows this."""
+what I can use, /model shows or switches the language model of this chat, /help shows this."""
 
 #: Documents are downloaded only when their MIME type says they may be media or text.
 _DOCUMENT_PREFIXES = ("image/", "audio/", "video/", "text/")
@@ -207,6 +208,7 @@ def build_application(settings: Settings, agent: Agent, telegram: TelegramSettin
     application.add_handler(CommandHandler("reset", bot.on_reset))
     application.add_handler(CommandHandler("cancel", bot.on_cancel))
     application.add_handler(CommandHandler("tools", bot.on_tools))
+    application.add_handler(CommandHandler("model", bot.on_model))
     application.add_handler(MessageHandler(filters.COMMAND, bot.on_unknown_command))
     application.add_handler(MessageHandler(filters.UpdateType.MESSAGE & ~filters.COMMAND, bot.on_message))
     application.add_error_handler(bot.on_error)
@@ -298,6 +300,36 @@ class TelegramBot:
             lines = [f"• **{tool.name}**: {_first_sentence(tool.description)}" for tool in self.agent.tools]
             await self._send_text(context, update.effective_chat.id,
                                   "I can use these tools:\n" + "\n".join(lines))
+
+    async def on_model(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """/model: this chat's model and the models Ollama has; /model NAME switches to NAME."""
+        chat_id = update.effective_chat.id
+        conversation = conversation_id(chat_id)
+        name = " ".join(context.args or ()).strip()
+        async with self._in_order(chat_id):
+            try:
+                if name:
+                    chosen = await asyncio.to_thread(self.agent.set_model, conversation, name)
+                    text = f"This chat now uses `{chosen.name}`: {chosen.describe()}."
+                else:
+                    text = await asyncio.to_thread(self._models_text, conversation)
+            except LLMError as exc:
+                text = str(exc)
+            await self._send_text(context, chat_id, text)
+
+    def _models_text(self, conversation: str) -> str:
+        """What /model says: the chat's model, then the models Ollama has (blocking)."""
+        current = self.agent.model_of(conversation)
+        lines = [f"This chat uses `{current}`."]
+        try:
+            models = self.agent.models()
+        except LLMError as exc:
+            return f"{lines[0]} {exc}"
+        lines += ["", "Models in Ollama:"]
+        lines += [f"- `{model.name}`{' (in use)' if model.name == current else ''}: {model.describe()}"
+                  for model in models]
+        lines += ["", "/model NAME switches this chat to another one."]
+        return "\n".join(lines)
 
     async def on_unknown_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         async with self._in_order(update.effective_chat.id):

@@ -27,7 +27,7 @@ from assistant import prompts
 from assistant import reply as contract
 from assistant.attachments import Attachment, AttachmentStore
 from assistant.config import Settings
-from assistant.llm import ChatLLM, LLMError, LLMStatus, ToolsUnsupported, message_text
+from assistant.llm import ChatLLM, LLMError, LLMStatus, ModelInfo, ToolsUnsupported, message_text
 from assistant.memory import Memory, estimate_tokens, fit_history
 from assistant.recent import RecentSet
 from assistant.turns import CANCELLED, Reply, Turn
@@ -45,7 +45,7 @@ MAX_TOOL_RESULT_CHARS = 4000
 NO_LLM_NOTE = "no-LLM mode: tool results only"
 #: Longest text document (characters) put into the user's message for the model to read.
 MAX_DOCUMENT_CHARS = 8000
-#: Conversations remembered as told that their model has no native tools.
+#: Conversations (with their model) remembered as told that the model has no native tools.
 TOLD_NO_TOOLS = 1024
 
 
@@ -70,7 +70,7 @@ class Agent:
         self.max_file_bytes = max_file_bytes
         self._status_host, self._status_model = status_host, status_model
         self._lock = threading.Lock()
-        self._told_no_tools: RecentSet[str] = RecentSet(TOLD_NO_TOOLS)
+        self._told_no_tools: RecentSet[tuple[str, str]] = RecentSet(TOLD_NO_TOOLS)
         self.schemas = tools.schemas()  # the tools never change; their schemas are built once
         self.schema_tokens = len(json.dumps(self.schemas, ensure_ascii=False)) // 4
         self.decision_schema = contract.decision_schema(tools.names)
@@ -85,9 +85,10 @@ class Agent:
                                folder_bytes=self.attachment_bytes)
 
     def reset(self, conversation_id: str) -> None:
-        """Forget the conversation's memory and attachments (and delete the files it received)."""
+        """Forget the conversation's memory and attachments (and delete the files it received).
+        Its model stays."""
         with self._lock:
-            self._told_no_tools.discard(conversation_id)
+            self._told_no_tools.discard((conversation_id, self.model_of(conversation_id)))
         self.memory.clear(conversation_id)
         shutil.rmtree(self.attachment_dir(conversation_id), ignore_errors=True)
 
@@ -101,15 +102,53 @@ class Agent:
             log.exception("warm-up failed")
             return f"Could not check the language model: {exc}"
 
-    def llm_status(self) -> LLMStatus:
-        if self.llm is None:
+    def llm_status(self, conversation_id: str | None = None) -> LLMStatus:
+        """The language model's status: the conversation's model (the default without one)."""
+        llm = self.llm_for(conversation_id) if conversation_id is not None else self.llm
+        if llm is None:
             return LLMStatus(self._status_host, self._status_model, reachable=False,
                              model_available=False, tool_calling="unknown",
                              error="The language model is switched off (no-LLM mode).")
         try:
-            return self.llm.status()
+            return llm.status()
         except Exception as exc:  # noqa: BLE001
-            return LLMStatus(self._status_host, self._status_model, False, False, "unknown", str(exc))
+            return LLMStatus(self._status_host, llm.model, False, False, "unknown", str(exc))
+
+    # -- the model of each conversation --------------------------------------------------
+
+    def model_of(self, conversation_id: str) -> str:
+        """The conversation's model: the one chosen with :meth:`set_model`, else the default."""
+        default = self.llm.model if self.llm is not None else self._status_model
+        return self.memory.conversation_model(conversation_id) or default
+
+    def llm_for(self, conversation_id: str) -> ChatLLM | None:
+        """The client of the conversation's model (None in no-LLM mode)."""
+        if self.llm is None:
+            return None
+        chosen = self.memory.conversation_model(conversation_id)
+        return self.llm.with_model(chosen) if chosen and chosen != self.llm.model else self.llm
+
+    def models(self) -> list[ModelInfo]:
+        """The models the language model's server has; :class:`LLMError` if it cannot say."""
+        if self.llm is None:
+            raise LLMError("The language model is switched off (no-LLM mode).")
+        return self.llm.models()
+
+    def set_model(self, conversation_id: str, name: str) -> ModelInfo:
+        """Switch the conversation to the server's model ``name`` (``llama3`` is
+        ``llama3:latest``, as in Ollama), kept across restarts; returns that model.
+        :class:`LLMError` saying why for a model the server does not have."""
+        name = name.strip()
+        models = self.models()
+        match = next((model for model in models if model.name in (name, f"{name}:latest")), None)
+        if match is None:
+            listed = ", ".join(model.name for model in models) or "none"
+            raise LLMError(f"There is no model {name!r} in Ollama (it has: {listed}); "
+                           f"`ollama pull {name}` fetches it.")
+        assert self.llm is not None  # models() said so
+        default = match.name == self.llm.model
+        self.memory.set_conversation_model(conversation_id, None if default else match.name)
+        return match
 
     def respond(self, turn: Turn, *, on_token: Callable[[str], None] | None = None,
                 on_progress: Progress | None = None,
@@ -154,10 +193,10 @@ class Agent:
                           for s in self.schemas)
         return system + "\n\n" + prompts.render("tool_selection", tools=tools)
 
-    def tell_no_tools_once(self, conversation_id: str) -> bool:
-        """True the first time this conversation meets its model's lack of native tools."""
+    def tell_no_tools_once(self, conversation_id: str, model: str) -> bool:
+        """True the first time this conversation meets ``model`` without native tools."""
         with self._lock:
-            return self._told_no_tools.add(conversation_id)
+            return self._told_no_tools.add((conversation_id, model))
 
     def attachment_dir(self, conversation_id: str) -> Path:
         """The folder of the files the conversation received (one per conversation id)."""
@@ -194,7 +233,7 @@ class _TurnRun:
         self.run_calls(self.routed_calls())
         self.run_calls(self.follow_up_calls())
         self.take_spoken_words()
-        llm = self.agent.llm
+        llm = self.agent.llm_for(self.turn.conversation_id)
         if llm is None:
             return self.tool_only_reply(None)
         if self.cancelled:
@@ -334,7 +373,7 @@ class _TurnRun:
                 return llm.chat(self.prompt(native=True), tools=self.agent.schemas,
                                 on_token=stream.feed, cancel=self.cancel)
             except ToolsUnsupported as exc:
-                if self.agent.tell_no_tools_once(self.turn.conversation_id):
+                if self.agent.tell_no_tools_once(self.turn.conversation_id, llm.model):
                     self.notes.append(str(exc))
         messages = self.prompt(native=False)
         if offer_tools:

@@ -15,9 +15,12 @@ from typing import Any, Protocol
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 
 from assistant.config import Settings
+from assistant.errors import LLMError
 
 #: Seconds the status checks (`doctor`, `/model`, warm-up's first probe) wait for Ollama.
 STATUS_TIMEOUT = 5.0
+#: Guards making a model's client (OllamaLLM.with_model).
+_CLIENTS_LOCK = threading.Lock()
 
 
 @dataclass
@@ -32,8 +35,18 @@ class LLMStatus:
     error: str | None = None
 
 
-class LLMError(Exception):
-    """The language model cannot answer; the message says why and how to fix it."""
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model Ollama has, and whether it can call tools natively (None: Ollama does not say)."""
+
+    name: str
+    tools: bool | None
+
+    def describe(self) -> str:
+        """What it can do, in words."""
+        return {True: "native tool calling",
+                False: "no native tool calling (a JSON prompt chooses the tools)",
+                None: "tool calling not reported"}[self.tools]
 
 
 class ToolsUnsupported(LLMError):
@@ -43,6 +56,8 @@ class ToolsUnsupported(LLMError):
 class ChatLLM(Protocol):
     """What the agent needs from a chat model (Ollama here, scripted ones in tests)."""
 
+    #: The model's name.
+    model: str
     #: True: native tool calling; False: JSON tool selection by prompt; None: not known yet.
     native_tools: bool | None
 
@@ -58,19 +73,62 @@ class ChatLLM(Protocol):
 
     def warm_up(self) -> str | None: ...
 
+    def with_model(self, model: str) -> ChatLLM:
+        """The same server's client of another model."""
+        ...
+
+    def models(self) -> list[ModelInfo]:
+        """The models the server has; :class:`LLMError` when it cannot be asked."""
+        ...
+
 
 class OllamaLLM:
-    """Ollama through ChatOllama, with an explicit context window and keep-alive."""
+    """One Ollama model through ChatOllama, with an explicit context window and keep-alive.
 
-    def __init__(self, settings: Settings) -> None:
+    :meth:`with_model` gives the client of another model on the same server; there is one
+    client per model, so what a model can do (native tool calling) is known per model."""
+
+    def __init__(self, settings: Settings, model: str | None = None, *,
+                 _clients: dict[str, OllamaLLM] | None = None) -> None:
+        self.settings = settings
         self.host = settings.ollama_host
-        self.model = settings.llm_model
+        self.model = model or settings.llm_model
         self.num_ctx = settings.llm_num_ctx
         self.timeout = settings.llm_timeout
         self.keep_alive = settings.llm_keep_alive
         self.native_tools: bool | None = None
         self._chat_model: Any = None
         self._lock = threading.Lock()
+        #: Every model's client on this server, by model name (shared by all of them).
+        self._clients = {} if _clients is None else _clients
+        self._clients.setdefault(self.model, self)
+
+    def with_model(self, model: str) -> OllamaLLM:
+        """The client of ``model`` on the same Ollama (the same one every time)."""
+        with _CLIENTS_LOCK:
+            client = self._clients.get(model)
+            if client is None:
+                client = OllamaLLM(self.settings, model, _clients=self._clients)
+            return client
+
+    def models(self) -> list[ModelInfo]:
+        """The models Ollama has, each with whether it can call tools (learnt per model);
+        :class:`LLMError` when Ollama cannot be asked."""
+        import ollama
+
+        client = ollama.Client(host=self.host, timeout=STATUS_TIMEOUT)
+        try:
+            names = sorted(str(item.model) for item in client.list().models if item.model)
+            infos = []
+            for name in names:
+                capabilities = client.show(name).capabilities
+                tools = None if capabilities is None else "tools" in capabilities
+                if tools is not None:
+                    self.with_model(name).native_tools = tools
+                infos.append(ModelInfo(name, tools))
+        except Exception as exc:  # noqa: BLE001
+            raise self.explain(exc) from exc
+        return infos
 
     def _chat(self) -> Any:
         """The ChatOllama, made on first use: importing langchain-ollama takes seconds
@@ -153,7 +211,8 @@ class OllamaLLM:
     def no_tools_note(self) -> str:
         return (f"The model {self.model} does not support native tool calling, so tools are chosen "
                 f"by a JSON prompt instead (less reliable); for native tool calling use a model such "
-                f"as llama3.1:8b (`ollama pull llama3.1:8b`, ASSISTANT_LLM_MODEL=llama3.1:8b).")
+                f"as llama3.1:8b (`ollama pull llama3.1:8b`, then /model llama3.1:8b or "
+                f"ASSISTANT_LLM_MODEL=llama3.1:8b).")
 
     def explain(self, exc: BaseException) -> LLMError:
         """A client exception as an :class:`LLMError` that says what to do."""
@@ -176,8 +235,9 @@ class OllamaLLM:
             if "does not support tools" in message:
                 return ToolsUnsupported(self.no_tools_note())
             if exc.status_code == 404 or "not found" in message:
+                other = "set ASSISTANT_LLM_MODEL" if self.model == self.settings.llm_model else "/model switches"
                 return LLMError(f"The model {self.model} is not available in Ollama – run "
-                                f"`ollama pull {self.model}` (or set ASSISTANT_LLM_MODEL).")
+                                f"`ollama pull {self.model}` (or {other}).")
             return LLMError(f"Ollama answered with an error: {message}")
         return LLMError(f"Ollama failed: {exc.__class__.__name__}: {exc}")
 

@@ -71,6 +71,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             forwarded_from TEXT,
             created REAL NOT NULL,
             PRIMARY KEY (conversation_id, number))""",),
+    # The language model a conversation chose (/model); none: ASSISTANT_LLM_MODEL.
+    ("""CREATE TABLE conversation_models (
+            conversation_id TEXT PRIMARY KEY,
+            model TEXT NOT NULL,
+            chosen REAL NOT NULL)""",),
 )
 #: What an interrupted turn ends with in the history.
 INTERRUPTED_NOTE = "(This turn was interrupted before it was answered: the assistant stopped.)"
@@ -266,8 +271,25 @@ class Memory:
                                         (conversation_id,)).fetchone()
         return count
 
+    def conversation_model(self, conversation_id: str) -> str | None:
+        """The model the conversation chose, or None (the default)."""
+        with self._lock:
+            row = self._db.execute("SELECT model FROM conversation_models WHERE conversation_id = ?",
+                                   (conversation_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_conversation_model(self, conversation_id: str, model: str | None) -> None:
+        """Choose the conversation's model (None: back to the default)."""
+        with self._lock:
+            if model is None:
+                self._db.execute("DELETE FROM conversation_models WHERE conversation_id = ?",
+                                 (conversation_id,))
+            else:
+                self._db.execute("INSERT OR REPLACE INTO conversation_models (conversation_id, model, chosen) "
+                                 "VALUES (?, ?, ?)", (conversation_id, model, time.time()))
+
     def clear(self, conversation_id: str) -> None:
-        """Forget the conversation's turns and attachments."""
+        """Forget the conversation's turns and attachments (its chosen model stays)."""
         with self._lock, transaction(self._db):
             self._db.execute("DELETE FROM turns WHERE conversation_id = ?", (conversation_id,))
             self._db.execute("DELETE FROM attachments WHERE conversation_id = ?", (conversation_id,))

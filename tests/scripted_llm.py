@@ -18,7 +18,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage
 from pydantic import BaseModel
 
-from assistant.llm import LLMStatus
+from assistant.llm import LLMStatus, ModelInfo
 from tools.base import Label, TextTrigger, Tool, ToolContext, ToolResult
 from tools.detection import PhotoDetectionTool
 from tools.registry import ToolRegistry
@@ -46,6 +46,8 @@ Step = AIMessage | BaseException | Callable[[list[BaseMessage]], AIMessage]
 
 
 class ScriptedLLM:
+    model = "scripted"
+
     def __init__(self, script: Sequence[Step] = (), *, native_tools: bool | None = True,
                  repeat_last: bool = False, pace: Callable[[str], None] | None = None) -> None:
         self.script = list(script)
@@ -85,6 +87,12 @@ class ScriptedLLM:
     def warm_up(self) -> str | None:
         self.warmed = True
         return None
+
+    def with_model(self, model: str) -> ScriptedLLM:
+        return self
+
+    def models(self) -> list[ModelInfo]:
+        return [ModelInfo(self.model, self.native_tools)]
 
 
 class AttachmentParams(BaseModel):

@@ -418,6 +418,6 @@ def test_per_conversation_state_stays_bounded(make_agent, monkeypatch: pytest.Mo
     agent = make_agent(ScriptedLLM([say("ok")], repeat_last=True))
     for index in range(50):
         agent.respond(Turn(f"chat {index}", "hi"))
-        agent.tell_no_tools_once(f"chat {index}")
+        agent.tell_no_tools_once(f"chat {index}", "llama3")
     assert len(agent._told_no_tools) == 10
-    assert not agent.tell_no_tools_once("chat 49")  # recent ones are still told only once
+    assert not agent.tell_no_tools_once("chat 49", "llama3")  # recent ones are still told only once

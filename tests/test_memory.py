@@ -172,6 +172,20 @@ def test_attachments_keep_their_ids_across_instances_and_reset_forgets_them(tmp_
     assert reopened.attachments("b") == [other]
 
 
+def test_conversation_model_is_kept_and_survives_reset(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite3"
+    memory = Memory(path)
+    assert memory.conversation_model("a") is None
+    memory.set_conversation_model("a", "llama3:latest")
+    memory.set_conversation_model("a", "qwen2.5:7b")
+    memory.clear("a")
+    memory.close()
+    reopened = Memory(path)
+    assert reopened.conversation_model("a") == "qwen2.5:7b" and reopened.conversation_model("b") is None
+    reopened.set_conversation_model("a", None)
+    assert reopened.conversation_model("a") is None
+
+
 def test_a_database_of_the_previous_version_upgrades_and_keeps_its_turns(tmp_path: Path) -> None:
     path = tmp_path / "v3.sqlite3"
     old = sqlite3.connect(path, isolation_level=None)
@@ -188,4 +202,5 @@ def test_a_database_of_the_previous_version_upgrades_and_keeps_its_turns(tmp_pat
     # Ids already mentioned in the conversation are not given again.
     assert memory.add_attachment("a", "image", tmp_path / "x.jpg", "x.jpg", 1).id == "att_2"
     assert memory.add_attachment("fresh", "image", tmp_path / "x.jpg", "x.jpg", 1).id == "att_1"
+    memory.set_conversation_model("a", "llama3:latest")
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)

@@ -15,7 +15,8 @@ import pytest
 
 from assistant.agent import NO_LLM_NOTE, Agent, build_agent
 from assistant.config import Settings
-from assistant.llm import OllamaLLM
+from assistant.errors import LLMError
+from assistant.llm import ModelInfo, OllamaLLM
 from assistant.memory import Memory
 from assistant.runtime import build_tools
 from assistant.turns import Turn
@@ -133,6 +134,40 @@ def test_cancel_stops_the_stream(fake_ollama: FakeOllama, tmp_path: Path) -> Non
     reply = agent.respond(Turn("c", "count"), on_token=on_token, cancel=cancel)
 
     assert tokens == ["one"] and reply.text == "one\n\n_(cancelled)_"
+
+
+def test_a_model_per_conversation(fake_ollama: FakeOllama, tmp_path: Path) -> None:
+    settings = settings_for(fake_ollama.url, tmp_path)
+    agent = agent_for(settings)
+
+    assert agent.models() == [ModelInfo("llama3.1:8b", True), ModelInfo("llama3:latest", False)]
+    assert agent.set_model("old", "llama3") == ModelInfo("llama3:latest", False)  # Ollama's "latest" tag
+    with pytest.raises(LLMError, match=r"no model 'nosuch' in Ollama \(it has: llama3.1:8b, llama3:latest\); "
+                                       r"`ollama pull nosuch`"):
+        agent.set_model("old", "nosuch")
+    fake_ollama.script += [answer('{"tool_calls": []}'), answer("Old model."), answer("Default model.")]
+
+    old = agent.respond(Turn("old", "hi"))
+    new = agent.respond(Turn("new", "hi"))
+
+    assert (old.text, new.text) == ("Old model.", "Default model.")
+    decision, reply, other = fake_ollama.chat_requests()
+    assert (decision["model"], reply["model"], other["model"]) == ("llama3:latest", "llama3:latest", "llama3.1:8b")
+    assert decision["format"] and not decision.get("tools")  # no native tools, known per model from the list
+    assert other["tools"]  # the other conversation's model still calls tools natively
+    assert agent.llm_status("old").tool_calling == "json-fallback" and agent.llm_status("new").tool_calling == "native"
+
+    # A restart: the choice is in the database; the new process learns again what llama3 can do.
+    again = agent_for(settings)
+    fake_ollama.script += [answer('{"tool_calls": []}'), answer("Still the old model.")]
+    reply = again.respond(Turn("old", "and now?"))
+    assert reply.text == "Still the old model." and "does not support native tool calling" in reply.notes[0]
+    assert {r["model"] for r in fake_ollama.chat_requests()[3:]} == {"llama3:latest"}
+    assert (again.model_of("old"), again.model_of("new")) == ("llama3:latest", "llama3.1:8b")
+    again.reset("old")
+    assert again.model_of("old") == "llama3:latest"  # /reset forgets the conversation, not its model
+    again.set_model("old", "llama3.1:8b")  # the default again: follows ASSISTANT_LLM_MODEL from now on
+    assert again.memory.conversation_model("old") is None
 
 
 @pytest.fixture(scope="module")

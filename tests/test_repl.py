@@ -121,6 +121,26 @@ def test_ollama_down_says_how_to_fix_it(models_env) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_model_lists_switches_and_is_kept(models_env, fake_ollama) -> None:
+    fake_ollama.script += [answer('{"tool_calls": []}'), answer("Hello from llama3.")]
+    first = chat(["/model", "/model nosuch", "/model llama3", "Hello"], env=llm_env(fake_ollama))
+
+    assert first.returncode == 0, first.stderr[-2000:]
+    out, err = first.stdout, first.stderr
+    assert "Model: llama3.1:8b – available" in out and "Tool calling: native" in out
+    assert "  llama3.1:8b (in use) – native tool calling" in out
+    assert "  llama3:latest – no native tool calling" in out
+    assert "There is no model 'nosuch' in Ollama" in err
+    assert "This conversation now uses llama3:latest: no native tool calling" in err
+    assert "Hello from llama3." in out
+    assert {request["model"] for request in fake_ollama.chat_requests()} == {"llama3:latest"}
+
+    second = chat(["/model"], env=llm_env(fake_ollama))
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "Model: llama3:latest – available" in second.stdout
+    assert "  llama3:latest (in use) – no native tool calling" in second.stdout
+
+
 def test_memory_persists_across_runs(models_env, fake_ollama) -> None:
     fake_ollama.script.append(answer("Nice to meet you, Ada."))
     first = chat(["My name is Ada."], "--conversation", "ada", env=llm_env(fake_ollama))

@@ -30,11 +30,13 @@ from adapters.telegram import (MB, PUBLIC_API, PUBLIC_DOWNLOAD_LIMIT, Access, Bo
                                render_markdown, run)
 from assistant.agent import Agent
 from assistant.attachments import AttachmentStore
+from assistant.llm import OllamaLLM
 from assistant.memory import Memory
 from assistant.config import Settings
 from assistant.session import ViewState
 from assistant.turns import Reply, Turn
 from tests.fake_bot_api import Call, FakeBotAPI, make_user, visible_text
+from tests.fake_ollama import FakeOllama, answer
 from tests.scripted_llm import ScriptedLLM, call_tools, fake_tools, say
 
 OWNER = 1001  # allowed by id; the chat id of a private chat is the user's id
@@ -143,7 +145,7 @@ def test_text_turn_rendered_as_html_and_commands_registered(api: FakeBotAPI) -> 
 
     scenario(api, agent, body)
     commands = api.sent("setMyCommands")[0].params["commands"]
-    assert [c["command"] for c in commands] == ["start", "help", "reset", "cancel", "tools"]
+    assert [c["command"] for c in commands] == ["start", "help", "reset", "cancel", "tools", "model"]
     assert agent.turns[0].conversation_id == f"telegram:{OWNER}"
     assert agent.turns[0].text == "Hello <there> & you"
     sent = api.sent("sendMessage", OWNER)[0].params
@@ -786,6 +788,41 @@ def test_a_voice_note_is_answered_from_its_words(api: FakeBotAPI, media: Path, s
     first = api.texts(OWNER)[0]
     assert first.index("speech · ru · \u201cЭто тестовый текст") < first.index("Понял.")  # heard, first
     assert "audio · Speech" in first
+
+
+# -- a model per chat ------------------------------------------------------------------------
+
+def test_model_lists_switches_and_is_kept_across_restarts(api: FakeBotAPI, fake_ollama: FakeOllama,
+                                                         tmp_path: Path) -> None:
+    settings = Settings(ollama_host=fake_ollama.url, db_path=tmp_path / "bot.sqlite3")
+    for text in ("/model", "/model nosuch", "/model llama3"):
+        api.message(OWNER, text=text)
+
+    async def switch() -> None:
+        await api.wait_for(lambda: len(api.texts(OWNER)) == 3)
+
+    scenario(api, real_agent(settings.db_path, OllamaLLM(settings)), switch)
+    listing, unknown, switched = api.texts(OWNER)
+    assert listing.startswith("This chat uses <code>llama3.1:8b</code>.")
+    assert "• <code>llama3.1:8b</code> (in use): native tool calling" in listing
+    assert "• <code>llama3:latest</code>: no native tool calling" in listing
+    assert "no model 'nosuch'" in unknown and "<code>ollama pull nosuch</code>" in unknown
+    assert switched.startswith("This chat now uses <code>llama3:latest</code>: no native tool calling")
+
+    # After a restart the chat still uses llama3 (learning again that it has no native tools).
+    fake_ollama.script += [answer('{"tool_calls": []}'), answer("Hello from llama3.")]
+    api.message(OWNER, text="hello")
+    api.message(OWNER, text="/model")
+
+    async def later() -> None:
+        await api.wait_for(lambda: len(api.texts(OWNER)) == 5)
+
+    scenario(api, real_agent(settings.db_path, OllamaLLM(settings)), later)
+    hello, again = api.texts(OWNER)[3:]
+    assert hello == "Hello from llama3."
+    assert {request["model"] for request in fake_ollama.chat_requests()} == {"llama3:latest"}
+    assert again.startswith("This chat uses <code>llama3:latest</code>.")
+    assert "• <code>llama3:latest</code> (in use): no native tool calling (a JSON prompt chooses the tools)" in again
 
 
 # -- per-chat state stays bounded ------------------------------------------------------------
