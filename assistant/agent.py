@@ -31,7 +31,7 @@ from assistant.llm import ChatLLM, LLMError, LLMStatus, ModelInfo, ToolsUnsuppor
 from assistant.memory import Memory, estimate_tokens, fit_history
 from assistant.recent import RecentSet
 from assistant.turns import CANCELLED, Reply, Turn
-from tools.base import Progress, Tool, ToolContext, ToolError, ToolResult, short_reason
+from tools.base import BadCall, Progress, Tool, ToolContext, ToolError, ToolResult, short_reason
 from tools.media import read_text_document
 from tools.registry import ToolRegistry
 
@@ -308,6 +308,12 @@ class _TurnRun:
         name, subject = call["name"], self.subjects.get(call["id"]) or _subject(call)
         try:
             result = self.agent.tools.get(name).call(call["args"], self.ctx)
+        except BadCall as exc:
+            if call["id"] in self.routed_on:  # not the model's mistake: the person sees it
+                self.outcomes.append((name, subject, str(exc)))
+            else:  # the model's mistake: the model is told; the person sees no "result" of it
+                log.info("model's call of %s rejected: %s", name, exc)
+            return json.dumps({"error": str(exc)}, ensure_ascii=False)
         except ToolError as exc:
             self.outcomes.append((name, subject, str(exc)))
             return json.dumps({"error": str(exc)}, ensure_ascii=False)

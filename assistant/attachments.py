@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tools.base import ToolError
+from tools.base import BadCall, ToolError
 from tools.media import check_file, megabytes, sniff_kind
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ class AttachmentStore:
                     self._items[attachment.id] = attachment
         if attachment is None:
             known = [item.id for item in self][-LISTED_IDS:]
-            raise ToolError(f"Unknown attachment id {attachment_id!r} "
+            raise BadCall(f"Unknown attachment id {attachment_id!r} "
                             f"(this conversation has: {', '.join(known) or 'none'}).")
         return attachment
 
@@ -132,7 +132,7 @@ class AttachmentStore:
         attachment = self.get(attachment_id)
         if kinds and attachment.kind not in kinds:
             wanted = " or ".join(f"{_article(kind)} {kind}" for kind in sorted(kinds))
-            raise ToolError(f"{attachment.name} ({attachment.id}) is {_article(attachment.kind)} "
+            raise BadCall(f"{attachment.name} ({attachment.id}) is {_article(attachment.kind)} "
                             f"{attachment.kind} file; this tool needs {wanted}.")
         if not attachment.path.is_file():
             raise ToolError(f"{attachment.name} ({attachment.id}): that file is no longer available; "

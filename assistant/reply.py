@@ -33,6 +33,8 @@ _MARKUP = re.compile(r"<\|?/?[\w.:-]*\|?>|```\w*|[\s`*_#>\[\](){}|,.:;\"'-]+")
 #: A line with a piece of call or result syntax that is not valid JSON (``{"tool_calls": [}]}``).
 _CALL_FRAGMENT = re.compile(r'^.*"(tool_calls|arguments|parameters|function_call|labels|outputs|events|'
                             r'detections|duration_s|event_type|event_data|score|label)"\s*:.*$\n?', re.MULTILINE)
+#: A call the model began and never finished, at the end of its text (``{"name":``).
+_DANGLING_CALL = re.compile(r'(```\w*\s*)?(<tool_call>\s*)?\{\s*"(name|tool|tool_name|function|tool_calls)"\s*:[^}]*$')
 #: Keys of a tool call object and of a tool result object.
 _NAME_KEYS = ("name", "tool", "function", "tool_name")
 _ARGUMENT_KEYS = ("arguments", "parameters", "args", "input")
@@ -98,7 +100,9 @@ def read_answer(text: str, tools: ToolRegistry) -> Answer:
                     answer.problems.append(problem)
     kept.append(text[position:])
     words = "".join(kept)
+    words, cut = _DANGLING_CALL.subn("", words)
     words, broken = _CALL_FRAGMENT.subn("", words)
+    broken += cut
     answer.had_structures |= bool(broken)
     words = re.sub(r"</?tool_call>|```(?:json)?\s*```", "", words)  # tags and fences left empty
     answer.words = re.sub(r"\n{3,}", "\n\n", words).strip()

@@ -47,6 +47,9 @@ def clip(tmp_path: Path) -> Path:
     ("I could run the sentiment tool on it.", [], "I could run the sentiment tool on it."),
     ('Here is your JSON: {"city": "Oslo", "days": 3}', [], 'Here is your JSON: {"city": "Oslo", "days": 3}'),
     ("Just an answer with {braces}.", [], "Just an answer with {braces}."),
+    ('{"name":', [], ""),  # qwen2.5-coder, measured: a call begun and never finished
+    ('It is a voice note. {"name": "speech", "arguments": {"attachment_id": "att_1"',
+     [], "It is a voice note."),
 ])
 def test_calls_are_read_however_they_are_written(tools: ToolRegistry, text: str, names: list[str],
                                                  words: str) -> None:
@@ -160,3 +163,17 @@ def test_streaming_holds_back_what_may_be_a_call_and_keeps_the_words() -> None:
     stream.finish("Sure.\n\nMore.")
     assert "".join(shown) == "Sure. \n\nMore."
     assert json.dumps({}) not in "".join(shown)
+
+
+def test_a_model_call_the_tool_rejects_is_not_shown_as_a_result(make_agent, tools, clip) -> None:
+    """smollm2, measured: calls without arguments and with made-up ids; the person saw their
+    errors as results. The model is told; the result lines keep only what was measured."""
+    llm = ScriptedLLM([call_tools(("audio", {}), ("audio", {"attachment_id": "1234567890"})),
+                       say("I hear a siren.")])
+    agent = make_agent(llm)
+    audio = agent.attachments("c").register(clip, kind="audio")
+    reply = agent.respond(Turn("c", "what is it?", [audio]))
+
+    assert reply.text == "I hear a siren." and reply.results == ["audio · Siren 87%"]
+    told = [json.loads(m.content).get("error", "") for m in llm.calls[1].messages if m.type == "tool"]
+    assert told[1].startswith("Invalid arguments for audio") and told[2].startswith("Unknown attachment id")

@@ -33,6 +33,12 @@ class ToolError(Exception):
     """
 
 
+class BadCall(ToolError):
+    """The call itself is wrong — invalid arguments, an unknown attachment id, an attachment of
+    a kind the tool does not take: the caller's mistake (a language model's, usually), not a
+    finding about the input. The model is told; the person is not shown it as a result."""
+
+
 class ModelLoadError(ToolError):
     """A model could not be loaded; says which, from where, and what to set."""
 
@@ -387,7 +393,7 @@ class Tool(ABC, Generic[P]):
                 f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
                 for err in exc.errors()
             )
-            raise ToolError(f"Invalid arguments for {self.name}: {problems}") from None
+            raise BadCall(f"Invalid arguments for {self.name}: {problems}") from None
 
     def schema(self) -> dict[str, Any]:
         """The tool as an OpenAI/Ollama function schema, from its description and Params."""
