@@ -94,6 +94,17 @@ def test_russian_speech_is_transcribed(heard, name: str) -> None:
     assert progress[0] == 0.0 and progress[-1] == 1.0 and progress == sorted(progress)
 
 
+def test_the_first_window_is_encoded_once(tool: SpeechTool, media: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """faster-whisper alone encodes it twice (language detection, then decoding)."""
+    model = tool._model.model
+    calls: list[object] = []
+    original = type(model).encode
+    monkeypatch.setattr(type(model), "encode", lambda self, features: calls.append(1) or original(self, features))
+    result = transcribe(tool, media / AUDIO / "librosa_speech_en_female_198-209-0000.ogg", tmp_path)
+    assert len(calls) == 1 and result.language == "en" and word_error_rate(ENGLISH, result.text) <= 0.1
+
+
 def test_the_wav_and_the_voice_note_agree(heard) -> None:
     wav, note = heard("speech_ru_simple_asr_test_ru.wav"), heard("voice_note_ru.oga")
     assert words(wav.text) == words(note.text)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -226,8 +227,7 @@ class SpeechTool(Tool[SpeechParams]):
         return [(choice or "cuda", "float16"), ("cpu", "int8")] if cuda else [("cpu", "int8")]
 
     def _open(self, device: str, compute_type: str) -> Any:
-        from faster_whisper import WhisperModel
-
+        WhisperModel = _one_encoding_whisper()
         name, _, index = device.partition(":")
         value = self._source.value.strip()
         local = Path(value).expanduser()
@@ -265,6 +265,43 @@ class SpeechTool(Tool[SpeechParams]):
         return SpeechResult(
             labels=sorted_labels([(language, info.language_probability)]) if language else [],
             text=text, language=language, duration_s=round(duration, 3), segments=kept)
+
+
+@cache
+def _one_encoding_whisper() -> type:
+    """faster-whisper's ``WhisperModel``, encoding the first 30 s window once, not twice.
+
+    ``transcribe`` runs the encoder on the first window to detect the language, then
+    ``generate_segments`` runs it again on the same window (it can take that encoding as
+    ``encoder_output``, but ``transcribe`` passes None): on a CPU the encoder is about a
+    third of a short clip's time. This keeps the detection's encoding for the first window.
+    """
+    from faster_whisper import WhisperModel
+
+    class OneEncodingWhisper(WhisperModel):
+        _kept: Any = None
+        _detecting = False
+
+        def detect_language(self, *args: Any, **kwargs: Any) -> Any:
+            self._detecting, self._kept = True, None
+            try:
+                return super().detect_language(*args, **kwargs)
+            finally:
+                self._detecting = False
+
+        def encode(self, features: Any) -> Any:
+            output = super().encode(features)
+            if self._detecting and self._kept is None:  # the first window's
+                self._kept = output
+            return output
+
+        def generate_segments(self, features: Any, tokenizer: Any, options: Any, log_progress: Any,
+                              encoder_output: Any = None) -> Any:
+            kept, self._kept = self._kept, None
+            return super().generate_segments(features, tokenizer, options, log_progress,
+                                             encoder_output if encoder_output is not None else kept)
+
+    return OneEncodingWhisper
 
 
 def _probe(model: Any) -> None:
