@@ -45,7 +45,8 @@ Type a message and press Enter; the assistant answers with its tools.
                    with NAME, switch this conversation to that model
   /help            this help
   /quit            leave (also /exit or Ctrl-D)
-Paths may be quoted and may start with ~. Ctrl-C cancels the reply in progress."""
+Paths may be quoted and may start with ~. A .oga or .opus file is a voice note: what you
+say in it is your message. Ctrl-C cancels the reply in progress."""
 
 
 class AgentUnavailable(Exception):

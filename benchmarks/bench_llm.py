@@ -38,6 +38,8 @@ TURNS = [
     ("Thanks! What can you do?", None),
     ("What is in this photo?", "images/inet_school_bus.jpg"),
     ("Is this review positive: 'Great film, I loved every minute'?", None),
+    ("", "audio/voice_note_ru.oga"),  # a voice note without a caption: answered from its words
+    ("Что я сказал в том голосовом сообщении?", None),
     ("Спасибо, пока!", None),
 ]
 
@@ -130,8 +132,7 @@ def summarise(rows: list[dict], truth: dict[str, str]) -> dict[str, object]:
     later = [r["ttft"] for r in rows[1:]]
     return {
         "clean %": round(100 * sum(bool(r["reply"].strip()) and not LEAKS.search(r["reply"]) for r in rows) / len(rows)),
-        "grounded line %": round(100 * sum(any(line.split(" · ")[1].startswith(truth[r["file"]])
-                                               for line in r["results"] if " · " in line)
+        "grounded line %": round(100 * sum(any(_fact(line) == truth[r["file"]] for line in r["results"])
                                            for r in attached) / len(attached)),
         "grounded words %": round(100 * sum(truth[r["file"]].lower() in r["reply"].lower() for r in attached)
                                   / len(attached)),
@@ -143,6 +144,15 @@ def summarise(rows: list[dict], truth: dict[str, str]) -> dict[str, object]:
         "ttft 2+ s": round(statistics.median(later), 1),
         "turn s": round(statistics.median(r["total"] for r in rows), 1),
     }
+
+
+def _fact(line: str) -> str:
+    """The fact a result line leads with: the top label, or a transcript's first word."""
+    quoted = re.search(r"\u201c(\w+)", line)
+    if line.startswith("speech") and quoted:
+        return quoted.group(1)
+    parts = line.split(" · ")
+    return parts[1].split(" ")[0] if len(parts) > 1 else ""
 
 
 def main() -> None:
@@ -159,7 +169,7 @@ def main() -> None:
         table = []
         for model in (QWEN, SMOLLM):
             ours = run_ours(url, model, work / f"{model.replace(':', '_')}.sqlite3", log)
-            truth = {r["file"]: r["results"][0].split(" · ")[1].split(" ")[0] for r in ours if r["file"]}
+            truth = {r["file"]: _fact(r["results"][0]) for r in ours if r["file"]}
             plain = run_plain(url, model, ":tools" in _FILES[model], log)
             for name, rows in (("ours", ours), ("plain LangChain", plain)):
                 table.append({"model": model, "loop": name, **summarise(rows, truth)})
