@@ -2,9 +2,11 @@
 
 It serves queued updates through long-polled ``getUpdates``, answers the methods the bot
 calls (``getMe``, ``sendMessage``, ``sendMessageDraft``, ``sendChatAction``,
-``editMessageText``, ``deleteMessage``, ``getFile``, ``sendPhoto``, ``sendVideo``,
-``sendDocument``, ``setMyCommands``, ``deleteWebhook``) and the file download path
-(``/file/bot<token>/<file_path>``), checks text the way Telegram does (HTML: known tags,
+``editMessageText``, ``deleteMessage``, ``getFile``, ``getChatMember``, ``sendPhoto``,
+``sendVideo``, ``sendDocument``, ``setMyCommands``, ``deleteWebhook``) and the file download
+path (``/file/bot<token>/<file_path>``). Messages carry the entities a Telegram client would
+give them (a command at the start, ``@username`` mentions), and a group's members are members
+unless made admins. It checks text the way Telegram does (HTML: known tags,
 balanced; 1–4,096 visible characters; drafts in private chats only, with a non-zero
 ``draft_id``; an edit must change the message), and records every request so tests can assert
 what the bot sent. A failure (for example a 429 with ``retry_after``) can be injected for the
@@ -21,6 +23,7 @@ import email.policy
 import html.parser
 import itertools
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -98,6 +101,8 @@ class FakeBotAPI(LocalHTTPServer):
         self._files: dict[str, tuple[Path, str]] = {}  # file_id -> (path, file_path)
         self._failures: dict[str, list[dict]] = {}
         self._chat_types: dict[int, str] = {}  # chat id -> "private", "group", "supergroup"
+        self._users: dict[int, dict] = {}  # user id -> the user, as their messages showed them
+        self._statuses: dict[tuple[int, int], str] = {}  # (chat id, user id) -> "administrator", ...
         #: The bot's messages as they show now: (chat id, message id) -> (text, parse_mode).
         self._shown: dict[tuple[int, int], tuple[str, str | None]] = {}
         self._ids = itertools.count(1)
@@ -133,25 +138,30 @@ class FakeBotAPI(LocalHTTPServer):
                 file_size: int | None = None, photo: Path | None = None, voice: Path | None = None,
                 audio: Path | None = None, video: Path | None = None, document: Path | None = None,
                 mime_type: str | None = None, chat_type: str = "private",
-                forwarded_from: str | None = None) -> dict:
+                forwarded_from: str | None = None, reply_to: dict | None = None) -> dict:
         """Queue an update with a message as a Telegram client would send it; returns the message.
 
         A private chat's id is its user's; in a group (``chat_type="group"`` or
-        ``"supergroup"``, a negative ``chat_id``) pass the ``user`` who writes."""
+        ``"supergroup"``, a negative ``chat_id``) pass the ``user`` who writes. ``reply_to``:
+        the message this one replies to (one returned here, or a ``Call.result`` of the bot's)."""
         user = user or make_user(chat_id)
         chat: dict[str, Any] = {"id": chat_id, "type": chat_type}
         chat["first_name" if chat_type == "private" else "title"] = (
             user["first_name"] if chat_type == "private" else "Test group")
         self._chat_types[chat_id] = chat_type
+        self._users[user["id"]] = user
         message: dict[str, Any] = {"message_id": next(self._ids), "date": int(time.time()),
                                    "chat": chat, "from": user}
         if text is not None:
             message["text"] = text
-            if text.startswith("/"):
-                message["entities"] = [{"type": "bot_command", "offset": 0,
-                                        "length": len(text.split()[0])}]
+            if entities := _entities(text):
+                message["entities"] = entities
         if caption is not None:
             message["caption"] = caption
+            if entities := _entities(caption, commands=False):
+                message["caption_entities"] = entities
+        if reply_to is not None:
+            message["reply_to_message"] = reply_to
         if media_group_id is not None:
             message["media_group_id"] = media_group_id
         if photo is not None:  # three sizes, as Telegram sends them: the last is the largest
@@ -187,6 +197,10 @@ class FakeBotAPI(LocalHTTPServer):
             update["update_id"] = next(self._ids)
             self._updates.append(update)
             self._cond.notify_all()
+
+    def set_status(self, chat_id: int, user_id: int, status: str = "administrator") -> None:
+        """What ``getChatMember`` says of ``user_id`` in ``chat_id`` (``"member"`` unless set)."""
+        self._statuses[(chat_id, user_id)] = status
 
     def fail_next(self, method: str, error_code: int = 429, description: str | None = None,
                   retry_after: int | None = 1) -> None:
@@ -294,6 +308,15 @@ class FakeBotAPI(LocalHTTPServer):
             path, file_path = self._files[p["file_id"]]
             return {"file_id": p["file_id"], "file_unique_id": f"u_{p['file_id']}",
                     "file_size": path.stat().st_size, "file_path": file_path}
+        if method == "getChatMember":
+            user_id = int(p["user_id"])
+            status = self._statuses.get((p["chat_id"], user_id), "member")
+            member: dict[str, Any] = {"user": self._users.get(user_id) or make_user(user_id), "status": status}
+            if status == "creator":
+                member["is_anonymous"] = False
+            if status == "administrator":
+                member.update(dict.fromkeys(_ADMIN_RIGHTS, True), can_be_edited=False, is_anonymous=False)
+            return member
         if method in ("sendPhoto", "sendVideo", "sendDocument"):
             field_name = method[4:].lower()
             if field_name not in call.files:
@@ -328,6 +351,29 @@ def make_user(user_id: int, username: str | None = None, first_name: str = "Ann"
     if username:
         user["username"] = username
     return user
+
+
+_ADMIN_RIGHTS = ("can_manage_chat", "can_delete_messages", "can_manage_video_chats", "can_restrict_members",
+                 "can_promote_members", "can_change_info", "can_invite_users", "can_post_stories",
+                 "can_edit_stories", "can_delete_stories")
+#: A username as Telegram recognises a mention of it (5 to 32 letters, digits, underscores).
+_MENTION = re.compile(r"(?<![\w@])@[A-Za-z0-9_]{5,32}(?![\w])")
+
+
+def _entities(text: str, *, commands: bool = True) -> list[dict]:
+    """The entities Telegram gives a text: a command at its start (``/help@bot`` is one) and
+    every ``@username`` mention (not the ``@bot`` of ``/help@bot``), at offsets in UTF-16 code units."""
+    entities = []
+    if commands and text.startswith("/"):
+        entities.append({"type": "bot_command", "offset": 0, "length": _utf16(text.split()[0])})
+    for match in _MENTION.finditer(text):
+        entities.append({"type": "mention", "offset": _utf16(text[:match.start()]),
+                         "length": _utf16(match.group())})
+    return entities
+
+
+def _utf16(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
 
 
 def _checked_text(params: dict, name: str) -> str:
