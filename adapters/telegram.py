@@ -26,13 +26,14 @@ import sys
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
+from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from telegram import Bot, BotCommand, Chat, LinkPreviewOptions, Message, Update, User
-from telegram.constants import ChatAction, ChatType, ParseMode
+from telegram import Bot, BotCommand, Chat, LinkPreviewOptions, Message, MessageEntity, Update, User
+from telegram.constants import ChatAction, ChatMemberStatus, ChatType, ParseMode
 from telegram.error import (BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError,
                             TimedOut)
 from telegram.warnings import PTBDeprecationWarning
@@ -58,7 +59,7 @@ PUBLIC_DOWNLOAD_LIMIT = 20 * MB
 PUBLIC_UPLOAD_LIMIT = 50 * MB
 #: Telegram's limit on one text message.
 MESSAGE_LIMIT = 4096
-#: Refused users remembered as told (strangers are many; the least recent are forgotten).
+#: Refused users (in a chat) remembered as told (strangers are many; the least recent are forgotten).
 REFUSALS_REMEMBERED = 4096
 
 COMMANDS = (
@@ -82,6 +83,12 @@ Add a caption to say what you want to know about a file.
 Commands: /cancel stops the reply in progress, /reset forgets this conversation, /tools lists
 what I can use, /model shows or switches the language model of this chat, /help shows this."""
 
+GROUP_HELP = """\
+In this group I answer when you mention @{username}, reply to one of my messages, or send a
+command. Mention me in reply to a photo, voice note, audio or video to ask about it. The group
+is one conversation; /reset and /model NAME are for its admins. This group's chat id (for
+ASSISTANT_TELEGRAM_ALLOWED_CHATS) is {chat_id}."""
+
 #: Documents are downloaded only when their MIME type says they may be media or text.
 _DOCUMENT_PREFIXES = ("image/", "audio/", "video/", "text/")
 _UNKNOWN_MIMES = ("", "application/octet-stream")
@@ -101,16 +108,26 @@ class BotOptions:
     max_retries: int = 3  # retries after Telegram's flood limit (429 retry_after)
 
 
-def _users(text: str) -> tuple[str, ...]:
+def _entries(text: str) -> tuple[str, ...]:
     return tuple(u for u in text.replace(";", ",").replace(" ", ",").split(",") if u)
+
+
+def _chats(text: str) -> tuple[int, ...]:
+    entries = _entries(text)
+    wrong = [entry for entry in entries if not re.fullmatch(r"-\d+", entry)]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)}: not a group's chat id")
+    return tuple(int(entry) for entry in entries)
 
 
 #: This channel's own settings (the core's are in ``assistant.config``).
 SETTINGS = (
     Setting("TELEGRAM_BOT_TOKEN", None),
     Setting("TELEGRAM_API_BASE_URL", PUBLIC_API, check=lambda url: url.rstrip("/")),
-    Setting("ASSISTANT_TELEGRAM_ALLOWED_USERS", (), check=_users,
+    Setting("ASSISTANT_TELEGRAM_ALLOWED_USERS", (), check=_entries,
             allowed="user ids and @usernames separated by commas"),
+    Setting("ASSISTANT_TELEGRAM_ALLOWED_CHATS", (), check=_chats,
+            allowed="group chat ids (negative numbers such as -1001234567890) separated by commas"),
 )
 
 
@@ -121,6 +138,7 @@ class TelegramSettings:
     token: str | None = None
     api_base_url: str = PUBLIC_API
     allowed_users: tuple[str, ...] = ()
+    allowed_chats: tuple[int, ...] = ()  # groups whose members may all use the bot there
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TelegramSettings:
@@ -139,11 +157,12 @@ def run(args: argparse.Namespace, settings: Settings, telegram: TelegramSettings
               "in Telegram and set TELEGRAM_BOT_TOKEN to the token it gives you.", file=sys.stderr)
         return 2
     allow_all = bool(getattr(args, "allow_all", False))
-    if not telegram.allowed_users and not allow_all:
+    if not telegram.allowed_users and not telegram.allowed_chats and not allow_all:
         print("assistant telegram: no allowlist. Set ASSISTANT_TELEGRAM_ALLOWED_USERS to the "
               "Telegram user ids and/or @usernames allowed to use the bot (for example "
-              "ASSISTANT_TELEGRAM_ALLOWED_USERS=123456789,@alice), or pass --allow-all to "
-              "serve everyone.", file=sys.stderr)
+              "ASSISTANT_TELEGRAM_ALLOWED_USERS=123456789,@alice), and/or "
+              "ASSISTANT_TELEGRAM_ALLOWED_CHATS to the ids of groups whose members may all use "
+              "it, or pass --allow-all to serve everyone.", file=sys.stderr)
         return 2
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -237,7 +256,8 @@ class TelegramBot:
                  allow_all: bool = False, options: BotOptions = BotOptions()) -> None:
         self.agent = agent
         self.options = options
-        self.access = Access(telegram.allowed_users, agent.memory, allow_all=allow_all)
+        self.access = Access(telegram.allowed_users, agent.memory, allowed_chats=telegram.allowed_chats,
+                             allow_all=allow_all)
         self.download_limit = download_limit(settings, telegram)
         self.public_api = telegram.api_base_url.rstrip("/") == PUBLIC_API
         self.session = Session(agent, heavy_jobs=options.heavy_jobs)
@@ -257,34 +277,82 @@ class TelegramBot:
     # -- access ---------------------------------------------------------------------------------
 
     async def gate(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """Runs before every handler: strangers get one polite reply and nothing else."""
-        user = update.effective_user
-        if user is not None and self.access.allows(user):
+        """Runs before every handler: only messages addressed to the bot go on (in a group, the
+        others are chatter, silently ignored), and only from allowed users or chats; strangers
+        get one polite reply and nothing else. A group's album is judged once it is complete
+        (:meth:`on_message`): its caption may come with any of its messages."""
+        message = update.message
+        if message is not None and message.media_group_id and message.chat.type != ChatType.PRIVATE:
             return
-        if user is not None and update.effective_chat is not None and self.access.first_refusal(user):
-            log.info("Refused Telegram user %s (not in ASSISTANT_TELEGRAM_ALLOWED_USERS)", user.id)
-            await context.bot.send_message(
-                update.effective_chat.id,
-                f"Sorry, this is a private assistant. Your Telegram user id is {user.id}. "
-                "If you know the owner, ask them to add it to ASSISTANT_TELEGRAM_ALLOWED_USERS "
-                "and restart the bot.")
-        raise ApplicationHandlerStop
+        if message is None or not await self._admitted(context, [message]):
+            raise ApplicationHandlerStop
+
+    async def _admitted(self, context: ContextTypes.DEFAULT_TYPE, messages: list[Message]) -> bool:
+        """Whether the bot answers ``messages`` (one message, or an album): one of them is
+        addressed to the bot, by someone allowed (a stranger is told once)."""
+        message = next((m for m in messages if addressed(m, context.bot)), None)
+        if message is None:
+            return False
+        user, chat = message.from_user, message.chat
+        if user is None:
+            return False
+        if self.access.allows(user, chat.id):
+            return True
+        if self.access.first_refusal(user, chat.id):
+            log.info("Refused Telegram user %s in chat %s (not in ASSISTANT_TELEGRAM_ALLOWED_USERS "
+                     "or _CHATS)", user.id, chat.id)
+            if chat.type == ChatType.PRIVATE:
+                ids, add = f"Your Telegram user id is {user.id}", "it to ASSISTANT_TELEGRAM_ALLOWED_USERS"
+            else:
+                ids = f"Your Telegram user id is {user.id}, this group's id is {chat.id}"
+                add = ("yours to ASSISTANT_TELEGRAM_ALLOWED_USERS, or the group's to "
+                       "ASSISTANT_TELEGRAM_ALLOWED_CHATS,")
+            await context.bot.send_message(chat.id, f"Sorry, this is a private assistant. {ids}. If you "
+                                           f"know the owner, ask them to add {add} and restart the bot.")
+        return False
+
+    async def _by_admin(self, context: ContextTypes.DEFAULT_TYPE, message: Message) -> bool:
+        """Whether ``message`` comes from an admin of its group (anyone, in a private chat)."""
+        chat = message.chat
+        if chat.type == ChatType.PRIVATE:
+            return True
+        if message.sender_chat is not None and message.sender_chat.id == chat.id:
+            return True  # an anonymous admin, writing as the group
+        try:
+            member = await context.bot.get_chat_member(chat.id, message.from_user.id)
+        except TelegramError as exc:
+            log.warning("Could not ask Telegram whether user %s is an admin of chat %s (%s)",
+                        message.from_user.id, chat.id, exc)
+            return False
+        return member.status in (ChatMemberStatus.OWNER, ChatMemberStatus.ADMINISTRATOR)
 
     # -- commands -------------------------------------------------------------------------------
 
     async def on_start(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         async with self._in_order(update.effective_chat.id):
             name = update.effective_user.first_name if update.effective_user else "there"
-            await self._send_text(context, update.effective_chat.id, f"Hi {name}! {HELP_TEXT}", plain=True)
+            await self._send_text(context, update.effective_chat.id,
+                                  f"Hi {name}! {self._help(update.effective_chat, context.bot)}", plain=True)
 
     async def on_help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         async with self._in_order(update.effective_chat.id):
             limit = f"Files up to {megabytes(self.download_limit)}."
-            await self._send_text(context, update.effective_chat.id, f"{HELP_TEXT}\n\n{limit}", plain=True)
+            await self._send_text(context, update.effective_chat.id,
+                                  f"{self._help(update.effective_chat, context.bot)}\n\n{limit}", plain=True)
+
+    @staticmethod
+    def _help(chat: Chat, bot: Bot) -> str:
+        if chat.type == ChatType.PRIVATE:
+            return HELP_TEXT
+        return f"{HELP_TEXT}\n\n{GROUP_HELP.format(username=bot.username, chat_id=chat.id)}"
 
     async def on_reset(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         chat_id = update.effective_chat.id
         async with self._in_order(chat_id):
+            if not await self._by_admin(context, update.message):
+                await self._send_text(context, chat_id, "Sorry, only this group's admins can reset "
+                                      "its conversation.", plain=True)
+                return
             await asyncio.to_thread(self.agent.reset, conversation_id(chat_id))
             await self._send_text(context, chat_id, "Done: I've forgotten this conversation.", plain=True)
 
@@ -307,6 +375,10 @@ class TelegramBot:
         conversation = conversation_id(chat_id)
         name = " ".join(context.args or ()).strip()
         async with self._in_order(chat_id):
+            if name and not await self._by_admin(context, update.message):
+                await self._send_text(context, chat_id, "Sorry, only this group's admins can switch "
+                                      "its model; /model shows which one it uses.", plain=True)
+                return
             try:
                 if name:
                     chosen = await asyncio.to_thread(self.agent.set_model, conversation, name)
@@ -332,6 +404,8 @@ class TelegramBot:
         return "\n".join(lines)
 
     async def on_unknown_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if command_target(update.message) == "" and update.effective_chat.type != ChatType.PRIVATE:
+            return  # a bare /command in a group may be another bot's
         async with self._in_order(update.effective_chat.id):
             await self._send_text(context, update.effective_chat.id,
                                   "I don't know that command; /help lists what I understand.", plain=True)
@@ -351,20 +425,36 @@ class TelegramBot:
             async with self._in_order(chat_id):
                 await album.complete(self.options.album_wait)
                 self._albums.pop(key, None)
-                await self._answer(context, chat_id, album.messages)
+                if await self._admitted(context, album.messages):  # not a group's chatter
+                    await self._answer(context, chat_id, album.messages)
             return
         async with self._in_order(chat_id):
             await self._answer(context, chat_id, [message])
 
     async def _answer(self, context: ContextTypes.DEFAULT_TYPE, chat_id: int, messages: list[Message]) -> None:
-        """One turn: the text and files of ``messages``, answered with the agent's reply."""
-        text = "\n\n".join(m.text or m.caption for m in messages if m.text or m.caption).strip()
+        """One turn: the text and files of ``messages`` (and of the message they reply to, when
+        it is not the bot's), answered with the agent's reply."""
+        bot = context.bot
+        text = "\n\n".join(filter(None, (message_text(m, bot.username) for m in messages)))
         files = [f for f in map(incoming_file, messages) if f is not None]
+        replied = replied_to(messages, bot.id)
+        if replied is not None:
+            own = same_sender(replied, messages[0])
+            text = "\n\n".join(filter(None, (text, quoted(replied, own))))
+            file = incoming_file(replied)
+            if file is not None and file.voice and not own and file.forwarded_from is None:
+                file = replace(file, forwarded_from=sender_name(replied))  # someone else's words
+            files = ([file] if file is not None else []) + files
         refusals = [f.refusal for f in files if f.refusal]
         if refusals:
             await self._send_text(context, chat_id, "\n".join(refusals), plain=True)
             return
         if not text and not files:
+            if any(m.text or m.caption for m in messages):  # only "@bot"
+                await self._send_text(context, chat_id, f"Yes? Write your question after @{bot.username}, "
+                                      "or mention me in reply to a photo, voice note or video to ask "
+                                      "about it.", plain=True)
+                return
             await self._send_text(context, chat_id, "I can read text, photos, audio, voice notes "
                                   "and video; this kind of message I can't use.", plain=True)
             return
@@ -374,7 +464,7 @@ class TelegramBot:
             return
 
         conversation = conversation_id(chat_id)
-        live = live_reply(context.bot, messages[0].chat, self.options)
+        live = live_reply(bot, messages[0].chat, self.options)
         turn = Turn(conversation, text)
         if files:
             await live.action(ChatAction.TYPING)  # downloading takes a moment too
@@ -529,6 +619,93 @@ def conversation_id(chat_id: int) -> str:
     return f"{CONVERSATION_PREFIX}{chat_id}"
 
 
+def addressed(message: Message, bot: Bot) -> bool:
+    """Whether ``message`` is for the bot: everything in a private chat; in a group, a command
+    (``/help``, ``/help@thisbot``, not ``/help@otherbot``), a reply to one of the bot's
+    messages, or a message whose text or caption mentions ``@thisbot``."""
+    if message.chat.type == ChatType.PRIVATE:
+        return True
+    target = command_target(message)
+    if target is not None:
+        return target in ("", bot.username.lower())
+    replied = message.reply_to_message
+    if replied is not None and replied.from_user is not None and replied.from_user.id == bot.id:
+        return True
+    return bool(_mentions(message, bot.username))
+
+
+def command_target(message: Message) -> str | None:
+    """The bot a command names, lower-case (``""`` for a bare ``/help``); None: no command."""
+    entities = message.entities
+    if not message.text or not entities or entities[0].type != MessageEntity.BOT_COMMAND \
+            or entities[0].offset != 0:
+        return None
+    return message.parse_entity(entities[0]).partition("@")[2].lower()
+
+
+def _mentions(message: Message, username: str) -> list[MessageEntity]:
+    """The entities of ``message``'s text or caption that mention ``@username``."""
+    parsed = (message.parse_entities([MessageEntity.MENTION]) if message.text
+              else message.parse_caption_entities([MessageEntity.MENTION]))
+    return sorted((entity for entity, text in parsed.items() if text[1:].lower() == username.lower()),
+                  key=lambda entity: entity.offset)
+
+
+def message_text(message: Message, username: str) -> str:
+    """The text or caption of ``message`` without its mentions of ``@username`` (the agent
+    needs no "@bot," before the question)."""
+    text = message.text or message.caption or ""
+    mentions = _mentions(message, username)
+    if not mentions:
+        return text.strip()
+    units = text.encode("utf-16-le")  # entity offsets count UTF-16 code units
+    bounds = [0, *(b for e in mentions for b in (e.offset, e.offset + e.length)), len(units) // 2]
+    pieces = [units[start * 2:end * 2].decode("utf-16-le") for start, end in zip(bounds[::2], bounds[1::2])]
+    return reduce(_join, pieces).strip()
+
+
+def _join(left: str, right: str) -> str:
+    """Two pieces of a text a mention was cut from, spaced as if it had never been there."""
+    left, right = left.rstrip(" "), right.lstrip(" ")
+    if not left:  # "@bot, what is this?"
+        return right.lstrip(",:; ")
+    if not right or right[0] in ",.:;!?\n":
+        return left + right
+    return f"{left} {right}"
+
+
+def replied_to(messages: list[Message], bot_id: int) -> Message | None:
+    """The message that ``messages`` reply to, unless it is the bot's (the conversation has it)."""
+    for message in messages:
+        replied = message.reply_to_message
+        if replied is not None and not (replied.from_user is not None and replied.from_user.id == bot_id):
+            return replied
+    return None
+
+
+def quoted(replied: Message, own: bool) -> str | None:
+    """What a replied-to message (``own``: the asker's) says, for the agent: in a group, the
+    person asking may be talking about a message the bot never saw."""
+    words = (replied.text or replied.caption or "").strip()
+    if not words:
+        return None
+    if own:
+        return f"(In reply to my earlier message: \u201c{words}\u201d)"
+    return f"(In reply to a message from {sender_name(replied)}: \u201c{words}\u201d)"
+
+
+def same_sender(first: Message, second: Message) -> bool:
+    """Whether the same person wrote both messages."""
+    return first.from_user is not None and second.from_user is not None \
+        and first.from_user.id == second.from_user.id
+
+
+def sender_name(message: Message) -> str:
+    """Who wrote ``message``, as the agent is told (the original author of a forwarded one)."""
+    return forwarded_from(message) or (message.from_user.full_name if message.from_user else None) \
+        or (message.sender_chat.title if message.sender_chat else None) or "someone"
+
+
 def download_limit(settings: Settings, telegram: TelegramSettings) -> int:
     """Bytes the bot downloads at most: ASSISTANT_MAX_FILE_MB, and 20 MB on the public Bot API."""
     limit = settings.max_file_bytes
@@ -601,23 +778,27 @@ async def _retry(send: Callable[..., Awaitable[object]], *args: object, attempts
 
 
 class Access:
-    """The allowlist: Telegram user ids and/or @usernames (or everyone with ``allow_all``).
+    """The allowlist: Telegram user ids and/or @usernames, and group chats whose members are
+    all allowed there (or everyone with ``allow_all``).
 
     An allowed @username is bound, in the database, to the user id it is first seen with: that
     person stays allowed after renaming, and anyone else later presenting the name is refused."""
 
-    def __init__(self, allowed: Iterable[str], memory: Memory, *, allow_all: bool = False) -> None:
+    def __init__(self, allowed: Iterable[str], memory: Memory, *, allowed_chats: Iterable[int] = (),
+                 allow_all: bool = False) -> None:
         entries = [entry.strip() for entry in allowed if entry.strip()]
         self.ids = {int(entry) for entry in entries if entry.lstrip("-").isdigit()}
         self.usernames = {entry.lstrip("@").lower() for entry in entries if not entry.lstrip("-").isdigit()}
-        self.allow_all = allow_all and not entries
+        self.chats = set(allowed_chats)
+        self.allow_all = allow_all and not entries and not self.chats
         self.memory = memory
         self._bound = {name: user_id for name, user_id in memory.username_bindings().items()
                        if name in self.usernames}
-        self._refused: RecentSet[int] = RecentSet(REFUSALS_REMEMBERED)
+        self._refused: RecentSet[tuple[int, int]] = RecentSet(REFUSALS_REMEMBERED)
 
-    def allows(self, user: User) -> bool:
-        if self.allow_all or user.id in self.ids or user.id in self._bound.values():
+    def allows(self, user: User, chat_id: int) -> bool:
+        """Whether ``user`` may use the bot in the chat ``chat_id``."""
+        if self.allow_all or chat_id in self.chats or user.id in self.ids or user.id in self._bound.values():
             return True
         name = (user.username or "").lower()
         if name not in self.usernames:
@@ -632,10 +813,10 @@ class Access:
                         user.id, name, bound)
         return bound == user.id
 
-    def first_refusal(self, user: User) -> bool:
-        """True the first time ``user`` is refused in this process (they are told once; of
-        many strangers, the least recent may be told again)."""
-        return self._refused.add(user.id)
+    def first_refusal(self, user: User, chat_id: int) -> bool:
+        """True the first time ``user`` is refused in the chat ``chat_id`` in this process (they
+        are told once there; of many strangers, the least recent may be told again)."""
+        return self._refused.add((chat_id, user.id))
 
 
 class Album:

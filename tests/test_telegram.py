@@ -35,7 +35,7 @@ from assistant.memory import Memory
 from assistant.config import Settings
 from assistant.session import ViewState
 from assistant.turns import Reply, Turn
-from tests.fake_bot_api import Call, FakeBotAPI, make_user, visible_text
+from tests.fake_bot_api import BOT_USER, Call, FakeBotAPI, make_user, visible_text
 from tests.fake_ollama import FakeOllama, answer
 from tests.scripted_llm import ScriptedLLM, call_tools, fake_tools, say
 
@@ -469,7 +469,8 @@ def test_group_streams_by_editing_one_message(api: FakeBotAPI, tmp_path: Path) -
     llm = ScriptedLLM([call_tools(("sentiment", {"text": "busy road"})), say("Three cars and **one** bus")],
                       pace=lambda streamed: hold_until(
                           lambda: streamed_message() == streamed.strip().replace("**", "")))
-    api.message(GROUP, user=make_user(OWNER), chat_type="supergroup", text="what is on the road?")
+    api.message(GROUP, user=make_user(OWNER), chat_type="supergroup",
+                text=f"@{BOT_USER['username']} what is on the road?")
 
     async def body() -> None:
         await api.wait_for(lambda: "sentiment" in streamed_message())  # the reply, results included
@@ -790,6 +791,186 @@ def test_a_voice_note_is_answered_from_its_words(api: FakeBotAPI, media: Path, s
     assert "audio · Speech" in first
 
 
+# -- groups ----------------------------------------------------------------------------------
+
+BOT = f"@{BOT_USER['username']}"
+BOB = 3003  # in the group, on no allowlist
+OTHER_GROUP = -100888  # a group nobody allowed
+
+
+def group_message(api: FakeBotAPI, user_id: int, chat_id: int = GROUP, **fields) -> dict:
+    return api.message(chat_id, user=make_user(user_id, first_name="Bob" if user_id == BOB else "Ann"),
+                       chat_type="supergroup", **fields)
+
+
+def test_group_chatter_is_ignored_and_nothing_of_it_downloaded(api: FakeBotAPI, media: Path) -> None:
+    agent = StubAgent()
+    group_message(api, OWNER, text="hello everyone")
+    group_message(api, OWNER, photo=media / "images/inet_zebra.jpg", caption="look at this")
+    for name in ("inet_goldfish.jpg", "inet_school_bus.jpg"):
+        group_message(api, OWNER, photo=media / "images" / name, media_group_id="chatter-album")
+    group_message(api, OWNER, voice=media / "audio/voice_note_ru.oga")
+    group_message(api, OWNER, text="/help@other_bot")  # another bot's command
+    group_message(api, OWNER, text="/weather Paris")  # a bare command no bot of ours knows
+    group_message(api, OWNER, text="mail me at someone@test_assistant_bot.org")  # no mention
+    group_message(api, STRANGER, text="hi all")
+    group_message(api, STRANGER, photo=media / "images/inet_pizza.jpg")
+
+    async def body() -> None:
+        await asyncio.sleep(1.0)  # the album is complete after 0.3 s
+        group_message(api, OWNER, text=f"{BOT} ping")
+        await api.wait_for(lambda: api.texts(GROUP))
+
+    scenario(api, agent, body)
+    assert api.texts(GROUP) == ["You said: <b>ping</b>"]
+    assert [t.text for t in agent.turns] == ["ping"]
+    assert not api.sent("getFile") and not api.downloads  # nothing of the chatter was fetched
+    assert api.texts(STRANGER) == []  # chatter gets no refusal either
+    assert not any(c.params.get("chat_id") == STRANGER for c in api.calls)
+
+
+def test_group_answers_a_mention_a_reply_to_the_bot_and_a_command_to_it(api: FakeBotAPI) -> None:
+    agent = StubAgent()
+
+    async def body() -> None:
+        group_message(api, OWNER, text=f"{BOT} what is a zebra?")
+        await api.wait_for(lambda: len(api.texts(GROUP)) == 1)
+        first = api.sent("sendMessage", GROUP)[0].result
+        group_message(api, OWNER, text="and a horse?", reply_to=first)
+        await api.wait_for(lambda: len(api.texts(GROUP)) == 2)
+        group_message(api, OWNER, text=f"Hey {BOT.upper()}, how are you? 🦓")
+        await api.wait_for(lambda: len(api.texts(GROUP)) == 3)
+        group_message(api, OWNER, text=f"/help{BOT}")
+        group_message(api, OWNER, text=f"/weather{BOT}")
+        await api.wait_for(lambda: len(api.texts(GROUP)) == 5)
+
+    scenario(api, agent, body)
+    assert [t.text for t in agent.turns] == ["what is a zebra?", "and a horse?", "Hey, how are you? 🦓"]
+    assert {t.conversation_id for t in agent.turns} == {f"telegram:{GROUP}"}  # one conversation per group
+    help_, unknown = api.texts(GROUP)[3:]
+    assert "/reset" in help_ and f"mention {BOT}" in help_ and "admins" in help_
+    assert f"ASSISTANT_TELEGRAM_ALLOWED_CHATS) is {GROUP}" in help_
+    assert "/help lists" in unknown
+
+
+def test_a_mention_in_reply_to_someones_media_analyses_that_media(api: FakeBotAPI, media: Path) -> None:
+    agent = StubAgent(lambda turn, progress: Reply(text=f"got {len(turn.attachments)}"))
+    photo = group_message(api, BOB, photo=media / "images/inet_zebra.jpg", caption="my new pet")
+    voice = group_message(api, BOB, voice=media / "audio/voice_note_ru.oga")
+    images = ["inet_goldfish.jpg", "inet_school_bus.jpg", "ext_tabby_cat.jpg"]
+
+    async def body() -> None:
+        group_message(api, OWNER, text=f"{BOT} what is this?", reply_to=photo)
+        await api.wait_for(lambda: len(api.texts(GROUP)) == 1)
+        group_message(api, OWNER, text=f"{BOT} what does he say?", reply_to=voice)
+        await api.wait_for(lambda: len(api.texts(GROUP)) == 2)
+        for index, name in enumerate(images):  # the caption may come with any photo of an album
+            group_message(api, OWNER, photo=media / "images" / name, media_group_id="album",
+                          caption=f"{BOT} which one is the cat?" if index == 1 else None)
+        await api.wait_for(lambda: len(api.texts(GROUP)) == 3)
+        group_message(api, OWNER, photo=media / "images/inet_pizza.jpg", caption=f"{BOT} what food?")
+        await api.wait_for(lambda: len(api.texts(GROUP)) == 4)
+
+    scenario(api, agent, body)
+    about_photo, about_voice, album, captioned = agent.turns
+    assert about_photo.text == "what is this?\n\n(In reply to a message from Bob: \u201cmy new pet\u201d)"
+    assert agent.files[0] == [("image", f"photo_{photo['message_id']}.jpg", _sha(media / "images/inet_zebra.jpg"))]
+    assert api.sent("getFile")[0].params["file_id"] == photo["photo"][-1]["file_id"]
+    assert about_voice.text == "what does he say?"
+    (heard,) = about_voice.attachments
+    assert (heard.kind, heard.forwarded_from) == ("voice", "Bob")  # Bob's words, not the asker's
+    assert album.text == "which one is the cat?"
+    assert [sha for _, _, sha in agent.files[2]] == [_sha(media / "images" / n) for n in images]
+    assert captioned.text == "what food?"
+    assert [sha for _, _, sha in agent.files[3]] == [_sha(media / "images/inet_pizza.jpg")]
+    assert len(api.downloads) == 6
+
+
+def test_an_allowed_group_serves_all_its_members_there(api: FakeBotAPI) -> None:
+    agent = StubAgent()
+    group_message(api, BOB, text=f"{BOT} hello from Bob")
+    api.message(BOB, user=make_user(BOB, first_name="Bob"), text="and in private?")
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(GROUP) and api.texts(BOB))
+
+    scenario(api, agent, body, telegram_allowed_chats=(GROUP,))
+    assert [t.text for t in agent.turns] == ["hello from Bob"]
+    (refusal,) = api.texts(BOB)  # the group's members are allowed in the group only
+    assert str(BOB) in refusal
+
+
+def test_a_stranger_mentioning_the_bot_in_a_group_is_told_once(api: FakeBotAPI) -> None:
+    agent = StubAgent()
+    group_message(api, STRANGER, OTHER_GROUP, text="just chatting")
+    group_message(api, STRANGER, OTHER_GROUP, text=f"{BOT} who are you?")
+    group_message(api, STRANGER, OTHER_GROUP, text=f"{BOT} hello?")
+    group_message(api, STRANGER, OTHER_GROUP, text="/reset")
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(OTHER_GROUP))
+        group_message(api, OWNER, OTHER_GROUP, text=f"{BOT} I am allowed anywhere")
+        await api.wait_for(lambda: len(api.texts(OTHER_GROUP)) == 2)
+
+    scenario(api, agent, body)
+    refusal, answer_text = api.texts(OTHER_GROUP)
+    assert str(STRANGER) in refusal and str(OTHER_GROUP) in refusal
+    assert "ASSISTANT_TELEGRAM_ALLOWED_CHATS" in refusal
+    assert answer_text == "You said: <b>I am allowed anywhere</b>"
+    assert [t.text for t in agent.turns] == ["I am allowed anywhere"] and agent.resets == []
+
+
+def test_reset_and_switching_the_model_are_for_a_groups_admins(api: FakeBotAPI) -> None:
+    agent = StubAgent()
+    admin = 4004
+    api.set_status(GROUP, admin, "administrator")
+    for text in ("/reset", "/model llama3"):
+        group_message(api, BOB, text=text)
+
+    async def body() -> None:
+        await api.wait_for(lambda: len(api.texts(GROUP)) == 2)
+        group_message(api, BOB, text="/cancel")
+        await api.wait_for(lambda: len(api.texts(GROUP)) == 3)
+        group_message(api, admin, text=f"/reset{BOT}")
+        await api.wait_for(lambda: len(api.texts(GROUP)) == 4)
+
+    scenario(api, agent, body, telegram_allowed_chats=(GROUP,))
+    texts = api.texts(GROUP)
+    assert "only this group's admins can reset" in texts[0]
+    assert "only this group's admins can switch" in texts[1]
+    assert "no reply in progress" in texts[2]  # /cancel is anyone's
+    assert "forgotten" in texts[3] and agent.resets == [f"telegram:{GROUP}"]
+    assert {(c.params["user_id"]) for c in api.sent("getChatMember")} == {BOB, admin}
+
+
+def test_the_bots_mention_is_cut_from_the_text() -> None:
+    from telegram import Chat, Message, MessageEntity
+    from adapters.telegram import message_text
+
+    def message(text: str, *mentions: str) -> Message:
+        units = lambda part: len(part.encode("utf-16-le")) // 2  # noqa: E731
+        entities = [MessageEntity("mention", units(text[:text.index(m)]), units(m)) for m in mentions]
+        return Message(1, None, Chat(-1, "group"), text=text, entities=entities)  # type: ignore[arg-type]
+
+    assert message_text(message("@my_bot what is this?", "@my_bot"), "my_bot") == "what is this?"
+    assert message_text(message("🦓🦓 @My_Bot, stripes?", "@My_Bot"), "my_bot") == "🦓🦓, stripes?"
+    assert message_text(message("ask @my_bot and @other_bot", "@my_bot", "@other_bot"), "my_bot") \
+        == "ask and @other_bot"
+    assert message_text(message("just text"), "my_bot") == "just text"
+
+
+def test_allowed_chats_are_group_ids() -> None:
+    settings = TelegramSettings.from_env({"ASSISTANT_TELEGRAM_ALLOWED_CHATS": "-1001234567890, -42"})
+    assert settings.allowed_chats == (-1001234567890, -42)
+    from adapters.telegram import SETTINGS
+    from assistant.config import read_settings
+
+    _values, problems = read_settings(SETTINGS, {"ASSISTANT_TELEGRAM_ALLOWED_CHATS": "-42,12345,@group"})
+    (problem,) = problems
+    assert problem.startswith("ASSISTANT_TELEGRAM_ALLOWED_CHATS='-42,12345,@group'")
+    assert "12345, @group" in problem and "negative" in problem
+
+
 # -- a model per chat ------------------------------------------------------------------------
 
 def test_model_lists_switches_and_is_kept_across_restarts(api: FakeBotAPI, fake_ollama: FakeOllama,
@@ -831,10 +1012,10 @@ def test_refused_strangers_are_remembered_within_a_bound(monkeypatch: pytest.Mon
     monkeypatch.setattr(telegram_module, "REFUSALS_REMEMBERED", 10)
     access = Access([str(OWNER)], Memory(":memory:"))
     strangers = [User(id=5000 + n, first_name="S", is_bot=False) for n in range(100)]
-    assert all(access.first_refusal(user) for user in strangers)
+    assert all(access.first_refusal(user, user.id) for user in strangers)
     assert len(access._refused) == 10
-    assert not access.first_refusal(strangers[-1])  # a recent one is not told twice
-    assert access.first_refusal(strangers[0])  # one from long ago may be told again
+    assert not access.first_refusal(strangers[-1], strangers[-1].id)  # a recent one is not told twice
+    assert access.first_refusal(strangers[0], strangers[0].id)  # one from long ago may be told again
 
 
 def test_the_order_of_chats_keeps_nothing_for_idle_chats() -> None:
