@@ -91,6 +91,7 @@ class Agent:
             self._told_no_tools.discard((conversation_id, self.model_of(conversation_id)))
         self.memory.clear(conversation_id)
         shutil.rmtree(self.attachment_dir(conversation_id), ignore_errors=True)
+        shutil.rmtree(self.output_root / _folder(conversation_id), ignore_errors=True)
 
     def warm_up(self) -> str | None:
         """Check and load the language model; one sentence if something is wrong. Never raises."""
@@ -178,7 +179,7 @@ class Agent:
     # -- helpers used by a turn ----------------------------------------------------------
 
     def output_dir(self, conversation_id: str) -> Path:
-        path = self.output_root / _safe_name(conversation_id)[:80]
+        path = self.output_root / _folder(conversation_id)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -200,8 +201,7 @@ class Agent:
 
     def attachment_dir(self, conversation_id: str) -> Path:
         """The folder of the files the conversation received (one per conversation id)."""
-        digest = hashlib.sha256(conversation_id.encode()).hexdigest()[:10]
-        return self.attachment_root / f"{_safe_name(conversation_id)[:60]}-{digest}"
+        return self.attachment_root / _folder(conversation_id)
 
 
 class _TurnRun:
@@ -548,9 +548,11 @@ def _user_text(turn: Turn, attachments: AttachmentStore, spoken: dict[str, str] 
     return text
 
 
-def _safe_name(conversation_id: str) -> str:
-    """A conversation id as a folder name."""
-    return re.sub(r"[^\w.-]", "_", conversation_id) or "default"
+def _folder(conversation_id: str) -> str:
+    """A conversation's folder name: readable, and unique (``a:b`` and ``a_b`` differ)."""
+    digest = hashlib.sha256(conversation_id.encode()).hexdigest()[:10]
+    readable = re.sub(r"[^\w.-]", "_", conversation_id)[:60] or "default"
+    return f"{readable}-{digest}"
 
 
 def _subject(call: dict[str, Any]) -> str:

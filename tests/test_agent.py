@@ -405,8 +405,13 @@ def test_received_files_stay_within_the_cap_and_reset_deletes_them(make_agent, p
         store.register(empty)
     assert not empty.exists()  # a received file that is refused is not kept
 
+    annotated = agent.output_dir("c") / "photo-detected.jpg"
+    annotated.write_bytes(b"annotated")
+    assert agent.output_dir("c") != agent.output_dir("c_")  # distinct ids, distinct folders
+
     agent.reset("c")
     assert not agent.attachment_dir("c").exists() and own.path.exists()
+    assert not annotated.exists()  # the conversation's annotated outputs go too
     assert len(agent.attachments("c")) == 0
     assert agent.attachment_dir("a:b") != agent.attachment_dir("a_b")  # no two conversations share one
     # A text-only chat asked about its attachments (each message's heavy-queue check) leaves nothing behind.
