@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,20 @@ def _shared() -> Path:
 
 def _shared_models() -> Path:
     return Path(os.environ.get("ASSISTANT_MODELS_DIR", _shared() / "models")).resolve()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """ASSISTANT_CACHE_DIR (ONNX exports) in the session's temporary directory, for the tools
+    built here and the processes started here, so no test writes to the user's cache."""
+    path = tmp_path_factory.mktemp("cache")
+    before = os.environ.get("ASSISTANT_CACHE_DIR")
+    os.environ["ASSISTANT_CACHE_DIR"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("ASSISTANT_CACHE_DIR", None)
+    else:
+        os.environ["ASSISTANT_CACHE_DIR"] = before
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +66,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory, shared_models: Path) ->
 @pytest.fixture()
 def models_env(models_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Environment for the CLI and the agent: every tool loads from ``models_dir``."""
+    kept = ("ASSISTANT_SHARED_DIR", "ASSISTANT_CACHE_DIR")
     for name in list(os.environ):
-        if name.startswith("ASSISTANT_") and name != "ASSISTANT_SHARED_DIR":
+        if name.startswith("ASSISTANT_") and name not in kept:
             monkeypatch.delenv(name)
     monkeypatch.setenv("ASSISTANT_MODELS_DIR", str(models_dir))
     monkeypatch.setenv("ASSISTANT_DB", str(tmp_path / "test.sqlite3"))

@@ -4,6 +4,8 @@ tokenizer with random weights, and a tiny model built here (no network)."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from assistant.attachments import AttachmentStore
 from assistant.config import Settings
 from tests.conftest import ROOT
 from tests.model_builders import build_sentiment
+from tools import onnxrt
 from tools.base import ModelLoadError, ModelSource, ToolContext, ToolError
 from tools.sentiment import SentimentResult, SentimentTool
 
@@ -31,8 +34,10 @@ LONG_TEXT = f"{TEXTS[4]} " * 60 + f"{TEXTS[3]} " * 300
 VARIABLE = "ASSISTANT_SENTIMENT_MODEL"
 
 
-def tool_for(path: Path | str) -> SentimentTool:
-    return SentimentTool(ModelSource(str(path), VARIABLE), device="cpu")
+def tool_for(path: Path | str, runtime: str | None = None) -> SentimentTool:
+    """The tool as the settings build it on a CPU (ONNX Runtime unless ``runtime`` says)."""
+    return SentimentTool(ModelSource(str(path), VARIABLE), device="cpu", runtime=runtime,
+                         cache=Path(os.environ["ASSISTANT_CACHE_DIR"]))
 
 
 @pytest.fixture(scope="session")
@@ -92,6 +97,10 @@ def test_loads_and_classifies(which: str, request: pytest.FixtureRequest) -> Non
     assert sum(item.score for item in result.labels) == pytest.approx(1.0, abs=1e-5)
 
 
+def scores(results: list[SentimentResult]) -> list[dict[str, float]]:
+    return [{item.label: item.score for item in result.labels} for result in results]
+
+
 def test_model_stays_warm(tiny2: SentimentTool) -> None:
     model = tiny2.ensure_loaded()
     tiny2.classify([TEXTS[1]])
@@ -120,6 +129,66 @@ def test_unknown_class_names_are_refused(tmp_path: Path, tiny_dir: Path) -> None
     AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="not positive / neutral / negative"):
         tool_for(tmp_path).ensure_loaded()
+
+
+# -- runtimes: ONNX Runtime where it matches PyTorch -----------------------------------------
+
+
+def test_onnx_runtime_is_the_cpu_default_and_gives_pytorchs_results(tiny2_dir: Path) -> None:
+    texts = [*TEXTS, LONG_TEXT]  # a padded batch, and windows of a long text
+    on_onnx, on_torch = tool_for(tiny2_dir), tool_for(tiny2_dir, runtime="torch")
+    onnx_results, torch_results = on_onnx.classify(texts), on_torch.classify(texts)
+    assert (on_onnx.ensure_loaded().runtime, on_torch.ensure_loaded().runtime) == ("onnx", "torch")
+    for ours, theirs in zip(onnx_results, torch_results):
+        assert (ours.label, ours.windows) == (theirs.label, theirs.windows)
+    for ours, theirs in zip(scores(onnx_results), scores(torch_results)):
+        assert ours.keys() == theirs.keys()
+        assert all(ours[label] == pytest.approx(theirs[label], abs=1e-5) for label in ours)
+
+
+def test_onnx_export_is_cached_until_the_model_changes(tmp_path: Path, tiny_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    model_dir = shutil.copytree(tiny_dir, tmp_path / "model")
+    exports = []
+    real_export = onnxrt.export
+    monkeypatch.setattr(onnxrt, "export", lambda *args: exports.append(1) or real_export(*args))
+    first = tool_for(model_dir).classify(TEXTS)
+    second = tool_for(model_dir).classify(TEXTS)  # a new process would do the same
+    assert len(exports) == 1 and scores(first) == scores(second)
+
+    config = model_dir / "config.json"
+    config.write_text(config.read_text())  # a changed file (its time): exported again
+    assert tool_for(model_dir).ensure_loaded().runtime == "onnx" and len(exports) == 2
+    assert not [path for path in (Path(os.environ["ASSISTANT_CACHE_DIR"]) / "onnx").iterdir()
+                if path.name.startswith(".")]  # no work folder left behind
+
+
+def test_an_export_that_does_not_match_is_not_used(tmp_path: Path, tiny_dir: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    model_dir = shutil.copytree(tiny_dir, tmp_path / "model")
+    monkeypatch.setattr(onnxrt, "TOLERANCE", -1.0)  # no difference is small enough
+    with caplog.at_level(logging.WARNING, logger="tools.sentiment"):
+        tool = tool_for(model_dir)
+        results = tool.classify(TEXTS)
+    assert tool.ensure_loaded().runtime == "torch"
+    assert "differ from PyTorch's" in caplog.text and "runs on PyTorch" in caplog.text
+    assert scores(results) == scores(tool_for(model_dir, runtime="torch").classify(TEXTS))
+
+    # The verdict is kept: no second export; asked for ONNX explicitly, it says why not.
+    monkeypatch.setattr(onnxrt, "export", lambda *args: pytest.fail("exported again"))
+    assert tool_for(model_dir).ensure_loaded().runtime == "torch"
+    with pytest.raises(ModelLoadError, match="ASSISTANT_SENTIMENT_RUNTIME=onnx, but its ONNX"):
+        tool_for(model_dir, runtime="onnx").ensure_loaded()
+
+
+def test_runtime_setting() -> None:
+    settings, problems = Settings.read({"ASSISTANT_SENTIMENT_RUNTIME": "TensorRT"})
+    assert any(p.startswith("ASSISTANT_SENTIMENT_RUNTIME='TensorRT'") and "onnx or torch" in p
+               for p in problems)
+    settings, problems = Settings.read({"ASSISTANT_SENTIMENT_RUNTIME": " Torch "})
+    assert not problems and settings.tool_value("ASSISTANT_SENTIMENT_RUNTIME") == "torch"
+    assert Settings.read({})[0].tool_value("ASSISTANT_SENTIMENT_RUNTIME") is None
 
 
 # -- long texts and batches ------------------------------------------------------------
