@@ -323,6 +323,16 @@ def test_import_is_cheap():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
 
 
+def test_tensorflow_and_its_hub_import_quietly():
+    """TensorFlow and tensorflow-hub (a SavedModel YAMNet, `models fetch`) print nothing:
+    no absl, cudart_stub or pkg_resources lines."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TF_CPP")}
+    code = "from tools.base import import_tensorflow_hub; import_tensorflow_hub()"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parent.parent, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == ""
+
+
 def test_cli_analyze_is_quiet_and_never_imports_tensorflow(shared_models, media):
     """The .tflite YAMNet runs on ai-edge-litert: no TensorFlow, and nothing on stderr
     (no absl, oneDNN, cudart_stub or XNNPACK lines) — only the product's own output."""

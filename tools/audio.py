@@ -17,10 +17,7 @@ from __future__ import annotations
 import csv
 import os
 import socket
-import sys
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +25,8 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 
 from tools.base import (ModelCheck, ModelLoadError, ModelSource, ModelSpec, Tool, ToolConfig,
-                        ToolContext, ToolResult, short_reason, import_tensorflow, sorted_labels)
+                        ToolContext, ToolResult, import_tensorflow, import_tensorflow_hub,
+                        native_stderr_silenced, short_reason, sorted_labels)
 from tools.media import SAMPLE_RATE, decode_audio
 
 if TYPE_CHECKING:
@@ -109,11 +107,7 @@ def _fetch_yamnet(dest: Path | None) -> Path:
     """`models fetch`: the TF Hub YAMNet into its cache, copied to ``dest`` if given."""
     import shutil
 
-    from tools.base import import_tensorflow
-
-    import_tensorflow()
-    import tensorflow_hub as hub
-
+    hub = import_tensorflow_hub()
     cached = Path(hub.resolve(DEFAULT_MODEL))
     if dest is None:
         return cached
@@ -209,7 +203,7 @@ class _TFLiteYamnet(_Yamnet):
         from ai_edge_litert.interpreter import Interpreter
 
         self.class_names = read_class_map(class_map.read_text(encoding="utf-8"))
-        with _native_stderr_silenced():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate"
+        with native_stderr_silenced():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate"
             self._interpreter = Interpreter(model_path=str(model_path),
                                             num_threads=min(4, os.cpu_count() or 1))
         self._input = self._interpreter.get_input_details()[0]["index"]
@@ -223,7 +217,7 @@ class _TFLiteYamnet(_Yamnet):
     def scores(self, wave: np.ndarray) -> np.ndarray:
         if len(wave) != self._length:  # re-plan only when the length changes
             self._interpreter.resize_tensor_input(self._input, [len(wave)], strict=True)
-            with _native_stderr_silenced():  # the delegate logs again when re-planned
+            with native_stderr_silenced():  # the delegate logs again when re-planned
                 self._interpreter.allocate_tensors()
             self._length = len(wave)
         self._interpreter.set_tensor(self._input, wave)
@@ -231,30 +225,12 @@ class _TFLiteYamnet(_Yamnet):
         return self._interpreter.get_tensor(self._output).copy()
 
 
-@contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null for the duration: the TFLite runtime logs from
-    C++ straight to it, past Python's ``sys.stderr`` and ``TF_CPP_MIN_LOG_LEVEL``."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 class _SavedModelYamnet(_Yamnet):
     """YAMNet as a TF Hub handle or SavedModel directory; class names from its own asset."""
 
     def __init__(self, handle: str, timeout_s: float = DEFAULT_HUB_TIMEOUT_S) -> None:
         tf = import_tensorflow()
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tensorflow_hub imports pkg_resources
-            import tensorflow_hub as hub
+        hub = import_tensorflow_hub()
 
         # hub's downloader opens URLs without a timeout: bound each network wait so that
         # an unreachable hub fails in seconds, not minutes (a cached model needs no network).

@@ -11,9 +11,12 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import threading
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -438,8 +441,6 @@ def select_device(override: str | None = None) -> str:
 def cuda_available() -> bool:
     """``torch.cuda.is_available()`` without its "CUDA initialization: Found no NVIDIA
     driver" warning on machines that have CUDA libraries but no GPU (no GPU is normal here)."""
-    import warnings
-
     import torch
 
     with warnings.catch_warnings():
@@ -471,6 +472,33 @@ def import_tensorflow() -> Any:
         import triton  # noqa: F401
     except ImportError:
         pass
-    import tensorflow
+    with native_stderr_silenced():  # absl's "before absl::InitializeLog()" and cudart_stub lines
+        import tensorflow
 
     return tensorflow
+
+
+def import_tensorflow_hub() -> Any:
+    """TensorFlow (as :func:`import_tensorflow`), then tensorflow-hub without its warning
+    that it imports the deprecated ``pkg_resources``."""
+    import_tensorflow()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import tensorflow_hub
+
+    return tensorflow_hub
+
+
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for the duration: native runtimes (TFLite, absl)
+    log from C++ straight to it, past Python's ``sys.stderr`` and ``TF_CPP_MIN_LOG_LEVEL``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar
@@ -126,7 +127,9 @@ def _repo_id(value: str) -> str:
 def _fetch(dest: Path | None) -> Path:
     from faster_whisper import download_model
 
-    return Path(download_model(DEFAULT_MODEL, output_dir=str(dest) if dest else None))
+    with warnings.catch_warnings():  # faster-whisper still passes huggingface_hub an old argument
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks", category=UserWarning)
+        return Path(download_model(DEFAULT_MODEL, output_dir=str(dest) if dest else None))
 
 
 def _check_local(path: Path) -> str | None:
