@@ -324,7 +324,8 @@ def test_schema_and_cheap_import() -> None:
     parameters = tool.schema()["function"]["parameters"]
     assert parameters["required"] == ["text"] and tool.kinds == frozenset({"text"})
     code = ("import sys, tools.sentiment; "
-            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'transformers', 'onnxruntime', 'numpy') "
+            "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"

@@ -8,8 +8,7 @@ changed model or library is exported again and replaces the old export. An expor
 only when its logits match PyTorch's on the probe inputs within :data:`TOLERANCE`; that
 verdict is kept too, so a model that does not match is not exported again on every start.
 
-Only ``numpy`` and the standard library are imported here; onnxruntime when a model is
-opened, torch for an export.
+Nothing heavy is imported here: onnxruntime when a model is opened, torch for an export.
 """
 
 from __future__ import annotations
@@ -22,9 +21,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from tools.base import Setting, short_reason
 
@@ -34,7 +31,11 @@ TOLERANCE = 1e-4
 _LIBRARIES = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime")
 _MODEL, _VERDICT = "model.onnx", "verdict.json"
 
-Inputs = Mapping[str, np.ndarray]
+if TYPE_CHECKING:
+    import numpy as np
+
+#: A padded batch: token arrays by input name.
+Inputs = Mapping[str, "np.ndarray"]
 
 
 class NotExportable(Exception):
@@ -84,6 +85,8 @@ class OnnxModel:
         self.inputs = [item.name for item in self.session.get_inputs()]
 
     def logits(self, inputs: Inputs) -> np.ndarray:
+        import numpy as np
+
         feed = {name: np.asarray(inputs[name], dtype=np.int64) for name in self.inputs}
         return self.session.run(None, feed)[0]
 
@@ -143,6 +146,7 @@ def _folder(cache: Path, model_dir: Path) -> Path:
 
 def _export_and_check(model: Any, probes: list[Inputs], reference: Callable[[Inputs], np.ndarray],
                       max_tokens: int, path: Path) -> dict[str, Any]:
+    import numpy as np
     import torch
 
     sample = probes[0]

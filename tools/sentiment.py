@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 from pydantic import BaseModel, Field, field_validator
 from pydantic_core import PydanticCustomError
 
@@ -26,6 +25,9 @@ from tools.base import (AttachmentResolver, ModelLoadError, ModelSource, Setting
                         short_reason, sorted_labels)
 from tools.hub import hub_spec, load_pretrained
 from tools.media import read_text_document
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,7 @@ class _Loaded:
         return [{key: windows[key][i] for key in windows.keys()} for i in range(len(owners))], owners
 
     def padded(self, features: list[dict[str, list[int]]]) -> dict[str, np.ndarray]:
+        """A padded batch of windows as numpy token arrays."""
         return dict(self.tokenizer.pad(features, return_tensors="np"))
 
 
@@ -229,6 +232,8 @@ class SentimentTool(Tool[SentimentParams]):
         return self._classify([params.text])[0]
 
     def _classify(self, texts: list[str]) -> list[SentimentResult]:
+        import numpy as np
+
         loaded: _Loaded = self._model
         features, owners = loaded.windows(texts)
         tokens = np.array([len(item["input_ids"]) for item in features], dtype=np.float64)
@@ -253,6 +258,8 @@ class SentimentTool(Tool[SentimentParams]):
 
         Windows are run longest first in batches of similar length, so little is padded.
         """
+        import numpy as np
+
         order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
         out = np.empty((len(features), len(loaded.labels)))
         start = 0
