@@ -1,5 +1,6 @@
-"""Sentiment tool speed: our warm tool against the honest peer, a warm transformers
-``pipeline`` (a fresh pipeline per call is kept as a reference column).
+"""Sentiment tool speed: our warm tool (ONNX Runtime, its default on a CPU, and on PyTorch)
+against the honest peer, a warm transformers ``pipeline``, measured interleaved in one run
+(a fresh pipeline per call is kept as a reference column).
 
 Two stand-ins with random weights and the real rubert-tiny2 tokenizer: (a) the real
 rubert-tiny2 architecture, (b) a rubert-base architecture (12 layers, 768 wide), the size
@@ -15,10 +16,9 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from common import CONFIGS, emit, median_ms, scratch_dir, timed
+from common import CONFIGS, emit, interleaved_medians, median_ms, scratch_dir, timed
 
 ARCHES = ("tiny2", "base")
 SHORT = [
@@ -53,58 +53,71 @@ def _import_libraries() -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
 
 
-def bench(arch: str) -> None:
+def bench(arch: str, repeat: int) -> None:
     import torch
 
     from tools.base import ModelSource
     from tools.sentiment import SentimentTool
 
     _, import_s = timed(_import_libraries)
-    model_dir = build(arch, scratch_dir(f"sentiment-{arch}") / "model")
-    tool = SentimentTool(ModelSource(str(model_dir), "ASSISTANT_SENTIMENT_MODEL"), device="cpu")
-    _, load_s = timed(tool.ensure_loaded)
-    texts = iter(SHORT * 1000)
-
-    # torch uses every core by default; on a busy 2-core machine one thread can be faster.
-    default_threads = torch.get_num_threads()
-    short_ms = {}
-    for threads in sorted({1, default_threads}, reverse=True):
-        torch.set_num_threads(threads)
-        short_ms[threads] = median_ms(lambda: tool.classify([next(texts)]), repeat=30, warmup=3)
-        short_cpu_ms = median_ms(lambda: tool.classify([next(texts)]), repeat=30,
-                                 clock=time.process_time)
-        batch_ms = median_ms(lambda: tool.classify(BATCH), repeat=5)
-        long_ms = median_ms(lambda: tool.classify([LONG]), repeat=1)
-        emit("sentiment", arch=arch, path="ours", threads=threads, import_s=import_s,
-             load_s=load_s, short_ms=short_ms[threads], short_cpu_ms=short_cpu_ms,
-             batch32_texts_per_s=len(BATCH) / (batch_ms / 1000), long_text_ms=long_ms,
-             long_text_windows=tool.classify([LONG])[0].windows, load_avg=os.getloadavg()[0])
-    torch.set_num_threads(default_threads)
+    scratch = scratch_dir(f"sentiment-{arch}")
+    model_dir = build(arch, scratch / "model")
+    source = ModelSource(str(model_dir), "ASSISTANT_SENTIMENT_MODEL")
+    # Ours as it runs by default on a CPU (ONNX Runtime: exported and checked on the first
+    # load, read from the cache afterwards), and ours told to run on PyTorch.
+    tools = {runtime: SentimentTool(source, device="cpu", runtime=runtime, cache=scratch / "cache")
+             for runtime in ("onnx", "torch")}
+    _, export_s = timed(tools["onnx"].ensure_loaded)
+    _, cached_load_s = timed(SentimentTool(source, device="cpu", runtime="onnx",
+                                           cache=scratch / "cache").ensure_loaded)
+    _, torch_load_s = timed(tools["torch"].ensure_loaded)
+    assert tools["onnx"]._model.runtime == "onnx", "the ONNX export was not used"
 
     from transformers import pipeline
 
-    def naive() -> object:  # what the plain library examples do per request
+    warm = pipeline("text-classification", model=str(model_dir), top_k=None, device="cpu")
+    texts = iter(SHORT * 10_000)
+    short = interleaved_medians({
+        "ours": lambda: tools["onnx"].classify([next(texts)]),
+        "ours_torch": lambda: tools["torch"].classify([next(texts)]),
+        "warm_pipeline": lambda: warm(next(texts)),
+    }, repeat=repeat)
+    batch = interleaved_medians({
+        "ours": lambda: tools["onnx"].classify(BATCH),
+        "ours_torch": lambda: tools["torch"].classify(BATCH),
+        "warm_pipeline": lambda: warm(BATCH, batch_size=len(BATCH)),
+    }, repeat=6, rounds=2, warmup=1)
+    long_ms = {name: median_ms(lambda t=tool: t.classify([LONG]), repeat=3)
+               for name, tool in (("ours", tools["onnx"]), ("ours_torch", tools["torch"]))}
+
+    def per_call() -> object:  # what the plain library examples do per request
         return pipeline("text-classification", model=str(model_dir), top_k=None, device="cpu")(
             next(texts))
 
-    naive_ms = median_ms(naive, repeat=5)
-    warm_pipeline = pipeline("text-classification", model=str(model_dir), top_k=None, device="cpu")
-    pipeline_ms = median_ms(lambda: warm_pipeline(next(texts)), repeat=30, warmup=3)
-    emit("sentiment", arch=arch, path="naive", threads=default_threads,
-         naive_pipeline_per_call_ms=naive_ms, warm_pipeline_ms=pipeline_ms,
-         warm_pipeline_over_ours=pipeline_ms / short_ms[default_threads],
-         per_call_over_ours=naive_ms / short_ms[default_threads], load_avg=os.getloadavg()[0])
+    per_call_ms = median_ms(per_call, repeat=5)
+    emit("sentiment", arch=arch, threads=torch.get_num_threads(), import_s=import_s,
+         onnx_export_s=export_s, onnx_cached_load_s=cached_load_s, torch_load_s=torch_load_s,
+         short_ms=short["ours"], short_torch_ms=short["ours_torch"],
+         warm_pipeline_ms=short["warm_pipeline"], per_call_pipeline_ms=per_call_ms,
+         warm_pipeline_over_ours=short["warm_pipeline"] / short["ours"],
+         batch32_texts_per_s=len(BATCH) / (batch["ours"] / 1000),
+         batch32_torch_texts_per_s=len(BATCH) / (batch["ours_torch"] / 1000),
+         batch32_pipeline_texts_per_s=len(BATCH) / (batch["warm_pipeline"] / 1000),
+         long_text_ms=long_ms["ours"], long_text_torch_ms=long_ms["ours_torch"],
+         long_text_windows=tools["onnx"].classify([LONG])[0].windows, load_avg=os.getloadavg()[0])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=ARCHES, help="one architecture in this process")
+    parser.add_argument("--repeat", type=int, default=30, help="timed short texts per path")
     args = parser.parse_args()
     if args.arch:
-        bench(args.arch)
+        bench(args.arch, args.repeat)
         return
     for arch in ARCHES:
-        subprocess.run([sys.executable, __file__, "--arch", arch], check=True)
+        subprocess.run([sys.executable, __file__, "--arch", arch, "--repeat", str(args.repeat)],
+                       check=True)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,23 @@ def median_ms(fn: Callable[[], object], repeat: int = 10, warmup: int = 1,
     return statistics.median(samples)
 
 
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int = 30, rounds: int = 3,
+                        warmup: int = 3) -> dict[str, float]:
+    """Median wall time (ms) of each of ``fns``, measured in ``rounds`` alternating blocks of
+    ``repeat // rounds`` calls, so a change of load on a shared machine falls on all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(max(1, repeat // rounds)):
+                start = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def repeat_arg(doc: str | None, default: int) -> int:
     """The ``--repeat N`` option every benchmark script takes (timed runs per median)."""
     import argparse
