@@ -90,6 +90,18 @@ def bench(arch: str, repeat: int) -> None:
     long_ms = {name: median_ms(lambda t=tool: t.classify([LONG]), repeat=3)
                for name, tool in (("ours", tools["onnx"]), ("ours_torch", tools["torch"]))}
 
+    # One window of n tokens on each runtime: where ONNX Runtime stops being the faster one
+    # (tools.sentiment.ONNX_MAX_TOKENS).
+    loaded = tools["onnx"]._model
+    by_length = {}
+    for tokens in (64, 128, 256, 384, 512):
+        window = loaded.padded(loaded.windows([LONG])[0][:1])
+        window = {key: value[:, :tokens] for key, value in window.items()}
+        times = interleaved_medians({"onnx": lambda w=window: loaded.logits(w),
+                                     "torch": lambda w=window: tools["torch"]._model.logits(w)},
+                                    repeat=6, rounds=2, warmup=1)
+        by_length[f"window{tokens}_onnx_over_torch"] = times["onnx"] / times["torch"]
+
     def per_call() -> object:  # what the plain library examples do per request
         return pipeline("text-classification", model=str(model_dir), top_k=None, device="cpu")(
             next(texts))
@@ -104,7 +116,8 @@ def bench(arch: str, repeat: int) -> None:
          batch32_torch_texts_per_s=len(BATCH) / (batch["ours_torch"] / 1000),
          batch32_pipeline_texts_per_s=len(BATCH) / (batch["warm_pipeline"] / 1000),
          long_text_ms=long_ms["ours"], long_text_torch_ms=long_ms["ours_torch"],
-         long_text_windows=tools["onnx"].classify([LONG])[0].windows, load_avg=os.getloadavg()[0])
+         long_text_windows=tools["onnx"].classify([LONG])[0].windows, **by_length,
+         load_avg=os.getloadavg()[0])
 
 
 def main() -> None:

@@ -137,8 +137,14 @@ def test_unknown_class_names_are_refused(tmp_path: Path, tiny_dir: Path) -> None
 def test_onnx_runtime_is_the_cpu_default_and_gives_pytorchs_results(tiny2_dir: Path) -> None:
     texts = [*TEXTS, LONG_TEXT]  # a padded batch, and windows of a long text
     on_onnx, on_torch = tool_for(tiny2_dir), tool_for(tiny2_dir, runtime="torch")
+    short = on_onnx.classify(TEXTS)
+    loaded = on_onnx.ensure_loaded()
+    assert loaded.long_logits.cache_info().currsize == 0  # short texts: ONNX Runtime alone
     onnx_results, torch_results = on_onnx.classify(texts), on_torch.classify(texts)
-    assert (on_onnx.ensure_loaded().runtime, on_torch.ensure_loaded().runtime) == ("onnx", "torch")
+    assert loaded.long_logits.cache_info().currsize == 1  # full windows: on PyTorch, faster there
+    assert (loaded.runtime, on_torch.ensure_loaded().runtime) == ("onnx", "torch")
+    for alone, beside_long in zip(scores(short), scores(onnx_results)):
+        assert all(alone[label] == pytest.approx(beside_long[label], abs=1e-5) for label in alone)
     for ours, theirs in zip(onnx_results, torch_results):
         assert (ours.label, ours.windows) == (theirs.label, theirs.windows)
     for ours, theirs in zip(scores(onnx_results), scores(torch_results)):

@@ -6,13 +6,17 @@ The model comes from ``ASSISTANT_SENTIMENT_MODEL``: a Hugging Face hub id (defau
 token windows whose class probabilities are averaged, weighted by their token counts.
 
 ``ASSISTANT_SENTIMENT_RUNTIME`` says what runs the model: ``onnx`` (ONNX Runtime, the default
-on the CPU: about 2.5-3x faster than PyTorch there, see :mod:`tools.onnxrt`) or ``torch``
-(the default on a GPU). An ONNX export is used only where its logits match PyTorch's.
+on the CPU: about twice as fast as PyTorch there on short texts, see :mod:`tools.onnxrt`) or
+``torch`` (the default on a GPU). An ONNX export is used only where its logits match
+PyTorch's, and only for windows shorter than :data:`ONNX_MAX_TOKENS`: on long windows PyTorch
+is faster on the CPU, so a long text's windows run there (its model loaded on first need).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -39,6 +43,9 @@ MAX_WINDOW = 512
 WINDOW_OVERLAP = 32
 #: Padded tokens per forward pass: bounds memory when many long texts come at once.
 BATCH_TOKENS = 16_384
+#: Windows this long or longer run on PyTorch even when ONNX Runtime runs the short ones:
+#: measured slower there from about this length (benchmarks/bench_sentiment.py).
+ONNX_MAX_TOKENS = 256
 
 #: Label spellings of sentiment models (after lower-casing), by the name we report.
 _LABEL_PREFIXES = {"pos": "positive", "neg": "negative", "neu": "neutral"}
@@ -95,7 +102,8 @@ class SentimentResult(ToolResult):
 class _Loaded:
     """A tokenizer and model ready to run, and what the results need from them.
 
-    ``logits(inputs)`` runs the model on a padded batch of numpy token arrays.
+    ``logits(inputs)`` runs the model on a padded batch of numpy token arrays; on ONNX
+    Runtime, ``long_logits()`` gives the PyTorch model for long windows (made on first use).
     """
 
     def __init__(self, tokenizer: Any, config: Any, labels: list[str]) -> None:
@@ -104,6 +112,13 @@ class _Loaded:
         self.window = min(tokenizer.model_max_length, positions, MAX_WINDOW)
         self.runtime = ""
         self.logits: Any = None
+        self.long_logits: Callable[[], Any] | None = None
+
+    def logits_for(self, tokens: int) -> Any:
+        """What runs a batch of windows of ``tokens`` tokens."""
+        if self.long_logits is not None and tokens >= ONNX_MAX_TOKENS:
+            return self.long_logits()
+        return self.logits
 
     def windows(self, texts: list[str]) -> tuple[list[dict[str, list[int]]], list[int]]:
         """Every text's token windows, and the text each window belongs to."""
@@ -179,6 +194,7 @@ class SentimentTool(Tool[SentimentParams]):
         if (self._runtime or ("onnx" if device == "cpu" else "torch")) == "onnx":
             try:
                 loaded.runtime, loaded.logits = "onnx", self._onnx(loaded, _model_dir(location)).logits
+                loaded.long_logits = functools.cache(lambda: _TorchLogits(self._torch_model("cpu"), "cpu"))
                 return loaded
             except onnxrt.NotExportable as exc:
                 if self._runtime == "onnx":
@@ -267,7 +283,8 @@ class SentimentTool(Tool[SentimentParams]):
             longest = len(features[order[start]]["input_ids"])
             size = max(1, BATCH_TOKENS // longest)
             chunk = order[start:start + size]
-            logits = loaded.logits(loaded.padded([features[i] for i in chunk])).astype(np.float64)
+            run = loaded.logits_for(longest)
+            logits = run(loaded.padded([features[i] for i in chunk])).astype(np.float64)
             exp = np.exp(logits - logits.max(axis=1, keepdims=True))
             out[chunk] = exp / exp.sum(axis=1, keepdims=True)
             start += size
