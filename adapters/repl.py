@@ -457,8 +457,6 @@ class RichUI(PlainUI):
                 raise
             shown.finish(reply)
             live.refresh()
-        for line in reply.results:
-            self.console.print(f"[dim]{_escape(line)}[/]")
         for note in reply.notes:
             self.console.print(f"[dim italic]note: {_escape(note)}[/]")
         for path in reply.media:
@@ -476,13 +474,14 @@ class _LiveReply:
         self.view = view
         self._spinner = Spinner("dots", text=" thinking…", style="dim")
         self._done = False
-        self._final: str | None = None
+        self._final: Reply | None = None
 
     def finish(self, reply: Reply | None) -> None:
-        """The turn is over: show the reply's text (or, cancelled, what had streamed)."""
+        """The turn is over: show the reply's text and result lines (or, cancelled, what had
+        streamed)."""
         self._done = True
         if reply is not None:
-            self._final = reply.text
+            self._final = reply
 
     def __rich_console__(self, console, options):
         from rich.markdown import Markdown
@@ -490,9 +489,12 @@ class _LiveReply:
         from rich.table import Table
 
         state = self.view.state
-        text = self._final if self._final is not None else state.text
+        text = self._final.text if self._final is not None else state.text
+        results = self._final.results if self._final is not None else state.results
         if text:
             yield Markdown(text)
+        for line in results:  # what was measured shows as soon as the tools have run
+            yield f"[dim]{_escape(line)}[/]"
         if self._done:
             return
         if state.progress is not None:

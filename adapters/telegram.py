@@ -25,7 +25,7 @@ import sqlite3
 import sys
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import reduce
@@ -524,13 +524,8 @@ class TelegramBot:
                           live: LiveReply) -> None:
         if reply.notes:  # for the adapter, not the user (the text already says what matters)
             log.info("Reply notes for chat %s: %s", chat_id, "; ".join(reply.notes))
-        text = reply.text.strip()
-        if reply.heard:  # what was heard in a voice note comes first, as a quote
-            text = "\n".join(f"> {line}" for line in reply.heard) + "\n\n" + text
-        measured = [line for line in reply.results if line not in reply.heard]
-        if measured:  # the measured results, as a short block under the model's words
-            text += "\n\n" + "\n".join(f"`{line}`" for line in measured)
-        chunks = render_markdown(text.strip()) if text.strip() else []
+        text = reply_markdown(reply.text, reply.results, reply.heard)
+        chunks = render_markdown(text) if text else []
         if not chunks and not reply.media:
             chunks = [Chunk(None, "(I have no answer to that.)")]
         for chunk in await live.settle(chunks):  # a group's streamed message becomes the first
@@ -968,11 +963,24 @@ def live_reply(bot: Bot, chat: Chat, options: BotOptions) -> LiveReply:
     return EditedReply(bot, chat.id, options)
 
 
+def reply_markdown(text: str, results: Sequence[str], heard: Sequence[str]) -> str:
+    """A reply as one Markdown text: what was heard in a voice note first, as a quote, then the
+    model's words, then the measured results as a short block under them."""
+    text = text.strip()
+    if heard:
+        text = "\n".join(f"> {line}" for line in heard) + "\n\n" + text
+    measured = [line for line in results if line not in heard]
+    if measured:
+        text += "\n\n" + "\n".join(f"`{line}`" for line in measured)
+    return text.strip()
+
+
 def live_chunk(state: ViewState) -> Chunk | None:
-    """The running turn as one message: the end of the answer streamed so far (rendered like
-    the reply) and the progress or queue line; None while there is nothing to show."""
+    """The running turn as one message: the end of the answer streamed so far with the results
+    measured so far (rendered like the reply) and the progress or queue line; None while there
+    is nothing to show."""
     status = state.status_line()
-    text = state.text.strip()
+    text = reply_markdown(state.text, state.results, state.heard)
     if not text:
         return Chunk(None, status) if status else None
     room = MESSAGE_LIMIT - (len(status) + 2 if status else 0)

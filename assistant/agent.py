@@ -48,6 +48,9 @@ MAX_DOCUMENT_CHARS = 8000
 #: Conversations (with their model) remembered as told that the model has no native tools.
 TOLD_NO_TOOLS = 1024
 
+#: Receives a turn's result lines and the transcripts among them, each time tools have run.
+ResultsCallback = Callable[[list[str], list[str]], None]
+
 
 class Agent:
     """One assistant shared by all conversations of an adapter. Turns of different
@@ -152,15 +155,18 @@ class Agent:
         return match
 
     def respond(self, turn: Turn, *, on_token: Callable[[str], None] | None = None,
-                on_progress: Progress | None = None,
+                on_progress: Progress | None = None, on_results: ResultsCallback | None = None,
                 cancel: threading.Event | None = None) -> Reply:
         """Answer one turn. Blocking; never raises for problems a person can act on.
 
         ``on_token`` receives the model's text as it streams; ``Reply.text`` is always the
-        complete answer (adapters re-render it when the turn ends)."""
+        complete answer (adapters re-render it when the turn ends). ``on_results`` receives
+        the turn's result lines and transcripts so far (as :attr:`Reply.results` and
+        :attr:`Reply.heard`) each time tools have run, so a channel can show what was measured
+        before the model has said a word."""
         run: _TurnRun | None = None
         try:  # building the run creates the output folder and reads memory: inside too
-            run = _TurnRun(self, turn, on_token, on_progress, cancel)
+            run = _TurnRun(self, turn, on_token, on_progress, on_results, cancel)
             reply = run.execute()
         except Exception as exc:  # noqa: BLE001 - last resort: a reply, not a crash
             log.exception("turn failed")
@@ -208,8 +214,10 @@ class _TurnRun:
     """The state of one turn while it runs."""
 
     def __init__(self, agent: Agent, turn: Turn, on_token: Callable[[str], None] | None,
-                 on_progress: Progress | None, cancel: threading.Event | None) -> None:
+                 on_progress: Progress | None, on_results: ResultsCallback | None,
+                 cancel: threading.Event | None) -> None:
         self.agent, self.turn, self.on_token, self.cancel = agent, turn, on_token, cancel
+        self.on_results = on_results
         self.ctx = ToolContext(attachments=agent.attachments(turn.conversation_id),
                                output_dir=agent.output_dir(turn.conversation_id), progress=on_progress)
         self.user = HumanMessage(content=_user_text(turn, self.ctx.attachments))
@@ -303,6 +311,9 @@ class _TurnRun:
                 content = self.run_call(call)
             self.messages.append(ToolMessage(content=content, tool_call_id=call["id"], name=call["name"]))
             self.agent.memory.save_turn(self.turn_id, self.messages_to_store(None))  # a crash keeps it
+        if self.on_results is not None and self.outcomes:
+            heard, results = self.result_lines()
+            self.on_results(results, heard)
 
     def run_call(self, call: dict[str, Any]) -> str:
         name, subject = call["name"], self.subjects.get(call["id"]) or _subject(call)
@@ -439,14 +450,20 @@ class _TurnRun:
 
     # -- replies built from the tool results ---------------------------------------------
 
-    def make_reply(self, text: str, *, llm_used: bool, notes: Sequence[str] = ()) -> Reply:
-        """The reply with the grounded result line of every tool that ran."""
+    def result_lines(self) -> tuple[list[str], list[str]]:
+        """The grounded result lines of the tools that ran so far: the transcripts, and all of
+        them (the transcripts first)."""
         heard = [outcome.result_line() for _, _, outcome in self.outcomes
                  if isinstance(outcome, ToolResult) and outcome.transcript()]
         others = [contract.result_line(outcome, tool) for tool, _, outcome in self.outcomes
                   if not (isinstance(outcome, ToolResult) and outcome.transcript())]
+        return heard, [*heard, *others]
+
+    def make_reply(self, text: str, *, llm_used: bool, notes: Sequence[str] = ()) -> Reply:
+        """The reply with the grounded result line of every tool that ran."""
+        heard, results = self.result_lines()
         return Reply(text=text, media=self.media, notes=[*self.notes, *notes], llm_used=llm_used,
-                     results=[*heard, *others], heard=heard)
+                     results=results, heard=heard)
 
     def fallback_reply(self, reason: str, *, said: Sequence[str] = (), note: str | None = None,
                        llm_used: bool = True) -> Reply:

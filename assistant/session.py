@@ -52,6 +52,8 @@ class ViewState:
     text: str = ""  # the answer streamed so far
     progress: tuple[float, str] | None = None  # a tool's latest progress, until more text streams
     queued: int | None = None  # the place in the heavy-job queue while the turn waits
+    results: tuple[str, ...] = ()  # the result lines of the tools that ran so far
+    heard: tuple[str, ...] = ()  # the transcripts among them
     version: int = 0  # grows with every change
 
     def status_line(self) -> str | None:
@@ -87,6 +89,13 @@ class TurnView:
     def progress(self, fraction: float, message: str) -> None:
         with self._lock:
             self._state = replace(self._state, progress=(fraction, message), version=self._state.version + 1)
+
+    def found(self, results: list[str], heard: list[str]) -> None:
+        """The result lines (and transcripts) of the tools that ran so far: shown before the
+        model answers."""
+        with self._lock:
+            self._state = replace(self._state, results=tuple(results), heard=tuple(heard), progress=None,
+                                  version=self._state.version + 1)
 
     def queued(self, place: int | None) -> None:
         """The place in the heavy-job queue (None once the turn has a slot)."""
@@ -316,7 +325,7 @@ class Session:
             return Reply(text=CANCELLED, notes=["cancelled"], llm_used=False)
         try:
             return self.agent.respond(job.turn, on_token=view.token, on_progress=view.progress,
-                                      cancel=job.cancel)
+                                      on_results=view.found, cancel=job.cancel)
         finally:
             if heavy:
                 self.heavy.release()

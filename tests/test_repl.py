@@ -322,3 +322,27 @@ def test_a_voice_note_is_answered_from_its_words(models_env, fake_ollama, media:
     heard = [line for line in lines if line.startswith("result: speech")]
     assert heard and "Это тестовый текст" in heard[0]
     assert lines.index(heard[0]) < min(i for i, l in enumerate(lines) if l.startswith("result: audio"))
+
+
+def test_the_live_reply_shows_what_was_measured_before_the_words() -> None:
+    from rich.console import Console
+
+    from adapters.repl import _LiveReply
+    from assistant.session import TurnView
+    from assistant.turns import Reply
+
+    view = TurnView()
+    live = _LiveReply(view)
+    console = Console(width=80, color_system=None)
+
+    def shown() -> str:
+        with console.capture() as capture:
+            console.print(live)
+        return "\n".join(line.rstrip() for line in capture.get().splitlines())
+
+    view.found(["image · tabby 87%"], [])
+    assert shown().splitlines()[0] == "image · tabby 87%"  # before the model has said a word
+    view.token("A tabby ")
+    assert shown().splitlines()[:2] == ["A tabby", "image · tabby 87%"]
+    live.finish(Reply(text="A tabby cat.", results=["image · tabby 87%", "detect · cat 91%"]))
+    assert shown().splitlines() == ["A tabby cat.", "image · tabby 87%", "detect · cat 91%"]

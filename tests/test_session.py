@@ -28,7 +28,7 @@ class StubAgent:
     def attachments(self, conversation_id: str) -> AttachmentStore:
         return self._stores.setdefault(conversation_id, AttachmentStore())
 
-    def respond(self, turn: Turn, *, on_token=None, on_progress=None, cancel=None) -> Reply:
+    def respond(self, turn: Turn, *, on_token=None, on_progress=None, on_results=None, cancel=None) -> Reply:
         self.started.append(turn.text)
         try:
             return self.answer(turn, on_token, on_progress, cancel)
@@ -119,6 +119,8 @@ def test_view_collects_tokens_progress_and_the_queue() -> None:
     def answer(turn, on_token, on_progress, cancel) -> Reply:
         on_progress(0.5, "Analysing frames")
         states.append(view.state)
+        view.found(["speech · “two cars”", "video · car 91%"], ["speech · “two cars”"])
+        states.append(view.state)
         on_token("Two ")
         on_token("cars.")
         return Reply(text="Two cars.")
@@ -129,6 +131,8 @@ def test_view_collects_tokens_progress_and_the_queue() -> None:
     with session.ordered_sync("c"):
         session.respond_sync(Turn("c", "count"), view)
     assert states[0].status_line() == "⏳ Analysing frames… 50%"
+    assert states[1].results == ("speech · “two cars”", "video · car 91%") and states[1].progress is None
+    assert states[1].heard == ("speech · “two cars”",) and states[1].version > states[0].version
     assert view.state.text == "Two cars." and view.state.progress is None  # the model speaks again
     assert view.state.version > states[0].version
 

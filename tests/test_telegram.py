@@ -22,6 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from langchain_core.messages import AIMessage
 from telegram import Update, User
 
 from adapters import telegram as telegram_module
@@ -67,7 +68,7 @@ class StubAgent:
         return self._stores.setdefault(conversation_id,
                                        AttachmentStore(folder=self.root / conversation_id.replace(":", "_")))
 
-    def respond(self, turn: Turn, *, on_token=None, on_progress=None, cancel=None) -> Reply:
+    def respond(self, turn: Turn, *, on_token=None, on_progress=None, on_results=None, cancel=None) -> Reply:
         self.turns.append(turn)
         self.files.append([(a.kind, a.name, _sha(a.path)) for a in turn.attachments])
         self.paths.extend(a.path for a in turn.attachments)
@@ -467,13 +468,13 @@ def test_group_streams_by_editing_one_message(api: FakeBotAPI, tmp_path: Path) -
         return visible_text(api.shown(GROUP, sent[0].result["message_id"])) if sent else ""
 
     llm = ScriptedLLM([call_tools(("sentiment", {"text": "busy road"})), say("Three cars and **one** bus")],
-                      pace=lambda streamed: hold_until(
-                          lambda: streamed_message() == streamed.strip().replace("**", "")))
+                      pace=lambda streamed: hold_until(  # the results block is under the words
+                          lambda: streamed_message().startswith(streamed.strip().replace("**", ""))))
     api.message(GROUP, user=make_user(OWNER), chat_type="supergroup",
                 text=f"@{BOT_USER['username']} what is on the road?")
 
     async def body() -> None:
-        await api.wait_for(lambda: "sentiment" in streamed_message())  # the reply, results included
+        await api.wait_for(lambda: "one bus" in streamed_message())  # the last word: the reply
 
     scenario(api, scripted_agent(tmp_path, llm), body)
     assert not api.sent("sendMessageDraft")  # drafts are for private chats
@@ -484,6 +485,23 @@ def test_group_streams_by_editing_one_message(api: FakeBotAPI, tmp_path: Path) -
     assert final.startswith("Three cars and <b>one</b> bus\n\n<code>sentiment · ")
     typing = [c for c in api.calls if c.method == "sendChatAction"]
     assert all(api.calls.index(c) < api.calls.index(streamed) for c in typing)  # none while editing
+
+
+def test_the_draft_shows_what_was_measured_before_the_model_answers(api: FakeBotAPI, media: Path,
+                                                                      tmp_path: Path) -> None:
+    def speak(messages: list) -> AIMessage:  # the model speaks once the draft showed the result
+        hold_until(lambda: any("image · tabby 87%" in c.params["text"] for c in drafts(api, OWNER)))
+        return AIMessage(content="A tabby cat, fairly sure.")
+
+    api.message(OWNER, photo=media / "images/ext_tabby_cat.jpg")
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(OWNER))
+
+    scenario(api, scripted_agent(tmp_path, ScriptedLLM([speak])), body)
+    first = next(visible_text(c.params["text"]) for c in drafts(api, OWNER) if "tabby" in c.params["text"])
+    assert first == "image · tabby 87%"  # the measured line alone, before any word of the model
+    assert api.texts(OWNER) == ["A tabby cat, fairly sure.\n\n<code>image · tabby 87%</code>"]
 
 
 def test_a_draft_answered_429_is_skipped_and_the_reply_arrives(api: FakeBotAPI, tmp_path: Path) -> None:
@@ -1028,3 +1046,4 @@ def test_the_order_of_chats_keeps_nothing_for_idle_chats() -> None:
 
     asyncio.run(main())
     assert bot.session._tails == {} and bot.session._jobs == {}  # the session's line, per busy chat only
+
