@@ -76,7 +76,7 @@ class Agent:
         self._told_no_tools: RecentSet[tuple[str, str]] = RecentSet(TOLD_NO_TOOLS)
         self.schemas = tools.schemas()  # the tools never change; their schemas are built once
         self.schema_tokens = len(json.dumps(self.schemas, ensure_ascii=False)) // 4
-        self.decision_schema = contract.decision_schema(tools.names)
+        self.decision_schema = contract.decision_schema(self.schemas)
 
     # -- the fixed interface -------------------------------------------------------------
 
@@ -384,7 +384,9 @@ class _TurnRun:
     def ask(self, llm: ChatLLM, offer_tools: bool, stream: _Streamer) -> AIMessage:
         """One answer of the model. Every request of a turn has the same system prompt and
         tools (so the model's prompt cache holds); a model without native tools first makes
-        a structured decision (JSON schema enforced by Ollama), then answers in plain text."""
+        a structured decision (JSON schema enforced by Ollama), then answers in plain text.
+        When the turn's attachments were already analysed, that model answers at once (its
+        words stream without waiting for a decision; a call it writes still runs)."""
         if llm.native_tools is not False:
             try:
                 return llm.chat(self.prompt(native=True), tools=self.agent.schemas,
@@ -393,7 +395,7 @@ class _TurnRun:
                 if self.agent.tell_no_tools_once(self.turn.conversation_id, llm.model):
                     self.notes.append(str(exc))
         messages = self.prompt(native=False)
-        if offer_tools:
+        if offer_tools and not self.routed_on:
             decision = llm.chat([*messages, HumanMessage(content=prompts.load("tool_decision"))],
                                 format=self.agent.decision_schema, cancel=self.cancel)
             read = self.read(decision)

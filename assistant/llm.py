@@ -21,6 +21,9 @@ from assistant.errors import LLMError
 STATUS_TIMEOUT = 5.0
 #: Guards making a model's client (OllamaLLM.with_model).
 _CLIENTS_LOCK = threading.Lock()
+#: Most tokens of a structured reply (a tool decision is a few dozen): a small model caught in
+#: a long string under constrained decoding stops here instead of writing until the window ends.
+DECISION_TOKENS = 256
 
 
 @dataclass
@@ -97,7 +100,7 @@ class OllamaLLM:
         self.timeout = settings.llm_timeout
         self.keep_alive = settings.llm_keep_alive
         self.native_tools: bool | None = None
-        self._chat_model: Any = None
+        self._chat_models: dict[bool, Any] = {}  # by "structured": decisions are kept short
         self._lock = threading.Lock()
         #: Every model's client on this server, by model name (shared by all of them).
         self._clients = {} if _clients is None else _clients
@@ -130,22 +133,26 @@ class OllamaLLM:
             raise self.explain(exc) from exc
         return infos
 
-    def _chat(self) -> Any:
-        """The ChatOllama, made on first use: importing langchain-ollama takes seconds
-        (it pulls in langsmith), which must not delay an adapter's start."""
+    def _chat(self, structured: bool = False) -> Any:
+        """The ChatOllama (for structured replies: one that stops after :data:`DECISION_TOKENS`),
+        made on first use: importing langchain-ollama takes seconds (it pulls in langsmith),
+        which must not delay an adapter's start."""
         with self._lock:
-            if self._chat_model is None:
+            if structured not in self._chat_models:
                 from langchain_ollama import ChatOllama
 
-                self._chat_model = ChatOllama(
+                self._chat_models[structured] = ChatOllama(
                     model=self.model, base_url=self.host, num_ctx=self.num_ctx,
+                    num_predict=DECISION_TOKENS if structured else None,
                     keep_alive=self.keep_alive, client_kwargs={"timeout": self.timeout})
-            return self._chat_model
+            return self._chat_models[structured]
 
     def chat(self, messages: Sequence[BaseMessage], *, tools: Sequence[dict[str, Any]] | None = None,
              format: dict[str, Any] | None = None, on_token: Callable[[str], None] | None = None,
              cancel: threading.Event | None = None) -> AIMessage:
-        runnable = self._chat().bind_tools(list(tools)) if tools else self._chat()
+        runnable = self._chat(structured=format is not None)
+        if tools:
+            runnable = runnable.bind_tools(list(tools))
         options = {"format": format} if format else {}
         full: AIMessageChunk | None = None
         try:

@@ -64,13 +64,16 @@ def call_key(call: dict[str, Any]) -> str:
     return call["name"] + json.dumps(call["args"], sort_keys=True, ensure_ascii=False)
 
 
-def decision_schema(names: list[str]) -> dict[str, Any]:
+def decision_schema(schemas: list[dict[str, Any]]) -> dict[str, Any]:
     """The JSON schema of a tool decision (Ollama's structured outputs enforce it): the calls
-    to make, or none to answer."""
-    call = {"type": "object", "required": ["name", "arguments"],
-            "properties": {"name": {"type": "string", "enum": list(names)}, "arguments": {"type": "object"}}}
-    return {"type": "object", "required": ["tool_calls"],
-            "properties": {"tool_calls": {"type": "array", "items": call, "maxItems": 4}}}
+    to make, or none to answer. Each call is one tool's name with that tool's own arguments
+    (``schemas``: the tools' function schemas), so constrained decoding cannot wander off into
+    a free-form object."""
+    calls = [{"type": "object", "required": ["name", "arguments"], "additionalProperties": False,
+              "properties": {"name": {"type": "string", "enum": [s["function"]["name"]]},
+                             "arguments": s["function"]["parameters"]}} for s in schemas]
+    return {"type": "object", "required": ["tool_calls"], "additionalProperties": False,
+            "properties": {"tool_calls": {"type": "array", "items": {"anyOf": calls}, "maxItems": 4}}}
 
 
 def read_answer(text: str, tools: ToolRegistry) -> Answer:

@@ -4,7 +4,9 @@ plain LangChain tool loop, on the same scripted turns, in one run.
 Per model and loop: clean replies %, grounded % (result line right; the model's own words
 state the top result), reply language = user language %, model calls per turn, prompt tokens
 evaluated and reused prefix tokens per call (from the server's log), time to first character
-the person sees, total time per turn. Usage: bench_llm.py [--turns N]
+the person sees (of the model's words, or the measured result lines, which channels show as
+soon as the tools have run), also for turns without attachments alone, total time per turn.
+Usage: bench_llm.py [--models NAME ...] [--loops ours plain]
 """
 
 from __future__ import annotations
@@ -67,10 +69,15 @@ def run_ours(url: str, model: str, db: Path, log: Path) -> list[dict]:
     for text, file in TURNS:
         attachments = [agent.attachments("b").register(MEDIA / file)] if file else []
         seen = len(log.read_text().splitlines()) if log.exists() else 0
-        first: list[float] = []
+        first: list[float] = []  # when the person first sees something of the reply
+
+        def seen_now(*shown: object) -> None:
+            if not first and any(shown):
+                first.append(time.perf_counter())
+
         start = time.perf_counter()
         reply = agent.respond(Turn("b", text, attachments),
-                              on_token=lambda t: first.append(time.perf_counter()) if t.strip() and not first else None)
+                              on_token=lambda t: seen_now(t.strip()), on_results=seen_now)
         total = time.perf_counter() - start
         rows.append(dict(text=text, file=file, reply=reply.text, results=reply.results, total=total,
                          ttft=(first[0] - start) if first else total, calls=log_entries(log, seen)))
@@ -130,6 +137,7 @@ def summarise(rows: list[dict], truth: dict[str, str]) -> dict[str, object]:
     attached = [r for r in rows if r["file"]]
     calls = [c for r in rows for c in r["calls"] if c.get("prompt_tokens") is not None]
     later = [r["ttft"] for r in rows[1:]]
+    later_text = [r["ttft"] for r in rows[1:] if not r["file"]]
     return {
         "clean %": round(100 * sum(bool(r["reply"].strip()) and not LEAKS.search(r["reply"]) for r in rows) / len(rows)),
         "grounded line %": round(100 * sum(any(_fact(line) == truth[r["file"]] for line in r["results"])
@@ -142,6 +150,7 @@ def summarise(rows: list[dict], truth: dict[str, str]) -> dict[str, object]:
         "reused tok/call": round(statistics.mean(c["reused_prefix_tokens"] for c in calls)),
         "ttft 1st s": round(rows[0]["ttft"], 1),
         "ttft 2+ s": round(statistics.median(later), 1),
+        "ttft 2+ text s": round(statistics.median(later_text), 1),
         "turn s": round(statistics.median(r["total"] for r in rows), 1),
     }
 
@@ -156,6 +165,12 @@ def _fact(line: str) -> str:
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=(QWEN, SMOLLM), default=[QWEN, SMOLLM])
+    parser.add_argument("--loops", nargs="+", choices=("ours", "plain"), default=["ours", "plain"])
+    args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_llm_"))
     models_dir = build_models_dir(work / "models", SHARED / "models")
 
@@ -167,11 +182,13 @@ def main() -> None:
                                 SHARED / "llm" / "mini_ollama.py", llm_dir, log)
     try:
         table = []
-        for model in (QWEN, SMOLLM):
+        for model in args.models:
             ours = run_ours(url, model, work / f"{model.replace(':', '_')}.sqlite3", log)
             truth = {r["file"]: _fact(r["results"][0]) for r in ours if r["file"]}
-            plain = run_plain(url, model, ":tools" in _FILES[model], log)
-            for name, rows in (("ours", ours), ("plain LangChain", plain)):
+            loops = [("ours", ours)]
+            if "plain" in args.loops:
+                loops.append(("plain LangChain", run_plain(url, model, ":tools" in _FILES[model], log)))
+            for name, rows in loops:
                 table.append({"model": model, "loop": name, **summarise(rows, truth)})
                 (work / f"{model.replace(':', '_')}-{name.split()[0]}.json").write_text(
                     json.dumps(rows, ensure_ascii=False, indent=1))

@@ -178,31 +178,51 @@ def test_round_limit_ends_in_a_grounded_reply(make_agent, tools: ToolRegistry) -
     assert reply.results == ["sentiment · positive 87%"] * 2
 
 
-def test_json_fallback_decides_with_a_schema_then_answers_in_plain_text(make_agent, tools: ToolRegistry,
-                                                                         photo: Path) -> None:
+def test_json_fallback_decides_with_a_schema_then_answers_in_plain_text(make_agent, tools: ToolRegistry) -> None:
     request = {"tool_calls": [{"name": "sentiment", "arguments": {"text": "прекрасно"}}]}
     llm = ScriptedLLM([say(json.dumps(request, ensure_ascii=False)), say('{"tool_calls": []}'), say("Позитивно.")],
                       native_tools=False)
-    agent = make_agent(llm)
-    image = attach(agent, "c", photo, "image")
     tokens: list[str] = []
 
-    reply = agent.respond(Turn("c", "прекрасно", [image]), on_token=tokens.append)
+    reply = make_agent(llm).respond(Turn("c", "прекрасно"), on_token=tokens.append)
 
     assert reply.text == "Позитивно." and "".join(tokens).strip() == "Позитивно."
-    assert reply.results == ["image · tabby 87%", "sentiment · positive 87%"]
+    assert reply.results == ["sentiment · positive 87%"]
     assert all(c.tools is None for c in llm.calls)
     assert [c.format is not None for c in llm.calls] == [True, True, False]
-    assert llm.calls[0].format["properties"]["tool_calls"]["items"]["properties"]["name"]["enum"] == tools.names
+    calls = llm.calls[0].format["properties"]["tool_calls"]["items"]["anyOf"]
+    assert [c["properties"]["name"]["enum"] for c in calls] == [[name] for name in tools.names]
+    sentiment = calls[tools.names.index("sentiment")]["properties"]["arguments"]
+    assert sentiment == tools.get("sentiment").schema()["function"]["parameters"]  # each tool's own arguments
     systems = {c.messages[0].content for c in llm.calls}
     assert len(systems) == 1 and "- detect: Fake detect tool." in systems.pop()  # one stable system prompt
     assert llm.calls[0].messages[-1].content.startswith("[Decide the next step.")
     answer = llm.calls[2].messages
     assert not any(isinstance(m, ToolMessage) or getattr(m, "tool_calls", None) for m in answer)
-    assert answer[2].content.startswith('{"tool_calls": [{"name": "image"')  # routed call, as text
-    assert answer[3].content.startswith("[Tool result of image]:")
+    assert answer[2].content.startswith('{"tool_calls": [{"name": "sentiment"')  # the call, as text
     assert answer[-1].content.startswith("[Tool result of sentiment]:")
     assert tools.get("sentiment").calls == [{"text": "прекрасно"}]  # type: ignore[attr-defined]
+
+
+def test_json_fallback_answers_an_analysed_attachment_at_once(make_agent, tools: ToolRegistry,
+                                                              photo: Path) -> None:
+    """The attachment's tools already ran: no decision request before the words stream (it
+    cost small models most of the turn); a call the model writes in its answer still runs."""
+    llm = ScriptedLLM([say('Let me check the tone. {"name": "sentiment", "arguments": {"text": "прекрасно"}}'),
+                       say("A tabby cat; the text is positive.")], native_tools=False)
+    agent = make_agent(llm)
+    image = attach(agent, "c", photo, "image")
+    seen: list[tuple[str, object]] = []
+
+    reply = agent.respond(Turn("c", "прекрасно", [image]), on_token=lambda t: seen.append(("token", t)),
+                          on_results=lambda results, heard: seen.append(("results", list(results))))
+
+    assert [c.format for c in llm.calls] == [None, None] and all(c.tools is None for c in llm.calls)
+    assert reply.results == ["image · tabby 87%", "sentiment · positive 87%"]
+    assert reply.text == "Let me check the tone.\n\nA tabby cat; the text is positive."
+    assert seen[0] == ("results", ["image · tabby 87%"])  # what was measured, before any word
+    assert ("results", reply.results) in seen
+    assert '"sentiment"' not in "".join(str(t) for kind, t in seen if kind == "token")
 
 
 def test_rejected_tools_switch_to_json_and_say_so_once(make_agent, tools: ToolRegistry) -> None:

@@ -16,7 +16,7 @@ import pytest
 from assistant.agent import NO_LLM_NOTE, Agent, build_agent
 from assistant.config import Settings
 from assistant.errors import LLMError
-from assistant.llm import ModelInfo, OllamaLLM
+from assistant.llm import DECISION_TOKENS, ModelInfo, OllamaLLM
 from assistant.memory import Memory
 from assistant.runtime import build_tools
 from assistant.turns import Turn
@@ -104,7 +104,8 @@ def test_model_that_rejects_tools_falls_back_to_json(fake_ollama: FakeOllama, tm
     requests = [r for r in fake_ollama.requests if r.path == "/api/chat"]
     assert requests[0].body["tools"] and not any(r.body.get("tools") for r in requests[1:])
     decision = requests[1].body["format"]  # Ollama's structured outputs: a JSON schema
-    assert decision["properties"]["tool_calls"]["items"]["properties"]["name"]["enum"][0] == "sentiment"
+    names = [call["properties"]["name"]["enum"] for call in decision["properties"]["tool_calls"]["items"]["anyOf"]]
+    assert ["sentiment"] in names and requests[1].body["options"]["num_predict"] == DECISION_TOKENS
     assert "format" not in requests[3].body or not requests[3].body["format"]  # the answer is plain text
     result = requests[3].body["messages"][-1]
     assert result["role"] == "user" and result["content"].startswith("[Tool result of sentiment]:")
