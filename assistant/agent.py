@@ -45,6 +45,8 @@ MAX_TOOL_RESULT_CHARS = 4000
 NO_LLM_NOTE = "no-LLM mode: tool results only"
 #: Longest text document (characters) put into the user's message for the model to read.
 MAX_DOCUMENT_CHARS = 8000
+#: Attachments a tool decision may name (the conversation's latest).
+DECISION_ATTACHMENTS = 32
 #: Conversations (with their model) remembered as told that the model has no native tools.
 TOLD_NO_TOOLS = 1024
 
@@ -76,7 +78,6 @@ class Agent:
         self._told_no_tools: RecentSet[tuple[str, str]] = RecentSet(TOLD_NO_TOOLS)
         self.schemas = tools.schemas()  # the tools never change; their schemas are built once
         self.schema_tokens = len(json.dumps(self.schemas, ensure_ascii=False)) // 4
-        self.decision_schema = contract.decision_schema(self.schemas)
 
     # -- the fixed interface -------------------------------------------------------------
 
@@ -397,7 +398,7 @@ class _TurnRun:
         messages = self.prompt(native=False)
         if offer_tools and not self.routed_on:
             decision = llm.chat([*messages, HumanMessage(content=prompts.load("tool_decision"))],
-                                format=self.agent.decision_schema, cancel=self.cancel)
+                                format=self.decision_schema(), cancel=self.cancel)
             read = self.read(decision)
             if read.calls or read.problems:
                 return decision
@@ -432,6 +433,13 @@ class _TurnRun:
             self.messages.append(HumanMessage(content=f"[{names}: already run in this turn with these "
                                                       "arguments; the result is above.]"))
         return not repeated
+
+    def decision_schema(self) -> dict[str, Any]:
+        """The schema of a tool decision now: each tool with the conversation's attachments it
+        accepts (the latest :data:`DECISION_ATTACHMENTS`)."""
+        recent = list(self.agent.attachments(self.turn.conversation_id))[-DECISION_ATTACHMENTS:]
+        ids = {tool.name: [a.id for a in recent if a.kind in tool.kinds] for tool in self.agent.tools}
+        return contract.decision_schema(self.agent.schemas, ids)
 
     def instruct(self, name: str) -> None:
         """An instruction to the model at the end of the turn (never stored in memory)."""
@@ -473,7 +481,7 @@ class _TurnRun:
         if self.turn.attachments and not self.outcomes:
             nothing = "No tool can analyse " + ", ".join(a.describe() for a in self.turn.attachments) + "."
         elif llm_used:
-            nothing = "No tool ran in this turn."
+            nothing = contract.NOTHING_RAN
         else:
             nothing = ("Without the language model I can only analyse attachments: "
                        "send a photo, an audio recording or a video.")

@@ -191,8 +191,8 @@ def test_json_fallback_decides_with_a_schema_then_answers_in_plain_text(make_age
     assert all(c.tools is None for c in llm.calls)
     assert [c.format is not None for c in llm.calls] == [True, True, False]
     calls = llm.calls[0].format["properties"]["tool_calls"]["items"]["anyOf"]
-    assert [c["properties"]["name"]["enum"] for c in calls] == [[name] for name in tools.names]
-    sentiment = calls[tools.names.index("sentiment")]["properties"]["arguments"]
+    assert [c["properties"]["name"]["enum"] for c in calls] == [["sentiment"]]  # no attachment to name yet
+    sentiment = calls[0]["properties"]["arguments"]
     assert sentiment == tools.get("sentiment").schema()["function"]["parameters"]  # each tool's own arguments
     systems = {c.messages[0].content for c in llm.calls}
     assert len(systems) == 1 and "- detect: Fake detect tool." in systems.pop()  # one stable system prompt
@@ -202,6 +202,24 @@ def test_json_fallback_decides_with_a_schema_then_answers_in_plain_text(make_age
     assert answer[2].content.startswith('{"tool_calls": [{"name": "sentiment"')  # the call, as text
     assert answer[-1].content.startswith("[Tool result of sentiment]:")
     assert tools.get("sentiment").calls == [{"text": "прекрасно"}]  # type: ignore[attr-defined]
+
+
+def test_a_decision_can_only_name_the_attachments_a_tool_accepts(make_agent, tools: ToolRegistry,
+                                                                 photo: Path) -> None:
+    """Constrained decoding keeps a weak model from inventing ids: each tool's attachment_id is
+    one of the conversation's attachments of the kinds it takes."""
+    llm = ScriptedLLM([say("A tabby cat."), say('{"tool_calls": []}'), say("It was a cat.")], native_tools=False)
+    agent = make_agent(llm)
+    image = attach(agent, "c", photo, "image")
+    agent.respond(Turn("c", "look", [image]))
+
+    agent.respond(Turn("c", "what was it again?"))
+
+    calls = llm.calls[1].format["properties"]["tool_calls"]["items"]["anyOf"]
+    ids = {c["properties"]["name"]["enum"][0]: c["properties"]["arguments"]["properties"].get("attachment_id")
+           for c in calls}
+    assert ids["image"]["enum"] == [image.id] and ids["sentiment"] is None
+    assert "audio" not in ids and "video" not in ids  # no attachment of their kinds
 
 
 def test_json_fallback_answers_an_analysed_attachment_at_once(make_agent, tools: ToolRegistry,
@@ -253,7 +271,7 @@ def test_llm_failure_answers_attachments_from_templates(make_agent, tools: ToolR
     reply = agent.respond(Turn("c", "что это?", [image]))
 
     assert not reply.llm_used and reply.notes == [NO_LLM_NOTE]
-    assert reply.text.startswith(f"_{reason}_")
+    assert reply.text.startswith(f"_{reason} The tool results are below._")
     assert reply.results == ["image · tabby 87%", "detect · cat 87%"]
     assert f"- **image on {image.id}**: image: tabby (87%)" in reply.text
     assert f"- **detect on {image.id}**: detect: cat (87%)" in reply.text

@@ -105,7 +105,7 @@ def test_model_that_rejects_tools_falls_back_to_json(fake_ollama: FakeOllama, tm
     assert requests[0].body["tools"] and not any(r.body.get("tools") for r in requests[1:])
     decision = requests[1].body["format"]  # Ollama's structured outputs: a JSON schema
     names = [call["properties"]["name"]["enum"] for call in decision["properties"]["tool_calls"]["items"]["anyOf"]]
-    assert ["sentiment"] in names and requests[1].body["options"]["num_predict"] == DECISION_TOKENS
+    assert names == [["sentiment"]] and requests[1].body["options"]["num_predict"] == DECISION_TOKENS
     assert "format" not in requests[3].body or not requests[3].body["format"]  # the answer is plain text
     result = requests[3].body["messages"][-1]
     assert result["role"] == "user" and result["content"].startswith("[Tool result of sentiment]:")

@@ -25,6 +25,10 @@ from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+#: The argument that names an attachment (by the id its adapter registered) in a tool's
+#: parameters.
+ATTACHMENT_ARGUMENT = "attachment_id"
+
 #: Progress callback: fraction done in [0, 1] and a short status text.
 Progress = Callable[[float, str], None]
 
@@ -347,7 +351,7 @@ class Tool(ABC, Generic[P]):
 
     def routed_arguments(self, attachment_id: str, attachments: AttachmentResolver) -> dict[str, Any]:
         """The arguments of the call it gets for an attachment it runs on by itself."""
-        return {"attachment_id": attachment_id}
+        return {ATTACHMENT_ARGUMENT: attachment_id}
 
     def __init__(self) -> None:
         self._model: Any = None
