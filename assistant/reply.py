@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from assistant import prompts
-from tools.base import ToolResult
+from tools.base import ATTACHMENT_ARGUMENT, ToolResult
 from tools.registry import ToolRegistry
 
 #: What a tool produced, or the error message it gave.
@@ -64,16 +65,29 @@ def call_key(call: dict[str, Any]) -> str:
     return call["name"] + json.dumps(call["args"], sort_keys=True, ensure_ascii=False)
 
 
-def decision_schema(schemas: list[dict[str, Any]]) -> dict[str, Any]:
+def decision_schema(schemas: list[dict[str, Any]],
+                    attachment_ids: Mapping[str, Sequence[str]]) -> dict[str, Any]:
     """The JSON schema of a tool decision (Ollama's structured outputs enforce it): the calls
     to make, or none to answer. Each call is one tool's name with that tool's own arguments
     (``schemas``: the tools' function schemas), so constrained decoding cannot wander off into
-    a free-form object."""
-    calls = [{"type": "object", "required": ["name", "arguments"], "additionalProperties": False,
-              "properties": {"name": {"type": "string", "enum": [s["function"]["name"]]},
-                             "arguments": s["function"]["parameters"]}} for s in schemas]
+    a free-form object; a tool's ``attachment_id`` is one of ``attachment_ids[tool]`` (the
+    conversation's attachments it accepts), and a tool that needs one is left out while
+    there is none, so a decision never names a file that does not exist."""
+    calls = []
+    for schema in schemas:
+        name, parameters = schema["function"]["name"], schema["function"]["parameters"]
+        properties = parameters.get("properties", {})
+        if ATTACHMENT_ARGUMENT in properties:
+            ids = list(attachment_ids.get(name, ()))
+            if not ids:
+                continue
+            parameters = {**parameters, "properties": {**properties, ATTACHMENT_ARGUMENT: {
+                **properties[ATTACHMENT_ARGUMENT], "type": "string", "enum": ids}}}
+        calls.append({"type": "object", "required": ["name", "arguments"], "additionalProperties": False,
+                      "properties": {"name": {"type": "string", "enum": [name]}, "arguments": parameters}})
+    items = {"anyOf": calls} if calls else {}
     return {"type": "object", "required": ["tool_calls"], "additionalProperties": False,
-            "properties": {"tool_calls": {"type": "array", "items": {"anyOf": calls}, "maxItems": 4}}}
+            "properties": {"tool_calls": {"type": "array", "items": items, "maxItems": 4 if calls else 0}}}
 
 
 def read_answer(text: str, tools: ToolRegistry) -> Answer:
@@ -187,24 +201,30 @@ def _validate(request: Any, tools: ToolRegistry) -> tuple[dict[str, Any] | None,
 # -- what the person sees without the model's words ---------------------------------------
 
 #: Why a reply was rendered here: the sentence the person reads above the tool results.
-NO_LLM = "No language model in this session (no-LLM mode); the tool results are below."
-STOPPED = "The language model stopped answering; the tool results are below."
-UNUSABLE = "The language model gave no usable answer; the tool results are below."
-ROUNDS = "The language model kept asking for tools instead of answering; the tool results are below."
+NO_LLM = "No language model in this session (no-LLM mode)"
+STOPPED = "The language model stopped answering"
+UNUSABLE = "The language model gave no usable answer"
+ROUNDS = "The language model kept asking for tools instead of answering"
+#: What such a reply says when no tool ran in the turn (unless the caller says better).
+NOTHING_RAN = "Nothing was analysed in this turn. Please ask again, in other words."
 
 
 def render_fallback(reason: str, outcomes: list[tuple[str, Outcome]], *, said: str = "",
                     nothing_ran: str = "") -> str:
     """The one renderer of replies built from real tool results instead of the model's words.
 
-    ``reason`` is one plain sentence (why the model's words are missing or cut short);
-    ``said`` is what the model had already said (kept, never thrown away); ``nothing_ran``
-    what to say when no tool ran in the turn.
+    ``reason`` says why the model's words are missing or cut short (one of the reasons above,
+    or an error's message); ``said`` is what the model had already said (kept, never thrown away);
+    ``nothing_ran`` what to say when no tool ran in the turn.
     """
+    reason = reason.strip()
+    sentence = reason[-1:] in (".", "!", "?")  # an error's own message, already a sentence
     if outcomes:
+        reason += " The tool results are below." if sentence else "; the tool results are below."
         results = "\n".join(_summary_item(subject, outcome) for subject, outcome in outcomes)
     else:
-        results = nothing_ran or "No tool ran in this turn."
+        reason += "" if sentence else "."
+        results = nothing_ran or NOTHING_RAN
     text = prompts.render("fallback", reason=reason, results=results).strip()
     return f"{said.strip()}\n\n{text}" if said.strip() else text
 

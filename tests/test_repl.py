@@ -300,8 +300,8 @@ def test_two_processes_on_one_database_lose_nothing(models_env, tmp_path: Path) 
         process.stdin.write("".join(f"{name} message {i}\n" for i in range(5)))
         process.stdin.flush()
     for process in processes:
-        process.communicate(timeout=240)
-        assert process.returncode == 0
+        _, err = process.communicate(timeout=240)
+        assert process.returncode == 0, err[-2000:]
     from assistant.memory import Memory
 
     memory = Memory(tmp_path / "test.sqlite3")

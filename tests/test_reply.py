@@ -116,7 +116,7 @@ def test_unusable_replies_are_retried_once_then_replaced_and_memory_keeps_the_re
     agent.respond(Turn("c", "thanks"))
 
     assert len(llm.calls) == 3 and "No JSON" in llm.calls[1].messages[-1].content
-    assert reply.text.startswith(f"_{contract.UNUSABLE}_") and "- **audio on att_1**: audio: Siren (87%)" in reply.text
+    assert reply.text.startswith(f"_{contract.UNUSABLE}; the tool results are below._") and "- **audio on att_1**: audio: Siren (87%)" in reply.text
     assert reply.results == ["audio · Siren 87%"] and "the model gave no usable answer" in reply.notes
     history = [str(m.content) for m in llm.calls[2].messages]
     assert reply.text in history and not any("[[" in text or "```" in text for text in history)
@@ -127,8 +127,21 @@ def test_a_reply_that_only_repeats_calls_when_none_are_allowed_is_replaced(make_
     llm = ScriptedLLM([call_tools(("sentiment", {"text": "a"}))], repeat_last=True)
     reply = make_agent(llm, max_tool_rounds=1).respond(Turn("c", "tone of 'a'?"))
 
-    assert reply.text.startswith(f"_{contract.ROUNDS}_") and "(No answer" not in reply.text
+    assert reply.text.startswith(f"_{contract.ROUNDS}; the tool results are below._") and "(No answer" not in reply.text
     assert reply.results == ["sentiment · positive 87%"] and len(llm.calls) == 3
+
+
+def test_no_usable_answer_and_nothing_analysed_says_so_without_promising_results(make_agent) -> None:
+    llm = ScriptedLLM([say("```\n```")], repeat_last=True)
+    reply = make_agent(llm).respond(Turn("c", "Привет!"))
+
+    assert reply.text == f"_{contract.UNUSABLE}._\n\n{contract.NOTHING_RAN}" and reply.results == []
+    assert "below" not in reply.text
+
+
+def test_an_error_message_keeps_its_own_sentence() -> None:
+    text = contract.render_fallback("Ollama is not reachable – start it with `ollama serve`.", [])
+    assert text.startswith("_Ollama is not reachable – start it with `ollama serve`._\n\n")
 
 
 class _BreaksMidStream(ScriptedLLM):
@@ -147,7 +160,7 @@ def test_ollama_failing_mid_stream_keeps_what_was_said(make_agent, tools, tmp_pa
 
     reply = agent.respond(Turn("c", "", [image]), on_token=tokens.append)
 
-    assert reply.text.startswith("The photo shows a tabby\n\n_" + contract.STOPPED + "_")
+    assert reply.text.startswith("The photo shows a tabby\n\n_" + contract.STOPPED + "; the tool results are below._")
     assert "- **image on att_1**: image: tabby (87%)" in reply.text and "RemoteProtocolError" not in reply.text
     assert reply.results == ["image · tabby 87%"] and reply.notes[0].startswith("The language model stopped")
     assert "".join(tokens) == "The photo shows a tabby "
