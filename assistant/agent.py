@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 
 #: Tokens kept free in the context window for the model's answer.
 ANSWER_RESERVE_TOKENS = 1024
+#: Tokens left for what a turn adds after its first request (tool results, instructions), so
+#: that its later requests send the same history.
+TURN_RESERVE_TOKENS = 512
+#: The most the server's token count of a prompt is taken to exceed the estimate by.
+MAX_TOKEN_RATIO = 4.0
 #: Longest tool result (characters of JSON) put into the conversation.
 MAX_TOOL_RESULT_CHARS = 4000
 #: The note a reply carries when the tools answered without the language model.
@@ -76,6 +81,7 @@ class Agent:
         self._status_host, self._status_model = status_host, status_model
         self._lock = threading.Lock()
         self._told_no_tools: RecentSet[tuple[str, str]] = RecentSet(TOLD_NO_TOOLS)
+        self._token_ratios: dict[str, float] = {}  # by model: server-counted / estimated prompt tokens
         self.schemas = tools.schemas()  # the tools never change; their schemas are built once
         self.schema_tokens = len(json.dumps(self.schemas, ensure_ascii=False)) // 4
 
@@ -201,6 +207,20 @@ class Agent:
                           for s in self.schemas)
         return system + "\n\n" + prompts.render("tool_selection", tools=tools)
 
+    def token_ratio(self, model: str) -> float:
+        """How many tokens ``model``'s server counts per estimated token (at least 1)."""
+        return self._token_ratios.get(model, 1.0)
+
+    def calibrate(self, model: str, counted: int, estimated: int) -> None:
+        """Learn from a prompt the server counted ``counted`` tokens of (Ollama's
+        ``prompt_eval_count``; with its prompt cache it may count only the new part, so this
+        only ever raises the ratio): without it a model whose tokenizer needs more tokens
+        than estimated (Cyrillic text, JSON) gets prompts the server silently cuts, which
+        also defeats its prompt cache."""
+        ratio = min(counted / max(estimated, 1), MAX_TOKEN_RATIO)
+        if ratio > self.token_ratio(model):
+            self._token_ratios[model] = ratio
+
     def tell_no_tools_once(self, conversation_id: str, model: str) -> bool:
         """True the first time this conversation meets ``model`` without native tools."""
         with self._lock:
@@ -232,6 +252,7 @@ class _TurnRun:
         self.found: dict[str, ToolResult] = {}  # call id -> its result
         self.notes: list[str] = []
         self.history = agent.memory.turns(turn.conversation_id)  # earlier turns, before this one
+        self._history: dict[bool, list[BaseMessage]] = {}  # what of it this turn's prompts send, by "native"
         self.turn_id = agent.memory.begin_turn(turn.conversation_id, self.messages)
 
     @property
@@ -390,19 +411,32 @@ class _TurnRun:
         words stream without waiting for a decision; a call it writes still runs)."""
         if llm.native_tools is not False:
             try:
-                return llm.chat(self.prompt(native=True), tools=self.agent.schemas,
-                                on_token=stream.feed, cancel=self.cancel)
+                return self.request(llm, self.prompt(llm, native=True), native=True, tools=self.agent.schemas,
+                                    on_token=stream.feed)
             except ToolsUnsupported as exc:
                 if self.agent.tell_no_tools_once(self.turn.conversation_id, llm.model):
                     self.notes.append(str(exc))
-        messages = self.prompt(native=False)
+        messages = self.prompt(llm, native=False)
         if offer_tools and not self.routed_on:
-            decision = llm.chat([*messages, HumanMessage(content=prompts.load("tool_decision"))],
-                                format=self.decision_schema(), cancel=self.cancel)
+            decision = self.request(llm, [*messages, HumanMessage(content=prompts.load("tool_decision"))],
+                                    native=False, format=self.decision_schema())
             read = self.read(decision)
             if read.calls or read.problems:
                 return decision
-        return llm.chat(messages, on_token=stream.feed, cancel=self.cancel)
+        return self.request(llm, messages, native=False, on_token=stream.feed)
+
+    def request(self, llm: ChatLLM, messages: list[BaseMessage], *, native: bool, **options: Any) -> AIMessage:
+        """One request to the model; what the server counted of its prompt calibrates the
+        agent's token estimate for that model."""
+        answer = llm.chat(messages, cancel=self.cancel, **options)
+        counted = (answer.usage_metadata or {}).get("input_tokens")
+        if counted:
+            self.agent.calibrate(llm.model, counted, self.estimate(messages, native))
+        return answer
+
+    def estimate(self, messages: Sequence[BaseMessage], native: bool) -> int:
+        """The estimated tokens of a prompt (with the tool schemas that go with native calls)."""
+        return estimate_tokens(messages) + (self.agent.schema_tokens if native else 0)
 
     def read(self, answer: AIMessage) -> contract.Answer:
         """The answer's calls (native ones, then any written in the text) and its words."""
@@ -445,18 +479,24 @@ class _TurnRun:
         """An instruction to the model at the end of the turn (never stored in memory)."""
         self.messages.append(HumanMessage(content=prompts.load(name).strip()))
 
-    def prompt(self, native: bool) -> list[BaseMessage]:
-        """System prompt, the history that fits the context budget, and this turn so far."""
-        system = self.agent.system_prompt(native)
+    def prompt(self, llm: ChatLLM, native: bool) -> list[BaseMessage]:
+        """System prompt, the history that fits the context window, and this turn so far.
+
+        The history is chosen at the turn's first request, leaving :data:`TURN_RESERVE_TOKENS`
+        for what the turn adds (tool results, instructions), and kept for its later requests
+        (the same prefix, so the server's prompt cache holds) unless the prompt outgrows the
+        window. Sizes are estimates scaled by what the server counted of earlier prompts."""
+        system = SystemMessage(content=self.agent.system_prompt(native))
         turn = self.messages if native else _as_plain_messages(self.messages)
-        fixed = [SystemMessage(content=system), *turn]
-        budget = self.agent.num_ctx - ANSWER_RESERVE_TOKENS - estimate_tokens(fixed)
-        if native:
-            budget -= self.agent.schema_tokens
-        history = fit_history(self.history, max(budget, 0))
-        if not native:
-            history = _as_plain_messages(history)
-        return [fixed[0], *history, *turn]
+        room = self.agent.num_ctx / self.agent.token_ratio(llm.model) - ANSWER_RESERVE_TOKENS
+        fixed = self.estimate([system, *turn], native)
+        history = self._history.get(native)
+        if history is None or fixed + estimate_tokens(history) > room:
+            history = fit_history(self.history, max(int(room - fixed - TURN_RESERVE_TOKENS), 0))
+            if not native:
+                history = _as_plain_messages(history)
+            self._history[native] = history
+        return [system, *history, *turn]
 
     # -- replies built from the tool results ---------------------------------------------
 

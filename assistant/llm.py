@@ -172,7 +172,8 @@ class OllamaLLM:
             return AIMessage(content="")
         if tools:
             self.native_tools = True
-        return AIMessage(content=message_text(full.content), tool_calls=full.tool_calls)
+        return AIMessage(content=message_text(full.content), tool_calls=full.tool_calls,
+                         usage_metadata=full.usage_metadata)  # the server's token counts
 
     def status(self) -> LLMStatus:
         """Ask Ollama whether it is up, has the model, and whether the model can call tools."""

@@ -365,6 +365,51 @@ def test_context_budget_drops_the_oldest_turns(make_agent) -> None:
     assert sum(len(c) for c in contents) // 4 < 4096 - 1024
 
 
+def test_a_turn_sends_the_same_history_in_every_request(make_agent) -> None:
+    """What a turn adds (a long call and its result) does not push a history block out
+    between its requests: they share one prefix, which the server's prompt cache serves."""
+    long = "word " * 400
+    llm = ScriptedLLM([say("ok")] * 6 + [call_tools(("sentiment", {"text": "fine " * 300})), say("Positive.")])
+    agent = make_agent(llm, num_ctx=2900)
+    for i in range(6):
+        agent.respond(Turn("c", f"turn {i}: {long}"))
+
+    agent.respond(Turn("c", "and this one?"))
+
+    first, second = (call.messages for call in llm.calls[-2:])
+    user = next(i for i, m in enumerate(first) if m.content == "and this one?")
+    assert second[:user] == first[:user] and len(second) > len(first)
+    assert any(str(m.content).startswith("turn 5:") for m in first[:user])
+
+
+def test_a_server_that_counts_more_tokens_gets_less_history(make_agent, tmp_path: Path) -> None:
+    """The server's own count of a prompt (here 1.5 times the estimate) scales the history
+    budget, so the server never has to cut the prompt itself."""
+    from assistant.memory import estimate_tokens
+
+    long = "слово " * 300  # ~450 estimated tokens per turn
+
+    def real_size(messages) -> int:  # the prompt with the tool schemas, as the server reads it
+        return int(1.5 * (estimate_tokens(messages) + agent.schema_tokens))
+
+    def counted(messages):
+        return AIMessage(content="ok", usage_metadata={"input_tokens": real_size(messages),
+                                                       "output_tokens": 1, "total_tokens": 1})
+
+    sent = {}
+    for name, step in (("plain", say("ok")), ("counting", counted)):
+        llm = ScriptedLLM([step], repeat_last=True)
+        agent = make_agent(llm, num_ctx=8192)
+        for i in range(14):
+            agent.respond(Turn(name, f"turn {i}: {long}"))
+        sent[name] = llm.calls[-1].messages
+        if name == "counting":
+            assert round(agent.token_ratio("scripted"), 2) == 1.5
+            assert real_size(sent[name]) <= 8192 - 1024
+
+    assert len(sent["counting"]) < len(sent["plain"])
+
+
 def test_the_model_never_sees_a_file_system_path(make_agent, photo: Path, tmp_path: Path) -> None:
     llm = ScriptedLLM([call_tools(("detect", {"attachment_id": "att_1"})), say("A cat.")])
     agent = make_agent(llm)

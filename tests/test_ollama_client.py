@@ -55,6 +55,15 @@ def test_tool_call_round_trip_sends_schemas_context_and_keep_alive(fake_ollama: 
     assert json.loads(second["messages"][3]["content"])["labels"][0]["label"] == "positive"
 
 
+def test_a_reply_carries_the_server_s_prompt_token_count(fake_ollama: FakeOllama, tmp_path: Path) -> None:
+    """Ollama's prompt_eval_count reaches the agent (it calibrates the history budget)."""
+    from langchain_core.messages import HumanMessage
+
+    fake_ollama.script.append(answer("Hi."))
+    reply = OllamaLLM(settings_for(fake_ollama.url, tmp_path)).chat([HumanMessage(content="hi")])
+    assert reply.content == "Hi." and reply.usage_metadata["input_tokens"] == 10
+
+
 def test_warm_up_and_status(fake_ollama: FakeOllama, tmp_path: Path) -> None:
     agent = agent_for(settings_for(fake_ollama.url, tmp_path))
 
