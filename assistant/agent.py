@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 ANSWER_RESERVE_TOKENS = 1024
 #: Tokens left for what a turn adds after its first request (tool results, instructions), so
 #: that its later requests send the same history.
-TURN_RESERVE_TOKENS = 512
+TURN_RESERVE_TOKENS = 256
 #: The most the server's token count of a prompt is taken to exceed the estimate by.
 MAX_TOKEN_RATIO = 4.0
 #: Longest tool result (characters of JSON) put into the conversation.
@@ -249,10 +249,13 @@ class _TurnRun:
         self.media: list[Path] = []
         self.subjects: dict[str, str] = {}  # call id -> what a routed call analyses
         self.routed_on: dict[str, tuple[str, Attachment]] = {}  # routed call id -> (tool, attachment)
+        self.routed: set[str] = set()  # the ids of every routed call (attachments and quoted text)
         self.found: dict[str, ToolResult] = {}  # call id -> its result
         self.notes: list[str] = []
         self.history = agent.memory.turns(turn.conversation_id)  # earlier turns, before this one
         self._history: dict[bool, list[BaseMessage]] = {}  # what of it this turn's prompts send, by "native"
+        self.earlier_replies = [str(m.content) for stored in self.history for m in stored.messages
+                                if isinstance(m, AIMessage) and not m.tool_calls]
         self.turn_id = agent.memory.begin_turn(turn.conversation_id, self.messages)
 
     @property
@@ -273,11 +276,17 @@ class _TurnRun:
     # -- routing and tools ---------------------------------------------------------------
 
     def routed_calls(self) -> list[dict[str, Any]]:
-        """The calls every attachment gets regardless of the model (declared by the tools)."""
+        """The calls every attachment gets regardless of the model, and those the user's
+        message asks for on a passage it quotes (declared by the tools)."""
         calls = []
         for attachment in self.turn.attachments:
             for tool in self.agent.tools.routed(attachment.kind, self.turn.text):
                 calls += self.routed_call(tool, attachment)
+        for tool, arguments in self.agent.tools.for_text(self.turn.text):
+            call = contract.make_call(tool.name, arguments)
+            self.subjects[call["id"]] = f"{tool.name} on the quoted text"
+            self.routed.add(call["id"])
+            calls.append(call)
         return calls
 
     def follow_up_calls(self) -> list[dict[str, Any]]:
@@ -305,6 +314,7 @@ class _TurnRun:
         call = contract.make_call(tool.name, arguments)
         self.subjects[call["id"]] = subject
         self.routed_on[call["id"]] = (tool.name, attachment)
+        self.routed.add(call["id"])
         return [call]
 
     def take_spoken_words(self) -> None:
@@ -342,7 +352,7 @@ class _TurnRun:
         try:
             result = self.agent.tools.get(name).call(call["args"], self.ctx)
         except BadCall as exc:
-            if call["id"] in self.routed_on:  # not the model's mistake: the person sees it
+            if call["id"] in self.routed:  # not the model's mistake: the person sees it
                 self.outcomes.append((name, subject, str(exc)))
             else:  # the model's mistake: the model is told; the person sees no "result" of it
                 log.info("model's call of %s rejected: %s", name, exc)
@@ -368,7 +378,7 @@ class _TurnRun:
         said: list[str] = []  # the model's words for the person, in order
         rounds, retried, offer_tools = 0, False, True
         while True:
-            stream = _Streamer(self.on_token)
+            stream = _Streamer(self.on_token, self.earlier_replies)
             try:
                 answer = self.ask(llm, offer_tools, stream)
             except LLMError as exc:
@@ -379,16 +389,17 @@ class _TurnRun:
             if self.cancelled:
                 return self.cancelled_reply("\n\n".join([*said, stream.shown.strip()]).strip())
             read = self.read(answer)
-            stream.finish(read.words)
+            usable = self.usable(read.words)
+            stream.finish(read.words if usable else "")
             if offer_tools and (read.calls or read.problems):
                 rounds += 1
-                if contract.is_usable(read.words):
+                if usable:
                     said.append(read.words)
                 offer_tools = self.run_requested(read) and rounds < self.agent.max_tool_rounds
                 if not offer_tools:
                     self.instruct("answer")
                 continue
-            if contract.is_usable(read.words):
+            if usable:
                 said.append(read.words)
                 break
             if not retried:  # empty, markup, call- or result-shaped: once more, in plain words
@@ -403,12 +414,20 @@ class _TurnRun:
         self.messages.append(AIMessage(content=text))
         return self.make_reply(text, llm_used=True)
 
+    def usable(self, words: str) -> bool:
+        """Whether the model's words are an answer to show (:func:`contract.is_usable`, against
+        the conversation's earlier replies and this turn's instructions)."""
+        instructions = [str(m.content) for m in self.messages[1:] if isinstance(m, HumanMessage)]
+        return contract.is_usable(words, earlier=self.earlier_replies,
+                                  instructions=[*instructions, prompts.load("tool_decision")])
+
     def ask(self, llm: ChatLLM, offer_tools: bool, stream: _Streamer) -> AIMessage:
         """One answer of the model. Every request of a turn has the same system prompt and
         tools (so the model's prompt cache holds); a model without native tools first makes
         a structured decision (JSON schema enforced by Ollama), then answers in plain text.
-        When the turn's attachments were already analysed, that model answers at once (its
-        words stream without waiting for a decision; a call it writes still runs)."""
+        When tools were already routed (the turn's attachments, a quoted passage), that model
+        answers at once (its words stream without waiting for a decision; a call it writes
+        still runs)."""
         if llm.native_tools is not False:
             try:
                 return self.request(llm, self.prompt(llm, native=True), native=True, tools=self.agent.schemas,
@@ -417,7 +436,7 @@ class _TurnRun:
                 if self.agent.tell_no_tools_once(self.turn.conversation_id, llm.model):
                     self.notes.append(str(exc))
         messages = self.prompt(llm, native=False)
-        if offer_tools and not self.routed_on:
+        if offer_tools and not self.routed:
             decision = self.request(llm, [*messages, HumanMessage(content=prompts.load("tool_decision"))],
                                     native=False, format=self.decision_schema())
             read = self.read(decision)
@@ -549,16 +568,20 @@ class _TurnRun:
 
 class _Streamer:
     """Passes the model's words on as they stream, holding back from the first character that
-    may start a tool call or markup (``{``, a backtick, ``<``) until the answer is read;
-    :meth:`finish` then shows the rest of the clean words."""
+    may start a tool call or markup (``{``, a backtick, ``<``) until the answer is read, and
+    while the words so far repeat the start of one of the conversation's ``earlier`` replies
+    (a small model answering with its last answer again); :meth:`finish` then shows the rest of
+    the clean words."""
 
     _SUSPECT = "{`<["
 
-    def __init__(self, on_token: Callable[[str], None] | None) -> None:
+    def __init__(self, on_token: Callable[[str], None] | None, earlier: Sequence[str] = ()) -> None:
         self.on_token = on_token
         self.shown = ""  # what the person has seen of this answer
         self.held = ""
         self.holding = False
+        self.pending = ""  # words that so far repeat the start of an earlier reply
+        self.earlier = [text for text in map(contract.normalised, earlier) if len(text) >= contract.REPEAT_MIN_CHARS]
 
     def feed(self, token: str) -> None:
         if self.holding:
@@ -572,12 +595,20 @@ class _Streamer:
             self.held, self.holding = token[cut:], True
 
     def emit(self, text: str) -> None:
+        if self.earlier:
+            self.pending += text
+            so_far = contract.normalised(self.shown + self.pending)
+            if any(reply.startswith(so_far) for reply in self.earlier):
+                return
+            self.earlier = []  # it says something new: no need to look any more
+            text, self.pending = self.pending, ""
         if text and self.on_token is not None:
             self.on_token(text)
         self.shown += text
 
     def finish(self, words: str) -> None:
         """Show what is left of the clean ``words`` after what was already shown."""
+        self.earlier, self.pending = [], ""  # the words were judged: what is held back is in them
         if words.startswith(self.shown.strip()) and self.shown.strip():
             self.emit(words[len(self.shown.strip()):])
         elif not self.shown.strip():

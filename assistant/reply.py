@@ -5,7 +5,8 @@ anything the model cannot be trusted with is rendered here from the real tool re
   by the agent; here: JSON in the text, fenced or not, several objects, text around them,
   ``<tool_call>`` tags) and separates the words meant for the person from call- or
   result-shaped JSON, which never reaches the person.
-- :func:`is_usable` says whether the remaining words are an answer (not empty, not markup).
+- :func:`is_usable` says whether the remaining words are an answer (not empty, not markup,
+  not a repeat of an earlier reply or an echo of the instructions).
 - :func:`render_fallback` is the one renderer of replies made without the model's words:
   the no-LLM mode, a model that is down, times out, fails mid-stream or gives no usable answer.
 - :func:`result_line` is the compact, grounded line per tool that ran, from its ``ToolResult``.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,13 @@ Outcome = ToolResult | str
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 #: Markup a reply may consist of without saying anything: tags, fences, special tokens.
 _MARKUP = re.compile(r"<\|?/?[\w.:-]*\|?>|```\w*|[\s`*_#>\[\](){}|,.:;\"'-]+")
+#: A line that is one member of a JSON object (``"key": value``), valid JSON or not.
+_JSON_MEMBER = re.compile(r'^\s*"[^"\n]{1,60}"\s*:.*$', re.MULTILINE)
+#: A reply at least this long (in normalised words) that repeats an earlier reply word for
+#: word is no answer to a new message.
+REPEAT_MIN_CHARS = 40
+#: This many consecutive words of an instruction to the model in a reply make it an echo.
+ECHO_WORDS = 5
 #: A line with a piece of call or result syntax that is not valid JSON (``{"tool_calls": [}]}``).
 _CALL_FRAGMENT = re.compile(r'^.*"(tool_calls|arguments|parameters|function_call|labels|outputs|events|'
                             r'detections|duration_s|event_type|event_data|score|label)"\s*:.*$\n?', re.MULTILINE)
@@ -126,12 +134,31 @@ def read_answer(text: str, tools: ToolRegistry) -> Answer:
     return answer
 
 
-def is_usable(words: str) -> bool:
-    """Words that say something: not empty, not only markup or punctuation, and not a copy of
-    a fallback reply from memory (a model imitating them would pass off stale results)."""
+def is_usable(words: str, *, earlier: Collection[str] = (), instructions: Sequence[str] = ()) -> bool:
+    """Words that say something: not empty, not only markup, punctuation or broken JSON, not a
+    copy of a fallback reply from memory (a model imitating them would pass off stale results),
+    not a verbatim repeat of one of the conversation's ``earlier`` replies (of at least
+    :data:`REPEAT_MIN_CHARS`: small models answer every later question with their last
+    answer), and not an echo of the turn's ``instructions`` to the model."""
     if any(reason in words for reason in (NO_LLM, STOPPED, UNUSABLE, ROUNDS)):
         return False
-    return bool(_MARKUP.sub("", words).strip())
+    if not _MARKUP.sub("", _JSON_MEMBER.sub("", words)).strip():
+        return False
+    said = normalised(words)
+    if len(said) >= REPEAT_MIN_CHARS and said in {normalised(reply) for reply in earlier}:
+        return False
+    return not any(_shares_phrase(said.split(), normalised(instruction).split()) for instruction in instructions)
+
+
+def normalised(text: str) -> str:
+    """The words of ``text``, lower-case, one space apart (punctuation and layout dropped)."""
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def _shares_phrase(words: list[str], other: list[str], length: int = ECHO_WORDS) -> bool:
+    """Whether ``words`` contain ``length`` consecutive words of ``other``."""
+    phrases = {tuple(other[i:i + length]) for i in range(len(other) - length + 1)}
+    return any(tuple(words[i:i + length]) in phrases for i in range(len(words) - length + 1))
 
 
 def _json_objects(text: str) -> list[tuple[int, int, Any]]:

@@ -22,6 +22,7 @@ from assistant.llm import LLMStatus, ModelInfo
 from tools.base import Label, TextTrigger, Tool, ToolContext, ToolResult
 from tools.detection import PhotoDetectionTool
 from tools.registry import ToolRegistry
+from tools.sentiment import SentimentTool
 
 
 @dataclass
@@ -127,6 +128,9 @@ class FakeTool(Tool[Any]):
         if self.Params is TextParams:
             return {"text": attachments.path_of(attachment_id, self.kinds).read_text(encoding="utf-8")}
         return super().routed_arguments(attachment_id, attachments)
+
+    def text_arguments(self, text: str) -> dict[str, Any] | None:  # type: ignore[override]
+        return SentimentTool.text_arguments(text) if self.Params is TextParams else None
 
     def source(self) -> str:
         return "fake"

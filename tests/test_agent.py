@@ -222,6 +222,39 @@ def test_a_decision_can_only_name_the_attachments_a_tool_accepts(make_agent, too
     assert "audio" not in ids and "video" not in ids  # no attachment of their kinds
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_a_quoted_passage_asked_about_is_judged_whatever_the_model_does(make_agent, tools: ToolRegistry,
+                                                                        native: bool) -> None:
+    """A weak model that answers "the tool found it negative" without calling the tool (or
+    calls it again) still has the real result under its words."""
+    llm = ScriptedLLM([call_tools(("sentiment", {"text": "Ужасный сервис, больше не приду"})),
+                       say("Отзыв негативный.")], native_tools=native)
+    text = "Какая тональность у этого отзыва: «Ужасный сервис, больше не приду»?"
+
+    reply = make_agent(llm).respond(Turn("c", text))
+
+    assert tools.get("sentiment").calls == [{"text": "Ужасный сервис, больше не приду"}]  # type: ignore[attr-defined]
+    assert reply.results == ["sentiment · positive 87%"] and reply.text == "Отзыв негативный."
+    first = llm.calls[0]
+    assert first.format is None  # the result is there already: no decision before the words
+    assert str(first.messages[-1].content).startswith("[Tool result of sentiment]") or \
+        isinstance(first.messages[-1], ToolMessage)
+    assert any("already run in this turn" in str(m.content) for m in llm.calls[1].messages)
+
+
+def test_a_model_that_repeats_its_last_answer_is_asked_again(make_agent) -> None:
+    old = "The photo shows a tabby cat sitting on a windowsill in the sun."
+    llm = ScriptedLLM([say(old), say(old), say("Hello! I am fine, thank you.")])
+    agent = make_agent(llm)
+    agent.respond(Turn("c", "what is it?"))
+    tokens: list[str] = []
+
+    reply = agent.respond(Turn("c", "hi, how are you?"), on_token=tokens.append)
+
+    assert reply.text == "Hello! I am fine, thank you." and "tabby" not in "".join(tokens)
+    assert "could not be shown" in str(llm.calls[-1].messages[-1].content)
+
+
 def test_json_fallback_answers_an_analysed_attachment_at_once(make_agent, tools: ToolRegistry,
                                                               photo: Path) -> None:
     """The attachment's tools already ran: no decision request before the words stream (it
@@ -369,8 +402,8 @@ def test_a_turn_sends_the_same_history_in_every_request(make_agent) -> None:
     """What a turn adds (a long call and its result) does not push a history block out
     between its requests: they share one prefix, which the server's prompt cache serves."""
     long = "word " * 400
-    llm = ScriptedLLM([say("ok")] * 6 + [call_tools(("sentiment", {"text": "fine " * 300})), say("Positive.")])
-    agent = make_agent(llm, num_ctx=2900)
+    llm = ScriptedLLM([say("ok")] * 6 + [call_tools(("sentiment", {"text": "fine " * 150})), say("Positive.")])
+    agent = make_agent(llm, num_ctx=2800)
     for i in range(6):
         agent.respond(Turn("c", f"turn {i}: {long}"))
 

@@ -76,6 +76,26 @@ def test_usable_words(words: str, usable: bool) -> None:
     assert contract.is_usable(words) is usable
 
 
+def test_broken_json_is_not_an_answer() -> None:
+    garbage = '{\n    ,\n      "results": [],\n      }\n  ]\n}\n{\n  "toolCallResult": "The audio file was run.",\n}'
+    assert not contract.is_usable(garbage)
+    assert contract.is_usable('Here it is: {"label": "cat"}')  # prose around JSON is an answer
+
+
+def test_a_long_earlier_reply_repeated_word_for_word_is_not_an_answer() -> None:
+    earlier = ["Что на этом фото? Вы можете получить данные о типе как есть."]
+    assert not contract.is_usable("Что на этом фото?\nВы можете получить данные о типе как есть.", earlier=earlier)
+    assert contract.is_usable("You're welcome!", earlier=["You're welcome!"])  # short replies may repeat
+    assert contract.is_usable("На фото кошка.", earlier=earlier)
+
+
+def test_an_echo_of_the_instructions_is_not_an_answer() -> None:
+    told = ["[audio: already run in this turn with these arguments; the result is above.]"]
+    assert not contract.is_usable("The audio file was already run in this turn. The result is above.",
+                                  instructions=told)
+    assert contract.is_usable("I hear a siren.", instructions=told)
+
+
 def test_result_lines_come_from_the_tool_results() -> None:
     audio = AudioResult(labels=[Label(label="Siren", score=0.76), Label(label="Emergency vehicle", score=0.53),
                                 Label(label="Music", score=0.01)], duration_s=4.0,

@@ -335,3 +335,17 @@ def test_schema_and_cheap_import() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("text", "judged"), [
+    ("Какая тональность у этого отзыва: «Ужасный сервис, больше никогда не приду»?",
+     "Ужасный сервис, больше никогда не приду"),
+    ("Is this review positive: 'Great film, I loved every minute'", "Great film, I loved every minute"),
+    ('What is the tone of "I don\'t like it"?', "I don't like it"),
+    ("Is \"this\" positive?", None),  # a one-word quote is not a passage
+    ("I don't like 'it much' at all", None),  # no question about tone
+    ("He said \"great stuff here\" – is that positive?", None),  # the question after the quote: the model decides
+    ("Привет! Как дела?", None),
+])
+def test_a_message_asking_for_the_tone_of_a_quote_is_routed(text: str, judged: str | None) -> None:
+    assert SentimentTool.text_arguments(text) == (None if judged is None else {"text": judged})

@@ -309,6 +309,7 @@ class Tool(ABC, Generic[P]):
     - ``kinds``: the attachment kinds it accepts; ``routes``: those it runs on by itself
       for every attachment; ``trigger``: when it also runs because of what the text asks;
       :meth:`follows`: when it also runs because of what another routed tool found;
+      :meth:`text_arguments`: when it runs on a passage the user's message quotes;
     - ``model``: its :class:`ModelSpec`; ``settings``: its own ``ASSISTANT_*`` settings;
     - ``analyze_options``: its flags for ``assistant analyze``;
     - :meth:`create`: how it is built from a :class:`ToolConfig`.
@@ -352,6 +353,12 @@ class Tool(ABC, Generic[P]):
     def routed_arguments(self, attachment_id: str, attachments: AttachmentResolver) -> dict[str, Any]:
         """The arguments of the call it gets for an attachment it runs on by itself."""
         return {ATTACHMENT_ARGUMENT: attachment_id}
+
+    @classmethod
+    def text_arguments(cls, text: str) -> dict[str, Any] | None:
+        """The arguments of a call on the user's own message, when it plainly asks this tool's
+        question about a passage it quotes (sentiment of «…»); None: it does not."""
+        return None
 
     def __init__(self) -> None:
         self._model: Any = None

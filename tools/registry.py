@@ -114,6 +114,11 @@ class ToolRegistry:
         return [tool for tool in self._tools.values()
                 if kind in tool.routes or (tool.trigger is not None and tool.trigger.wants(kind, text))]
 
+    def for_text(self, text: str) -> list[tuple[Tool[Any], dict[str, Any]]]:
+        """The tools the user's message asks to run on a passage it quotes, with their arguments."""
+        calls = [(tool, tool.text_arguments(text)) for tool in self._tools.values()]
+        return [(tool, arguments) for tool, arguments in calls if arguments is not None]
+
     def follow_ups(self, kind: str, result: ToolResult) -> list[Tool[Any]]:
         """The tools that also run on an attachment of ``kind`` after a routed tool's ``result``."""
         return [tool for tool in self._tools.values()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -52,6 +53,13 @@ _LABEL_PREFIXES = {"pos": "positive", "neg": "negative", "neu": "neutral"}
 #: Texts the ONNX export is checked on.
 _PROBES = ["Отличная работа, всё получилось!", "This is terrible.", "Нормально."]
 _CONTENTS = "config.json, the weights and the tokenizer files"
+
+#: A message that asks for the tone of something (English and Russian).
+ASKS_FOR_TONE = re.compile(
+    r"\b(sentiment|tone|positive|negative|neutral|mood|review)\b"
+    r"|(?<!\w)(тональн|позитивн|негативн|нейтральн|отзыв|настроени|эмоциональн|окраск)", re.IGNORECASE)
+#: A quoted passage: «…», „…“, “…”, "…" or '…' (an apostrophe inside a word is not a quote).
+QUOTED = re.compile(r"«([^»]+)»|„([^“”]+)[“”]|“([^”]+)”|\"([^\"]+)\"|(?<!\w)'(.+?)'(?!\w)", re.DOTALL)
 
 RUNTIMES = ("onnx", "torch")
 
@@ -174,6 +182,21 @@ class SentimentTool(Tool[SentimentParams]):
         if text is None:
             raise ToolError(f"{attachment_id} is not UTF-8 text, so sentiment cannot read it.")
         return {"text": text}
+
+    @classmethod
+    def text_arguments(cls, text: str) -> dict[str, Any] | None:
+        """A message asking for the tone of a passage it quotes (``Какая тональность у отзыва:
+        «…»``, ``Is this review positive: '…'``) is judged by that passage, whatever the
+        model decides; the longest quote, if the question comes before it."""
+        quotes = [(match.start(), next(group for group in match.groups() if group is not None))
+                  for match in QUOTED.finditer(text)]
+        quotes = [(start, quote.strip()) for start, quote in quotes if len(quote.split()) >= 2]
+        if not quotes:
+            return None
+        start, quote = max(quotes, key=lambda item: len(item[1]))
+        if not ASKS_FOR_TONE.search(text[:start]) or len(quote) > MAX_CHARACTERS:
+            return None
+        return {"text": quote}
 
     def source(self) -> str:
         return self._source.value
