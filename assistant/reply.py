@@ -33,7 +33,7 @@ _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 #: Markup a reply may consist of without saying anything: tags, fences, special tokens.
 _MARKUP = re.compile(r"<\|?/?[\w.:-]*\|?>|```\w*|[\s`*_#>\[\](){}|,.:;\"'-]+")
 #: A line that is one member of a JSON object (``"key": value``), valid JSON or not.
-_JSON_MEMBER = re.compile(r'^\s*"[^"\n]{1,60}"\s*:.*$', re.MULTILINE)
+_JSON_MEMBER = re.compile(r'^[\s{\[,]*"[^"\n]{1,60}"\s*:.*$', re.MULTILINE)
 #: A reply at least this long (in normalised words) that repeats an earlier reply word for
 #: word is no answer to a new message.
 REPEAT_MIN_CHARS = 40
@@ -134,20 +134,30 @@ def read_answer(text: str, tools: ToolRegistry) -> Answer:
     return answer
 
 
-def is_usable(words: str, *, earlier: Collection[str] = (), instructions: Sequence[str] = ()) -> bool:
-    """Words that say something: not empty, not only markup, punctuation or broken JSON, not a
-    copy of a fallback reply from memory (a model imitating them would pass off stale results),
-    not a verbatim repeat of one of the conversation's ``earlier`` replies (of at least
+def is_usable(words: str, *, earlier: Collection[str] = (), instructions: Sequence[str] = (),
+              json_asked: bool = False) -> bool:
+    """Words that say something: not empty, not only markup or punctuation, not only JSON or
+    pieces of it (unless ``json_asked``: the person asked for JSON), not a copy of a fallback
+    reply from memory (a model imitating them would pass off stale results), not a verbatim
+    repeat of one of the conversation's ``earlier`` replies (of at least
     :data:`REPEAT_MIN_CHARS`: small models answer every later question with their last
-    answer), and not an echo of the turn's ``instructions`` to the model."""
+    answer), and not an echo of ``instructions`` (notices the model was sent this turn)."""
     if any(reason in words for reason in (NO_LLM, STOPPED, UNUSABLE, ROUNDS)):
         return False
-    if not _MARKUP.sub("", _JSON_MEMBER.sub("", words)).strip():
+    if not _MARKUP.sub("", words).strip():
+        return False
+    if not json_asked and not _MARKUP.sub("", _quoted_structure(_JSON_MEMBER.sub("", words))).strip():
         return False
     said = normalised(words)
     if len(said) >= REPEAT_MIN_CHARS and said in {normalised(reply) for reply in earlier}:
         return False
     return not any(_shares_phrase(said.split(), normalised(instruction).split()) for instruction in instructions)
+
+
+def _quoted_structure(text: str) -> str:
+    """``text`` without its quoted strings where it has JSON brackets (strings in a structure
+    are not prose)."""
+    return re.sub(r'"[^"\n]*"', "", text) if re.search(r"[{}\[\]]", text) else text
 
 
 def normalised(text: str) -> str:

@@ -79,7 +79,11 @@ def test_usable_words(words: str, usable: bool) -> None:
 def test_broken_json_is_not_an_answer() -> None:
     garbage = '{\n    ,\n      "results": [],\n      }\n  ]\n}\n{\n  "toolCallResult": "The audio file was run.",\n}'
     assert not contract.is_usable(garbage)
+    assert not contract.is_usable('"\n"event: siren at 0.5–4.0 s (also Alarm)"]\n,"also: Police car"}')
+    assert not contract.is_usable('{"text": "Это тестовый текст"}')  # nobody asked for JSON
+    assert contract.is_usable('{"text": "Это тестовый текст"}', json_asked=True)
     assert contract.is_usable('Here it is: {"label": "cat"}')  # prose around JSON is an answer
+    assert contract.is_usable('"Hello! How can I help?"')
 
 
 def test_a_long_earlier_reply_repeated_word_for_word_is_not_an_answer() -> None:
@@ -94,6 +98,18 @@ def test_an_echo_of_the_instructions_is_not_an_answer() -> None:
     assert not contract.is_usable("The audio file was already run in this turn. The result is above.",
                                   instructions=told)
     assert contract.is_usable("I hear a siren.", instructions=told)
+
+
+def test_an_answer_may_use_the_words_of_the_request_to_answer(make_agent, clip) -> None:
+    """Only notices about its requests count as echoes: "say what the tool results above
+    found" invites "The tool results above found..."."""
+    llm = ScriptedLLM([say("```\n```"), say("The tool results above found a siren.")])
+    agent = make_agent(llm)
+    audio = agent.attachments("c").register(clip, kind="audio")
+
+    reply = agent.respond(Turn("c", "what is it?", [audio]))
+
+    assert reply.text == "The tool results above found a siren."
 
 
 def test_result_lines_come_from_the_tool_results() -> None:
