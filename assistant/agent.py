@@ -254,7 +254,6 @@ class _TurnRun:
         self.notes: list[str] = []
         self.history = agent.memory.turns(turn.conversation_id)  # earlier turns, before this one
         self._history: dict[bool, list[BaseMessage]] = {}  # what of it this turn's prompts send, by "native"
-        self.notices: list[str] = []  # what the model was told of its requests in this turn
         self.earlier_replies = [str(m.content) for stored in self.history for m in stored.messages
                                 if isinstance(m, AIMessage) and not m.tool_calls]
         self.turn_id = agent.memory.begin_turn(turn.conversation_id, self.messages)
@@ -418,8 +417,9 @@ class _TurnRun:
     def usable(self, words: str) -> bool:
         """Whether the model's words are an answer to show (:func:`contract.is_usable`, against
         the conversation's earlier replies and this turn's instructions)."""
+        told = [str(m.content) for m in self.messages[1:] if isinstance(m, HumanMessage)]
         return contract.is_usable(words, earlier=self.earlier_replies,
-                                  instructions=[*self.notices, prompts.load("tool_decision")],
+                                  instructions=[*told, prompts.load("tool_decision")],
                                   json_asked="json" in self.turn.text.lower())
 
     def ask(self, llm: ChatLLM, offer_tools: bool, stream: _Streamer) -> AIMessage:
@@ -480,11 +480,12 @@ class _TurnRun:
                 fresh.append(call)
         self.run_calls(fresh)
         if read.problems:
-            self.notice(f"[Tool request rejected: {'; '.join(read.problems)}] "
-                        "Reply with a valid tool call or answer the user.")
+            self.messages.append(HumanMessage(content=f"[Tool request rejected: {'; '.join(read.problems)}] "
+                                                      "Reply with a valid tool call or answer the user."))
         if repeated:
             names = ", ".join(sorted({call["name"] for call in repeated}))
-            self.notice(f"[{names}: already run in this turn with these arguments; the result is above.]")
+            self.messages.append(HumanMessage(content=f"[{names}: already run in this turn with these "
+                                                      "arguments; the result is above.]"))
         return not repeated
 
     def decision_schema(self) -> dict[str, Any]:
@@ -493,11 +494,6 @@ class _TurnRun:
         recent = list(self.agent.attachments(self.turn.conversation_id))[-DECISION_ATTACHMENTS:]
         ids = {tool.name: [a.id for a in recent if a.kind in tool.kinds] for tool in self.agent.tools}
         return contract.decision_schema(self.agent.schemas, ids)
-
-    def notice(self, text: str) -> None:
-        """Tell the model how its request went (an answer that echoes it is no answer)."""
-        self.notices.append(text)
-        self.messages.append(HumanMessage(content=text))
 
     def instruct(self, name: str) -> None:
         """An instruction to the model at the end of the turn (never stored in memory)."""

@@ -32,8 +32,8 @@ Outcome = ToolResult | str
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 #: Markup a reply may consist of without saying anything: tags, fences, special tokens.
 _MARKUP = re.compile(r"<\|?/?[\w.:-]*\|?>|```\w*|[\s`*_#>\[\](){}|,.:;\"'-]+")
-#: A line that is one member of a JSON object (``"key": value``), valid JSON or not.
-_JSON_MEMBER = re.compile(r'^[\s{\[,]*"[^"\n]{1,60}"\s*:.*$', re.MULTILINE)
+#: How a line of JSON (or of a broken piece of it) starts.
+_STRUCTURE_OPENERS = '{}[],"'
 #: A reply at least this long (in normalised words) that repeats an earlier reply word for
 #: word is no answer to a new message.
 REPEAT_MIN_CHARS = 40
@@ -141,12 +141,12 @@ def is_usable(words: str, *, earlier: Collection[str] = (), instructions: Sequen
     reply from memory (a model imitating them would pass off stale results), not a verbatim
     repeat of one of the conversation's ``earlier`` replies (of at least
     :data:`REPEAT_MIN_CHARS`: small models answer every later question with their last
-    answer), and not an echo of ``instructions`` (notices the model was sent this turn)."""
+    answer), and not an echo of the ``instructions`` the model was sent in this turn."""
     if any(reason in words for reason in (NO_LLM, STOPPED, UNUSABLE, ROUNDS)):
         return False
     if not _MARKUP.sub("", words).strip():
         return False
-    if not json_asked and not _MARKUP.sub("", _quoted_structure(_JSON_MEMBER.sub("", words))).strip():
+    if not json_asked and _is_structure(words):
         return False
     said = normalised(words)
     if len(said) >= REPEAT_MIN_CHARS and said in {normalised(reply) for reply in earlier}:
@@ -154,10 +154,14 @@ def is_usable(words: str, *, earlier: Collection[str] = (), instructions: Sequen
     return not any(_shares_phrase(said.split(), normalised(instruction).split()) for instruction in instructions)
 
 
-def _quoted_structure(text: str) -> str:
-    """``text`` without its quoted strings where it has JSON brackets (strings in a structure
-    are not prose)."""
-    return re.sub(r'"[^"\n]*"', "", text) if re.search(r"[{}\[\]]", text) else text
+def _is_structure(text: str) -> bool:
+    """Whether ``text`` is mostly JSON or pieces of it (valid or not), not prose: most of its
+    lines open with a bracket, a quote or a comma or hold under three words outside quotes,
+    and some bracket or ``"key":`` is there."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    structural = [line for line in lines if line[0] in _STRUCTURE_OPENERS
+                  or len(re.findall(r"\w+", re.sub(r'"[^"\n]*"', "", line))) < 3]
+    return bool(lines) and len(structural) >= 0.6 * len(lines) and bool(re.search(r'[{}\[\]]|":|:"', text))
 
 
 def normalised(text: str) -> str:

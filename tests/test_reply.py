@@ -100,16 +100,20 @@ def test_an_echo_of_the_instructions_is_not_an_answer() -> None:
     assert contract.is_usable("I hear a siren.", instructions=told)
 
 
-def test_an_answer_may_use_the_words_of_the_request_to_answer(make_agent, clip) -> None:
-    """Only notices about its requests count as echoes: "say what the tool results above
-    found" invites "The tool results above found..."."""
-    llm = ScriptedLLM([say("```\n```"), say("The tool results above found a siren.")])
+def test_an_echo_of_the_request_to_answer_is_asked_again_but_an_answer_in_its_words_is_not(
+        make_agent, clip) -> None:
+    """SmolLM2 answered "That reply could not be shown to the user."; Qwen answers "saying
+    what the tools found" with "The tools found..."."""
+    llm = ScriptedLLM([say("```\n```"), say("That reply could not be shown to the user."),
+                       say("The tools found a siren.")])
     agent = make_agent(llm)
     audio = agent.attachments("c").register(clip, kind="audio")
 
-    reply = agent.respond(Turn("c", "what is it?", [audio]))
+    first = agent.respond(Turn("c", "what is it?", [audio]))
+    llm.script = [say("```\n```"), say("The tools found a siren.")]
+    second = agent.respond(Turn("c", "and this?", [audio]))
 
-    assert reply.text == "The tool results above found a siren."
+    assert first.text.startswith(f"_{contract.UNUSABLE}") and second.text == "The tools found a siren."
 
 
 def test_result_lines_come_from_the_tool_results() -> None:
