@@ -505,14 +505,16 @@ class _TurnRun:
         The history is chosen at the turn's first request, leaving :data:`TURN_RESERVE_TOKENS`
         for what the turn adds (tool results, instructions), and kept for its later requests
         (the same prefix, so the server's prompt cache holds) unless the prompt outgrows the
-        window. Sizes are estimates scaled by what the server counted of earlier prompts."""
+        window. Sizes are estimates scaled by what the server counted of earlier prompts.
+        A fallback reply in the history reads as a short note (models imitate its layout)."""
         system = SystemMessage(content=self.agent.system_prompt(native))
         turn = self.messages if native else _as_plain_messages(self.messages)
         room = self.agent.num_ctx / self.agent.token_ratio(llm.model) - ANSWER_RESERVE_TOKENS
         fixed = self.estimate([system, *turn], native)
         history = self._history.get(native)
         if history is None or fixed + estimate_tokens(history) > room:
-            history = fit_history(self.history, max(int(room - fixed - TURN_RESERVE_TOKENS), 0))
+            history = [_for_the_model(m) for m in
+                       fit_history(self.history, max(int(room - fixed - TURN_RESERVE_TOKENS), 0))]
             if not native:
                 history = _as_plain_messages(history)
             self._history[native] = history
@@ -672,6 +674,15 @@ def _compact_json(data: dict[str, Any]) -> str:
     if len(text) <= MAX_TOOL_RESULT_CHARS:
         return text
     return text[:MAX_TOOL_RESULT_CHARS] + " …(truncated)"
+
+
+def _for_the_model(message: BaseMessage) -> BaseMessage:
+    """A message of the history as the model reads it (a fallback reply as a short note)."""
+    if isinstance(message, AIMessage) and not message.tool_calls:
+        text = contract.for_the_model(str(message.content))
+        if text != message.content:
+            return AIMessage(content=text)
+    return message
 
 
 def _as_plain_messages(messages: Sequence[BaseMessage]) -> list[BaseMessage]:

@@ -142,7 +142,7 @@ def is_usable(words: str, *, earlier: Collection[str] = (), instructions: Sequen
     repeat of one of the conversation's ``earlier`` replies (of at least
     :data:`REPEAT_MIN_CHARS`: small models answer every later question with their last
     answer), and not an echo of the ``instructions`` the model was sent in this turn."""
-    if any(reason in words for reason in (NO_LLM, STOPPED, UNUSABLE, ROUNDS)):
+    if fallback_start(words) is not None or FALLBACK_IN_HISTORY in words:
         return False
     if not _MARKUP.sub("", words).strip():
         return False
@@ -246,6 +246,9 @@ NO_LLM = "No language model in this session (no-LLM mode)"
 STOPPED = "The language model stopped answering"
 UNUSABLE = "The language model gave no usable answer"
 ROUNDS = "The language model kept asking for tools instead of answering"
+#: What the model reads in the history in place of a fallback reply: the fallback's layout
+#: is easy to imitate, and a model copying it passes stale results off as an answer.
+FALLBACK_IN_HISTORY = "(The tool results above were shown to the user as they are.)"
 #: What such a reply says when no tool ran in the turn (unless the caller says better).
 NOTHING_RAN = "Nothing was analysed in this turn. Please ask again, in other words."
 
@@ -268,6 +271,25 @@ def render_fallback(reason: str, outcomes: list[tuple[str, Outcome]], *, said: s
         results = nothing_ran or NOTHING_RAN
     text = prompts.render("fallback", reason=reason, results=results).strip()
     return f"{said.strip()}\n\n{text}" if said.strip() else text
+
+
+def fallback_start(text: str) -> int | None:
+    """Where the fallback part of a reply begins (None: it has none)."""
+    starts = [text.find("_" + reason) for reason in (NO_LLM, STOPPED, UNUSABLE, ROUNDS)]
+    found = [start for start in starts if start != -1]
+    if found:
+        return min(found)
+    return 0 if any(reason in text for reason in (NO_LLM, STOPPED, UNUSABLE, ROUNDS)) else None
+
+
+def for_the_model(reply: str) -> str:
+    """A stored reply as the model reads it in the history: a fallback's part replaced by
+    :data:`FALLBACK_IN_HISTORY` (what the model had said before it is kept)."""
+    start = fallback_start(reply)
+    if start is None:
+        return reply
+    said = reply[:start].strip()
+    return f"{said}\n\n{FALLBACK_IN_HISTORY}" if said else FALLBACK_IN_HISTORY
 
 
 def result_line(outcome: Outcome, tool: str) -> str:

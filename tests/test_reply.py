@@ -76,6 +76,13 @@ def test_usable_words(words: str, usable: bool) -> None:
     assert contract.is_usable(words) is usable
 
 
+def test_a_fallback_in_the_history_reads_as_a_note_keeping_what_the_model_had_said() -> None:
+    cut = contract.render_fallback(contract.STOPPED, [], said="The photo shows a tabby")
+    assert contract.for_the_model(cut) == f"The photo shows a tabby\n\n{contract.FALLBACK_IN_HISTORY}"
+    assert contract.for_the_model("A cat.") == "A cat."
+    assert not contract.is_usable(contract.FALLBACK_IN_HISTORY)  # copying the note is no answer
+
+
 def test_broken_json_is_not_an_answer() -> None:
     garbage = '{\n    ,\n      "results": [],\n      }\n  ]\n}\n{\n  "toolCallResult": "The audio file was run.",\n}'
     assert not contract.is_usable(garbage)
@@ -158,8 +165,11 @@ def test_unusable_replies_are_retried_once_then_replaced_and_memory_keeps_the_re
     assert len(llm.calls) == 3 and "No JSON" in llm.calls[1].messages[-1].content
     assert reply.text.startswith(f"_{contract.UNUSABLE}; the tool results are below._") and "- **audio on att_1**: audio: Siren (87%)" in reply.text
     assert reply.results == ["audio · Siren 87%"] and "the model gave no usable answer" in reply.notes
-    history = [str(m.content) for m in llm.calls[2].messages]
-    assert reply.text in history and not any("[[" in text or "```" in text for text in history)
+    stored = [str(m.content) for t in agent.memory.turns("c") for m in t.messages]
+    assert reply.text in stored  # memory keeps what the person saw
+    history = [str(m.content) for m in llm.calls[2].messages]  # the model reads a note in its place
+    assert contract.FALLBACK_IN_HISTORY in history and not any(contract.UNUSABLE in text for text in history)
+    assert not any("[[" in text or "```" in text for text in history)
     assert not any("could not be shown" in text for text in history)  # this turn's instructions are not stored
 
 
