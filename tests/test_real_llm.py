@@ -50,6 +50,7 @@ def test_qwen_full_set(real_ollama: RealOllama, models_env, media: Path) -> None
     assert any(line.startswith("audio · ") and "%" in line for line in audio["results"])
     assert any(line.startswith("image · ") for line in photo["results"])
     assert any(line.startswith("video · ") for line in video["results"])
+    assert any(line.startswith("sentiment · ") for line in review["results"])  # the quote, judged
     assert all(reply["llm_used"] for reply in replies)
 
 
@@ -61,3 +62,4 @@ def test_smollm_subset(real_ollama: RealOllama, models_env, media: Path) -> None
     ])
     assert len(replies) == 3
     assert any(line.startswith("audio · ") for line in replies[0]["results"])
+    assert any(line.startswith("sentiment · ") for line in replies[2]["results"])

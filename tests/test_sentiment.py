@@ -345,6 +345,7 @@ def test_schema_and_cheap_import() -> None:
     ("Is \"this\" positive?", None),  # a one-word quote is not a passage
     ("I don't like 'it much' at all", None),  # no question about tone
     ("He said \"great stuff here\" – is that positive?", None),  # the question after the quote: the model decides
+    ("Оцени тон: «Прекрасный фильм, всем советую!»", "Прекрасный фильм, всем советую!"),
     ("Привет! Как дела?", None),
 ])
 def test_a_message_asking_for_the_tone_of_a_quote_is_routed(text: str, judged: str | None) -> None:

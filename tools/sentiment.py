@@ -57,7 +57,8 @@ _CONTENTS = "config.json, the weights and the tokenizer files"
 #: A message that asks for the tone of something (English and Russian).
 ASKS_FOR_TONE = re.compile(
     r"\b(sentiment|tone|positive|negative|neutral|mood|review)\b"
-    r"|(?<!\w)(тональн|позитивн|негативн|нейтральн|отзыв|настроени|эмоциональн|окраск)", re.IGNORECASE)
+    r"|(?<!\w)(тональн|позитивн|негативн|нейтральн|отзыв|настроени|эмоциональн|окраск|тон\w{0,2}\b)",
+    re.IGNORECASE)
 #: A quoted passage: «…», „…“, “…”, "…" or '…' (an apostrophe inside a word is not a quote).
 QUOTED = re.compile(r"«([^»]+)»|„([^“”]+)[“”]|“([^”]+)”|\"([^\"]+)\"|(?<!\w)'(.+?)'(?!\w)", re.DOTALL)
 
