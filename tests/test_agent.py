@@ -52,7 +52,7 @@ def test_answer_without_tools(make_agent, tools: ToolRegistry) -> None:
 
 def test_one_tool_call_result_goes_back_to_the_model(make_agent, tools: ToolRegistry) -> None:
     llm = ScriptedLLM([call_tools(("sentiment", {"text": "Отличный проект!"})), say("Позитивный отзыв (87%).")])
-    reply = make_agent(llm).respond(Turn("c", "Какой тон у фразы «Отличный проект!»?"))
+    reply = make_agent(llm).respond(Turn("c", "Оцени фразу «Отличный проект!»"))
 
     assert reply.text == "Позитивный отзыв (87%)."
     assert tools.get("sentiment").calls == [{"text": "Отличный проект!"}]  # type: ignore[attr-defined]
