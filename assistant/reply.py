@@ -246,6 +246,7 @@ NO_LLM = "No language model in this session (no-LLM mode)"
 STOPPED = "The language model stopped answering"
 UNUSABLE = "The language model gave no usable answer"
 ROUNDS = "The language model kept asking for tools instead of answering"
+_REASONS = (NO_LLM, STOPPED, UNUSABLE, ROUNDS)
 #: What the model reads in the history in place of a fallback reply: the fallback's layout
 #: is easy to imitate, and a model copying it passes stale results off as an answer.
 FALLBACK_IN_HISTORY = "(The tool results above were shown to the user as they are.)"
@@ -275,11 +276,11 @@ def render_fallback(reason: str, outcomes: list[tuple[str, Outcome]], *, said: s
 
 def fallback_start(text: str) -> int | None:
     """Where the fallback part of a reply begins (None: it has none)."""
-    starts = [text.find("_" + reason) for reason in (NO_LLM, STOPPED, UNUSABLE, ROUNDS)]
-    found = [start for start in starts if start != -1]
-    if found:
-        return min(found)
-    return 0 if any(reason in text for reason in (NO_LLM, STOPPED, UNUSABLE, ROUNDS)) else None
+    starts = [text.find(reason) for reason in _REASONS if reason in text]
+    if not starts:
+        return None
+    start = min(starts)
+    return start - 1 if text[start - 1:start] == "_" else start  # with its italics
 
 
 def for_the_model(reply: str) -> str:
