@@ -31,7 +31,7 @@ from assistant.llm import ChatLLM, LLMError, LLMStatus, ModelInfo, ToolsUnsuppor
 from assistant.memory import Memory, estimate_tokens, fit_history
 from assistant.recent import RecentSet
 from assistant.turns import CANCELLED, Reply, Turn
-from tools.base import BadCall, Progress, Tool, ToolContext, ToolError, ToolResult, short_reason
+from tools.base import ATTACHMENT_ARGUMENT, BadCall, Progress, Tool, ToolContext, ToolError, ToolResult, short_reason
 from tools.media import read_text_document
 from tools.registry import ToolRegistry
 
@@ -437,9 +437,10 @@ class _TurnRun:
                 if self.agent.tell_no_tools_once(self.turn.conversation_id, llm.model):
                     self.notes.append(str(exc))
         messages = self.prompt(llm, native=False)
-        if offer_tools and not self.routed:
+        schema = self.decision_schema() if offer_tools and not self.routed else None
+        if schema is not None:
             decision = self.request(llm, [*messages, HumanMessage(content=prompts.load("tool_decision"))],
-                                    native=False, format=self.decision_schema())
+                                    native=False, format=schema)
             read = self.read(decision)
             if read.calls or read.problems:
                 return decision
@@ -488,12 +489,29 @@ class _TurnRun:
                                                       "arguments; the result is above.]"))
         return not repeated
 
-    def decision_schema(self) -> dict[str, Any]:
-        """The schema of a tool decision now: each tool with the conversation's attachments it
-        accepts (the latest :data:`DECISION_ATTACHMENTS`)."""
+    def decision_schema(self) -> dict[str, Any] | None:
+        """The schema of a tool decision now, offering only the calls that could add something
+        (None: nothing to decide, so the model answers at once; a weak model offered a tool
+        takes it, even for "hi"): a tool on those of the conversation's latest
+        :data:`DECISION_ATTACHMENTS` attachments of its kinds it has not analysed yet (a tool
+        that runs when asked, only when the message asks), and a tool of the text alone when
+        the message asks what it measures."""
+        text = self.turn.text
+        done = {(call["name"], call["args"].get(ATTACHMENT_ARGUMENT))
+                for message in [*(m for stored in self.history for m in stored.messages), *self.messages]
+                if isinstance(message, AIMessage) for call in message.tool_calls}
         recent = list(self.agent.attachments(self.turn.conversation_id))[-DECISION_ATTACHMENTS:]
-        ids = {tool.name: [a.id for a in recent if a.kind in tool.kinds] for tool in self.agent.tools}
-        return contract.decision_schema(self.agent.schemas, ids)
+        offers: dict[str, list[str]] = {}
+        for schema in self.agent.schemas:
+            tool = self.agent.tools.get(schema["function"]["name"])
+            if ATTACHMENT_ARGUMENT not in schema["function"]["parameters"].get("properties", {}):
+                if tool.asked_for(text):
+                    offers[tool.name] = []
+            elif tool.trigger is None or tool.asked_for(text):
+                ids = [a.id for a in recent if a.kind in tool.kinds and (tool.name, a.id) not in done]
+                if ids:
+                    offers[tool.name] = ids
+        return contract.decision_schema(self.agent.schemas, offers) if offers else None
 
     def instruct(self, name: str) -> None:
         """An instruction to the model at the end of the turn (never stored in memory)."""

@@ -73,29 +73,25 @@ def call_key(call: dict[str, Any]) -> str:
     return call["name"] + json.dumps(call["args"], sort_keys=True, ensure_ascii=False)
 
 
-def decision_schema(schemas: list[dict[str, Any]],
-                    attachment_ids: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+def decision_schema(schemas: list[dict[str, Any]], offers: Mapping[str, Sequence[str]]) -> dict[str, Any]:
     """The JSON schema of a tool decision (Ollama's structured outputs enforce it): the calls
-    to make, or none to answer. Each call is one tool's name with that tool's own arguments
-    (``schemas``: the tools' function schemas), so constrained decoding cannot wander off into
-    a free-form object; a tool's ``attachment_id`` is one of ``attachment_ids[tool]`` (the
-    conversation's attachments it accepts), and a tool that needs one is left out while
-    there is none, so a decision never names a file that does not exist."""
+    to make, or none to answer. Each call is one of the ``offers`` (tool name → the attachment
+    ids its ``attachment_id`` may be; ``schemas``: the tools' function schemas) with that
+    tool's own arguments, so constrained decoding cannot wander off into a free-form object
+    nor name a file that does not exist."""
     calls = []
     for schema in schemas:
         name, parameters = schema["function"]["name"], schema["function"]["parameters"]
+        if name not in offers:
+            continue
         properties = parameters.get("properties", {})
         if ATTACHMENT_ARGUMENT in properties:
-            ids = list(attachment_ids.get(name, ()))
-            if not ids:
-                continue
             parameters = {**parameters, "properties": {**properties, ATTACHMENT_ARGUMENT: {
-                **properties[ATTACHMENT_ARGUMENT], "type": "string", "enum": ids}}}
+                **properties[ATTACHMENT_ARGUMENT], "type": "string", "enum": list(offers[name])}}}
         calls.append({"type": "object", "required": ["name", "arguments"], "additionalProperties": False,
                       "properties": {"name": {"type": "string", "enum": [name]}, "arguments": parameters}})
-    items = {"anyOf": calls} if calls else {}
     return {"type": "object", "required": ["tool_calls"], "additionalProperties": False,
-            "properties": {"tool_calls": {"type": "array", "items": items, "maxItems": 4 if calls else 0}}}
+            "properties": {"tool_calls": {"type": "array", "items": {"anyOf": calls}, "maxItems": 4}}}
 
 
 def read_answer(text: str, tools: ToolRegistry) -> Answer:

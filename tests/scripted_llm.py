@@ -132,6 +132,11 @@ class FakeTool(Tool[Any]):
     def text_arguments(self, text: str) -> dict[str, Any] | None:  # type: ignore[override]
         return SentimentTool.text_arguments(text) if self.Params is TextParams else None
 
+    def asked_for(self, text: str) -> bool:  # type: ignore[override]
+        if self.Params is TextParams:
+            return SentimentTool.asked_for(text)
+        return self.trigger is not None and self.trigger.asked(text)
+
     def source(self) -> str:
         return "fake"
 

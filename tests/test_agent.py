@@ -184,7 +184,7 @@ def test_json_fallback_decides_with_a_schema_then_answers_in_plain_text(make_age
                       native_tools=False)
     tokens: list[str] = []
 
-    reply = make_agent(llm).respond(Turn("c", "прекрасно"), on_token=tokens.append)
+    reply = make_agent(llm).respond(Turn("c", "Это позитивно? прекрасно"), on_token=tokens.append)
 
     assert reply.text == "Позитивно." and "".join(tokens).strip() == "Позитивно."
     assert reply.results == ["sentiment · positive 87%"]
@@ -204,22 +204,33 @@ def test_json_fallback_decides_with_a_schema_then_answers_in_plain_text(make_age
     assert tools.get("sentiment").calls == [{"text": "прекрасно"}]  # type: ignore[attr-defined]
 
 
-def test_a_decision_can_only_name_the_attachments_a_tool_accepts(make_agent, tools: ToolRegistry,
-                                                                 photo: Path) -> None:
-    """Constrained decoding keeps a weak model from inventing ids: each tool's attachment_id is
-    one of the conversation's attachments of the kinds it takes."""
-    llm = ScriptedLLM([say("A tabby cat."), say('{"tool_calls": []}'), say("It was a cat.")], native_tools=False)
+def test_a_decision_offers_only_calls_that_could_add_something(make_agent, tools: ToolRegistry,
+                                                               photo: Path) -> None:
+    """A weak model offered a tool takes it, even for "hi": a decision offers a tool only on
+    attachments it has not analysed yet (one that runs when asked, only when the message asks;
+    constrained decoding then keeps the model from inventing ids), and a tool of the text alone
+    only when the message asks what it measures. With nothing to offer there is no decision."""
+    llm = ScriptedLLM([say("A tabby cat."), say("Fine, thanks!"), say('{"tool_calls": []}'), say("Behind the sofa."),
+                       say('{"tool_calls": []}'), say("It sounds positive.")], native_tools=False)
     agent = make_agent(llm)
     image = attach(agent, "c", photo, "image")
     agent.respond(Turn("c", "look", [image]))
 
-    agent.respond(Turn("c", "what was it again?"))
+    small_talk = agent.respond(Turn("c", "hi, how are you?"))
+    agent.respond(Turn("c", "where is the cat?"))
+    agent.respond(Turn("c", "is my mood positive today?"))
 
-    calls = llm.calls[1].format["properties"]["tool_calls"]["items"]["anyOf"]
-    ids = {c["properties"]["name"]["enum"][0]: c["properties"]["arguments"]["properties"].get("attachment_id")
-           for c in calls}
-    assert ids["image"]["enum"] == [image.id] and ids["sentiment"] is None
-    assert "audio" not in ids and "video" not in ids  # no attachment of their kinds
+    assert small_talk.text == "Fine, thanks!" and small_talk.results == []
+    assert [c.format is not None for c in llm.calls] == [False, False, True, False, True, False]
+
+    def offered(call) -> dict:
+        calls = call.format["properties"]["tool_calls"]["items"]["anyOf"]
+        return {c["properties"]["name"]["enum"][0]: c["properties"]["arguments"]["properties"].get("attachment_id")
+                for c in calls}
+
+    assert offered(llm.calls[2]) == {"detect": {"type": "string", "enum": [image.id]}}  # image: analysed already
+    assert offered(llm.calls[4]) == {"sentiment": None}
+    assert tools.get("image").calls == [{"attachment_id": image.id}]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -286,8 +297,8 @@ def test_rejected_tools_switch_to_json_and_say_so_once(make_agent, tools: ToolRe
                       native_tools=None)
     agent = make_agent(llm)
 
-    first = agent.respond(Turn("c", "hi"))
-    second = agent.respond(Turn("c", "again"))
+    first = agent.respond(Turn("c", "is this positive?"))
+    second = agent.respond(Turn("c", "and this, positive?"))
 
     assert first.text == "Plain answer." and first.notes == ["The model llama3 does not support native tool calling."]
     rejection = llm.calls[2].messages[-2].content

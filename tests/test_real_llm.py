@@ -62,4 +62,5 @@ def test_smollm_subset(real_ollama: RealOllama, models_env, media: Path) -> None
     ])
     assert len(replies) == 3
     assert any(line.startswith("audio · ") for line in replies[0]["results"])
+    assert replies[1]["results"] == []  # small talk: no tool offered, none run again
     assert any(line.startswith("sentiment · ") for line in replies[2]["results"])

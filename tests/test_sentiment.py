@@ -350,3 +350,15 @@ def test_schema_and_cheap_import() -> None:
 ])
 def test_a_message_asking_for_the_tone_of_a_quote_is_routed(text: str, judged: str | None) -> None:
     assert SentimentTool.text_arguments(text) == (None if judged is None else {"text": judged})
+
+
+@pytest.mark.parametrize(("text", "asked"), [
+    ("Is this positive? I loved it", True),
+    ("What's the tone of his letter?", True),
+    ("Оцени настроение этого сообщения", True),
+    ("Привет! Как дела?", False),
+    ("Thanks! What can you do?", False),
+])
+def test_a_message_asks_for_sentiment_by_its_words(text: str, asked: bool) -> None:
+    """What a model without native tools is offered sentiment by (as a decision on the text)."""
+    assert SentimentTool.asked_for(text) is asked

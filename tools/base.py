@@ -199,6 +199,10 @@ class TextTrigger:
     def wants(self, kind: str, text: str) -> bool:
         return kind in self.kinds and bool(self.pattern.search(text))
 
+    def asked(self, text: str) -> bool:
+        """Whether ``text`` asks what the tool answers (whatever the attachment)."""
+        return bool(self.pattern.search(text))
+
 
 class Label(BaseModel):
     """One class and its confidence."""
@@ -310,6 +314,8 @@ class Tool(ABC, Generic[P]):
       for every attachment; ``trigger``: when it also runs because of what the text asks;
       :meth:`follows`: when it also runs because of what another routed tool found;
       :meth:`text_arguments`: when it runs on a passage the user's message quotes;
+      :meth:`asked_for`: whether a message asks what it measures (a model without native
+      tools is offered only such tools, and those with something new to analyse);
     - ``model``: its :class:`ModelSpec`; ``settings``: its own ``ASSISTANT_*`` settings;
     - ``analyze_options``: its flags for ``assistant analyze``;
     - :meth:`create`: how it is built from a :class:`ToolConfig`.
@@ -359,6 +365,12 @@ class Tool(ABC, Generic[P]):
         """The arguments of a call on the user's own message, when it plainly asks this tool's
         question about a passage it quotes (sentiment of «…»); None: it does not."""
         return None
+
+    @classmethod
+    def asked_for(cls, text: str) -> bool:
+        """Whether the user's message asks what this tool measures (by default: its
+        ``trigger``'s pattern matches)."""
+        return cls.trigger is not None and cls.trigger.asked(text)
 
     def __init__(self) -> None:
         self._model: Any = None

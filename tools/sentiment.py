@@ -195,9 +195,14 @@ class SentimentTool(Tool[SentimentParams]):
         if not quotes:
             return None
         start, quote = max(quotes, key=lambda item: len(item[1]))
-        if not ASKS_FOR_TONE.search(text[:start]) or len(quote) > MAX_CHARACTERS:
+        if not cls.asked_for(text[:start]) or len(quote) > MAX_CHARACTERS:
             return None
         return {"text": quote}
+
+    @classmethod
+    def asked_for(cls, text: str) -> bool:
+        """A message about tone, sentiment, a review (English or Russian)."""
+        return bool(ASKS_FOR_TONE.search(text))
 
     def source(self) -> str:
         return self._source.value
