@@ -378,7 +378,7 @@ class _TurnRun:
         said: list[str] = []  # the model's words for the person, in order
         rounds, retried, offer_tools = 0, False, True
         while True:
-            stream = _Streamer(self.on_token, self.earlier_replies)
+            stream = _Streamer(self.on_token, self.earlier_replies, self.turn.text)
             try:
                 answer = self.ask(llm, offer_tools, stream)
             except LLMError as exc:
@@ -420,7 +420,7 @@ class _TurnRun:
         told = [str(m.content) for m in self.messages[1:] if isinstance(m, HumanMessage)]
         return contract.is_usable(words, earlier=self.earlier_replies,
                                   instructions=[*told, prompts.load("tool_decision")],
-                                  json_asked="json" in self.turn.text.lower())
+                                  asked=self.turn.text, json_asked="json" in self.turn.text.lower())
 
     def ask(self, llm: ChatLLM, offer_tools: bool, stream: _Streamer) -> AIMessage:
         """One answer of the model. Every request of a turn has the same system prompt and
@@ -589,20 +589,25 @@ class _TurnRun:
 
 class _Streamer:
     """Passes the model's words on as they stream, holding back from the first character that
-    may start a tool call or markup (``{``, a backtick, ``<``) until the answer is read, and
-    while the words so far repeat the start of one of the conversation's ``earlier`` replies
-    (a small model answering with its last answer again); :meth:`finish` then shows the rest of
-    the clean words."""
+    may start a tool call or markup (``{``, a backtick, ``<``) until the answer is read, while
+    the words so far repeat the start of one of the conversation's ``earlier`` replies (a small
+    model answering with its last answer again) or of the user's message ``asked``, and for good
+    once they open with that whole message (:func:`contract.parrots`); :meth:`finish` then shows
+    the rest of the clean words."""
 
     _SUSPECT = "{`<["
 
-    def __init__(self, on_token: Callable[[str], None] | None, earlier: Sequence[str] = ()) -> None:
+    def __init__(self, on_token: Callable[[str], None] | None, earlier: Sequence[str] = (),
+                 asked: str = "") -> None:
         self.on_token = on_token
         self.shown = ""  # what the person has seen of this answer
         self.held = ""
         self.holding = False
-        self.pending = ""  # words that so far repeat the start of an earlier reply
-        self.earlier = [text for text in map(contract.normalised, earlier) if len(text) >= contract.REPEAT_MIN_CHARS]
+        self.pending = ""  # words that so far repeat the start of an earlier reply or of the question
+        self.asked = contract.normalised(asked)
+        self.watched = [text for text in map(contract.normalised, earlier) if len(text) >= contract.REPEAT_MIN_CHARS]
+        if len(self.asked.split()) >= contract.PARROT_MIN_WORDS:
+            self.watched.append(self.asked)
 
     def feed(self, token: str) -> None:
         if self.holding:
@@ -613,15 +618,21 @@ class _Streamer:
             self.emit(token)
         else:
             self.emit(token[:cut])
-            self.held, self.holding = token[cut:], True
+            if not self.holding:
+                self.held, self.holding = token[cut:], True
+            else:
+                self.held += token[cut:]
 
     def emit(self, text: str) -> None:
-        if self.earlier:
+        if self.watched:
             self.pending += text
             so_far = contract.normalised(self.shown + self.pending)
-            if any(reply.startswith(so_far) for reply in self.earlier):
+            if contract.parrots(so_far, self.asked):  # not an answer: nothing more is shown
+                self.held, self.holding, self.pending, self.watched = self.pending, True, "", []
                 return
-            self.earlier = []  # it says something new: no need to look any more
+            if any(watched.startswith(so_far) for watched in self.watched):
+                return
+            self.watched = []  # it says something new: no need to look any more
             text, self.pending = self.pending, ""
         if text and self.on_token is not None:
             self.on_token(text)
@@ -629,7 +640,7 @@ class _Streamer:
 
     def finish(self, words: str) -> None:
         """Show what is left of the clean ``words`` after what was already shown."""
-        self.earlier, self.pending = [], ""  # the words were judged: what is held back is in them
+        self.watched, self.pending = [], ""  # the words were judged: what is held back is in them
         if words.startswith(self.shown.strip()) and self.shown.strip():
             self.emit(words[len(self.shown.strip()):])
         elif not self.shown.strip():
@@ -704,14 +715,19 @@ def _for_the_model(message: BaseMessage) -> BaseMessage:
 
 
 def _as_plain_messages(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
-    """Tool calls and results as ordinary text, for models without native tool calling."""
+    """Tool results as notes of what ran on what, for models without native tool calling. The
+    calls themselves are left out: a small model copies an assistant's JSON into its answers."""
+    calls = {call["id"]: call for message in messages if isinstance(message, AIMessage)
+             for call in message.tool_calls}
     plain: list[BaseMessage] = []
     for message in messages:
         if isinstance(message, AIMessage) and message.tool_calls:
-            request = {"tool_calls": [{"name": c["name"], "arguments": c["args"]} for c in message.tool_calls]}
-            plain.append(AIMessage(content=json.dumps(request, ensure_ascii=False)))
+            if message.content:
+                plain.append(AIMessage(content=message.content))
         elif isinstance(message, ToolMessage):
-            plain.append(HumanMessage(content=f"[Tool result of {message.name}]: {message.content}"))
+            call = calls.get(message.tool_call_id)
+            subject = _subject(call) if call is not None else message.name
+            plain.append(HumanMessage(content=f"[Tool result of {subject}]: {message.content}"))
         else:
             plain.append(message)
     return plain

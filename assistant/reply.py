@@ -39,6 +39,8 @@ _STRUCTURE_OPENERS = '{}[],"'
 REPEAT_MIN_CHARS = 40
 #: This many consecutive words of an instruction to the model in a reply make it an echo.
 ECHO_WORDS = 5
+#: The fewest words of the user's message that a reply may not open with (a parroted question).
+PARROT_MIN_WORDS = 3
 #: A line with a piece of call or result syntax that is not valid JSON (``{"tool_calls": [}]}``).
 _CALL_FRAGMENT = re.compile(r'^.*"(tool_calls|arguments|parameters|function_call|labels|outputs|events|'
                             r'detections|duration_s|event_type|event_data|score|label)"\s*:.*$\n?', re.MULTILINE)
@@ -131,23 +133,32 @@ def read_answer(text: str, tools: ToolRegistry) -> Answer:
 
 
 def is_usable(words: str, *, earlier: Collection[str] = (), instructions: Sequence[str] = (),
-              json_asked: bool = False) -> bool:
+              asked: str = "", json_asked: bool = False) -> bool:
     """Words that say something: not empty, not only markup or punctuation, not only JSON or
     pieces of it (unless ``json_asked``: the person asked for JSON), not a copy of a fallback
-    reply from memory (a model imitating them would pass off stale results), not a verbatim
-    repeat of one of the conversation's ``earlier`` replies (of at least
+    reply from memory or of its note (a model imitating them would pass off stale results), not
+    a verbatim repeat of one of the conversation's ``earlier`` replies (of at least
     :data:`REPEAT_MIN_CHARS`: small models answer every later question with their last
-    answer), and not an echo of the ``instructions`` the model was sent in this turn."""
-    if fallback_start(words) is not None or FALLBACK_IN_HISTORY in words:
+    answer), not opening with the user's message ``asked`` (:func:`parrots`), and not an echo
+    of the ``instructions`` the model was sent in this turn."""
+    said = normalised(words)
+    if fallback_start(words) is not None or normalised(FALLBACK_IN_HISTORY) in said:
         return False
     if not _MARKUP.sub("", words).strip():
         return False
     if not json_asked and _is_structure(words):
         return False
-    said = normalised(words)
     if len(said) >= REPEAT_MIN_CHARS and said in {normalised(reply) for reply in earlier}:
         return False
+    if parrots(said, normalised(asked)):
+        return False
     return not any(_shares_phrase(said.split(), normalised(instruction).split()) for instruction in instructions)
+
+
+def parrots(said: str, asked: str) -> bool:
+    """Whether the normalised words ``said`` open with the user's normalised message ``asked``
+    (of :data:`PARROT_MIN_WORDS` or more; small models repeat the question before rambling)."""
+    return len(asked.split()) >= PARROT_MIN_WORDS and (said == asked or said.startswith(asked + " "))
 
 
 def _is_structure(text: str) -> bool:

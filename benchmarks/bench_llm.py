@@ -6,7 +6,9 @@ state the top result), reply language = user language %, model calls per turn, p
 evaluated and reused prefix tokens per call (from the server's log), time to first character
 the person sees (of the model's words, or the measured result lines, which channels show as
 soon as the tools have run), also for turns without attachments alone, total time per turn.
-Usage: bench_llm.py [--models NAME ...] [--loops ours plain]
+Usage: bench_llm.py [--models NAME ...] [--loops ours plain] [--repeat N]
+(``--repeat 3``: the script three times over in one conversation, which outgrows a 4,096-token
+window: how each loop fares once history must be dropped.)
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def log_entries(log: Path, start: int) -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def run_ours(url: str, model: str, db: Path, log: Path) -> list[dict]:
+def run_ours(url: str, model: str, db: Path, log: Path, turns: list[tuple[str, str | None]]) -> list[dict]:
     from assistant.agent import build_agent
     from assistant.config import Settings
     from assistant.turns import Turn
@@ -66,7 +68,7 @@ def run_ours(url: str, model: str, db: Path, log: Path) -> list[dict]:
     agent = build_agent(settings)
     agent.warm_up()
     rows = []
-    for text, file in TURNS:
+    for text, file in turns:
         attachments = [agent.attachments("b").register(MEDIA / file)] if file else []
         seen = len(log.read_text().splitlines()) if log.exists() else 0
         first: list[float] = []  # when the person first sees something of the reply
@@ -84,7 +86,7 @@ def run_ours(url: str, model: str, db: Path, log: Path) -> list[dict]:
     return rows
 
 
-def run_plain(url: str, model: str, native: bool, log: Path) -> list[dict]:
+def run_plain(url: str, model: str, native: bool, log: Path, turns: list[tuple[str, str | None]]) -> list[dict]:
     """The LangChain docs' loop: bind_tools, run the calls, ask again, print the answer."""
     from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
     from langchain_ollama import ChatOllama
@@ -103,7 +105,7 @@ def run_plain(url: str, model: str, native: bool, log: Path) -> list[dict]:
     ctx = ToolContext(attachments=store, output_dir=Path(tempfile.mkdtemp()))
     history = [SystemMessage(content=prompts.load("system"))]
     rows = []
-    for text, file in TURNS:
+    for text, file in turns:
         content = text
         if file:
             attachment = store.register(MEDIA / file)
@@ -170,6 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=(QWEN, SMOLLM), default=[QWEN, SMOLLM])
     parser.add_argument("--loops", nargs="+", choices=("ours", "plain"), default=["ours", "plain"])
+    parser.add_argument("--repeat", type=int, default=1, help="run the scripted turns N times in one conversation")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_llm_"))
     models_dir = build_models_dir(work / "models", SHARED / "models")
@@ -183,13 +186,15 @@ def main() -> None:
     try:
         table = []
         for model in args.models:
-            ours = run_ours(url, model, work / f"{model.replace(':', '_')}.sqlite3", log)
+            ours = run_ours(url, model, work / f"{model.replace(':', '_')}.sqlite3", log, TURNS * args.repeat)
             truth = {r["file"]: _fact(r["results"][0]) for r in ours if r["file"]}
             loops = [("ours", ours)]
             if "plain" in args.loops:
-                loops.append(("plain LangChain", run_plain(url, model, ":tools" in _FILES[model], log)))
+                loops.append(("plain LangChain", run_plain(url, model, ":tools" in _FILES[model], log, TURNS * args.repeat)))
             for name, rows in loops:
-                table.append({"model": model, "loop": name, **summarise(rows, truth)})
+                parts = [rows[:len(TURNS)], rows] if args.repeat > 1 else [rows]  # the script once, then all
+                table += [{"model": model, "loop": name, "turns": len(part), **summarise(part, truth)}
+                          for part in parts]
                 (work / f"{model.replace(':', '_')}-{name.split()[0]}.json").write_text(
                     json.dumps(rows, ensure_ascii=False, indent=1))
         keys = list(table[0])

@@ -240,3 +240,27 @@ def test_a_model_call_the_tool_rejects_is_not_shown_as_a_result(make_agent, tool
     assert reply.text == "I hear a siren." and reply.results == ["audio · Siren 87%"]
     told = [json.loads(m.content).get("error", "") for m in llm.calls[1].messages if m.type == "tool"]
     assert told[1].startswith("Invalid arguments for audio") and told[2].startswith("Unknown attachment id")
+
+
+def test_a_reply_that_parrots_the_question_is_not_an_answer_nor_shown() -> None:
+    """SmolLM2, measured: "Привет! Как дела?\\n\\nThe answer is: …" to "Привет! Как дела?"."""
+    from assistant.agent import _Streamer
+
+    asked = "Привет! Как дела?"
+    assert not contract.is_usable("Привет! Как дела?\n\nThe answer is: \"Dedicated\"", asked=asked)
+    assert not contract.is_usable("привет, как дела", asked=asked)
+    assert contract.is_usable("Привет! Всё хорошо, спасибо.", asked=asked)
+    assert contract.is_usable("Hi!", asked="Hi!")  # a short greeting may be answered in kind
+    assert not contract.is_usable("The tool results above were shown to the user as they are", asked="?")
+
+    shown: list[str] = []
+    stream = _Streamer(shown.append, asked=asked)
+    for token in ["При", "вет! Как", " дела?", "\n\nThe answer", " is: 42"]:
+        stream.feed(token)
+    stream.finish("")
+    assert shown == []
+    fine: list[str] = []
+    stream = _Streamer(fine.append, asked=asked)
+    for token in ["При", "вет! Всё", " хорошо."]:
+        stream.feed(token)
+    assert "".join(fine) == "Привет! Всё хорошо."
