@@ -55,7 +55,7 @@ DECISION_ATTACHMENTS = 32
 #: Conversations (with their model) remembered as told that the model has no native tools.
 TOLD_NO_TOOLS = 1024
 
-#: Receives a turn's result lines and the transcripts among them, each time tools have run.
+#: Receives a turn's result lines and the transcripts among them, each time a tool has run.
 ResultsCallback = Callable[[list[str], list[str]], None]
 
 
@@ -169,7 +169,7 @@ class Agent:
         ``on_token`` receives the model's text as it streams; ``Reply.text`` is always the
         complete answer (adapters re-render it when the turn ends). ``on_results`` receives
         the turn's result lines and transcripts so far (as :attr:`Reply.results` and
-        :attr:`Reply.heard`) each time tools have run, so a channel can show what was measured
+        :attr:`Reply.heard`) each time a tool has run, so a channel can show what was measured
         before the model has said a word."""
         run: _TurnRun | None = None
         try:  # building the run creates the output folder and reads memory: inside too
@@ -343,9 +343,9 @@ class _TurnRun:
                 content = self.run_call(call)
             self.messages.append(ToolMessage(content=content, tool_call_id=call["id"], name=call["name"]))
             self.agent.memory.save_turn(self.turn_id, self.messages_to_store(None))  # a crash keeps it
-        if self.on_results is not None and self.outcomes:
-            heard, results = self.result_lines()
-            self.on_results(results, heard)
+            if self.on_results is not None and self.outcomes:  # each line as soon as its tool is done
+                heard, results = self.result_lines()
+                self.on_results(results, heard)
 
     def run_call(self, call: dict[str, Any]) -> str:
         name, subject = call["name"], self.subjects.get(call["id"]) or _subject(call)

@@ -556,3 +556,18 @@ def test_per_conversation_state_stays_bounded(make_agent, monkeypatch: pytest.Mo
         agent.tell_no_tools_once(f"chat {index}", "llama3")
     assert len(agent._told_no_tools) == 10
     assert not agent.tell_no_tools_once("chat 49", "llama3")  # recent ones are still told only once
+
+
+def test_each_result_line_is_shown_as_soon_as_its_tool_is_done(make_agent, photo: Path) -> None:
+    """Classification takes milliseconds, detection seconds on a CPU: the person sees the first
+    line without waiting for the second."""
+    llm = ScriptedLLM([say("A cat.")])
+    agent = make_agent(llm)
+    image = attach(agent, "c", photo, "image")
+    seen: list[object] = []
+
+    agent.respond(Turn("c", "what is it?", [image]), on_token=seen.append,
+                  on_results=lambda results, heard: seen.append(list(results)))
+
+    assert seen[:2] == [["image · tabby 87%"], ["image · tabby 87%", "detect · cat 87%"]]
+    assert "".join(map(str, seen[2:])).strip() == "A cat."  # the words after both lines
