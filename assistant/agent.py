@@ -50,6 +50,8 @@ MAX_TOOL_RESULT_CHARS = 4000
 NO_LLM_NOTE = "no-LLM mode: tool results only"
 #: Longest text document (characters) put into the user's message for the model to read.
 MAX_DOCUMENT_CHARS = 8000
+#: Characters of a judged text quoted in the model's note of a text tool's result.
+SUBJECT_QUOTE_CHARS = 60
 #: Attachments a tool decision may name (the conversation's latest).
 DECISION_ATTACHMENTS = 32
 #: Conversations (with their model) remembered as told that the model has no native tools.
@@ -251,6 +253,7 @@ class _TurnRun:
         self.routed_on: dict[str, tuple[str, Attachment]] = {}  # routed call id -> (tool, attachment)
         self.routed: set[str] = set()  # the ids of every routed call (attachments and quoted text)
         self.found: dict[str, ToolResult] = {}  # call id -> its result
+        self.asked = turn.text  # what the user asked in words (a voice note's, once transcribed)
         self.notes: list[str] = []
         self.history = agent.memory.turns(turn.conversation_id)  # earlier turns, before this one
         self._history: dict[bool, list[BaseMessage]] = {}  # what of it this turn's prompts send, by "native"
@@ -325,6 +328,8 @@ class _TurnRun:
             words = self.found[call_id].transcript() if call_id in self.found else None
             if words and attachment.kind == "voice":
                 spoken[attachment.id] = words
+        if spoken and not self.turn.text.strip():  # a voice note without a caption asks in its words
+            self.asked = " ".join(spoken.values())
         if spoken:
             self.user = HumanMessage(content=_user_text(self.turn, self.ctx.attachments, spoken))
             self.messages[0] = self.user
@@ -336,6 +341,7 @@ class _TurnRun:
             return
         self.messages.append(AIMessage(content="", tool_calls=list(calls)))
         for call in calls:
+            before = len(self.outcomes)
             self.ran.add(contract.call_key(call))
             if self.cancelled:
                 content = json.dumps({"error": "cancelled by the user before this tool ran"})
@@ -343,7 +349,7 @@ class _TurnRun:
                 content = self.run_call(call)
             self.messages.append(ToolMessage(content=content, tool_call_id=call["id"], name=call["name"]))
             self.agent.memory.save_turn(self.turn_id, self.messages_to_store(None))  # a crash keeps it
-            if self.on_results is not None and self.outcomes:  # each line as soon as its tool is done
+            if self.on_results is not None and len(self.outcomes) > before:  # each line once its tool is done
                 heard, results = self.result_lines()
                 self.on_results(results, heard)
 
@@ -378,7 +384,7 @@ class _TurnRun:
         said: list[str] = []  # the model's words for the person, in order
         rounds, retried, offer_tools = 0, False, True
         while True:
-            stream = _Streamer(self.on_token, self.earlier_replies, self.turn.text)
+            stream = _Streamer(self.on_token, self.earlier_replies, self.asked)
             try:
                 answer = self.ask(llm, offer_tools, stream)
             except LLMError as exc:
@@ -420,15 +426,15 @@ class _TurnRun:
         told = [str(m.content) for m in self.messages[1:] if isinstance(m, HumanMessage)]
         return contract.is_usable(words, earlier=self.earlier_replies,
                                   instructions=[*told, prompts.load("tool_decision")],
-                                  asked=self.turn.text, json_asked="json" in self.turn.text.lower())
+                                  asked=self.asked, json_asked="json" in self.turn.text.lower())
 
     def ask(self, llm: ChatLLM, offer_tools: bool, stream: _Streamer) -> AIMessage:
         """One answer of the model. Every request of a turn has the same system prompt and
         tools (so the model's prompt cache holds); a model without native tools first makes
         a structured decision (JSON schema enforced by Ollama), then answers in plain text.
-        When tools were already routed (the turn's attachments, a quoted passage), that model
-        answers at once (its words stream without waiting for a decision; a call it writes
-        still runs)."""
+        When tools were already routed (the turn's attachments, a quoted passage) or no call
+        could add something (:meth:`decision_schema`), that model answers at once (its words
+        stream without waiting for a decision; a call it writes still runs)."""
         if llm.native_tools is not False:
             try:
                 return self.request(llm, self.prompt(llm, native=True), native=True, tools=self.agent.schemas,
@@ -493,13 +499,14 @@ class _TurnRun:
         """The schema of a tool decision now, offering only the calls that could add something
         (None: nothing to decide, so the model answers at once; a weak model offered a tool
         takes it, even for "hi"): a tool on those of the conversation's latest
-        :data:`DECISION_ATTACHMENTS` attachments of its kinds it has not analysed yet (a tool
+        :data:`DECISION_ATTACHMENTS` attachments of its kinds it has not tried yet (a tool
         that runs when asked, only when the message asks), and a tool of the text alone when
         the message asks what it measures."""
         text = self.turn.text
-        done = {(call["name"], call["args"].get(ATTACHMENT_ARGUMENT))
-                for message in [*(m for stored in self.history for m in stored.messages), *self.messages]
-                if isinstance(message, AIMessage) for call in message.tool_calls}
+        messages = [*(m for stored in self.history for m in stored.messages), *self.messages]
+        done = {(call["name"], call["args"].get(ATTACHMENT_ARGUMENT)) for message in messages
+                if isinstance(message, AIMessage) for call in message.tool_calls
+                if isinstance(call["args"].get(ATTACHMENT_ARGUMENT), str)}
         recent = list(self.agent.attachments(self.turn.conversation_id))[-DECISION_ATTACHMENTS:]
         offers: dict[str, list[str]] = {}
         for schema in self.agent.schemas:
@@ -601,7 +608,6 @@ class _Streamer:
                  asked: str = "") -> None:
         self.on_token = on_token
         self.shown = ""  # what the person has seen of this answer
-        self.held = ""
         self.holding = False
         self.pending = ""  # words that so far repeat the start of an earlier reply or of the question
         self.asked = contract.normalised(asked)
@@ -611,24 +617,20 @@ class _Streamer:
 
     def feed(self, token: str) -> None:
         if self.holding:
-            self.held += token
             return
         cut = min((i for i in (token.find(c) for c in self._SUSPECT) if i != -1), default=-1)
         if cut == -1:
             self.emit(token)
         else:
             self.emit(token[:cut])
-            if not self.holding:
-                self.held, self.holding = token[cut:], True
-            else:
-                self.held += token[cut:]
+            self.holding = True
 
     def emit(self, text: str) -> None:
         if self.watched:
             self.pending += text
             so_far = contract.normalised(self.shown + self.pending)
             if contract.parrots(so_far, self.asked):  # not an answer: nothing more is shown
-                self.held, self.holding, self.pending, self.watched = self.pending, True, "", []
+                self.holding, self.pending, self.watched = True, "", []
                 return
             if any(watched.startswith(so_far) for watched in self.watched):
                 return
@@ -685,9 +687,17 @@ def _folder(conversation_id: str) -> str:
     return f"{readable}-{digest}"
 
 
-def _subject(call: dict[str, Any]) -> str:
+def _subject(call: dict[str, Any], *, quote: bool = False) -> str:
+    """What a call analysed: ``audio on att_1``; with ``quote``, a text tool's call also says
+    the start of the text it judged (``sentiment on “Great film, I loved…”``)."""
     target = call["args"].get("attachment_id")
-    return f"{call['name']} on {target}" if target else call["name"]
+    if target:
+        return f"{call['name']} on {target}"
+    text = call["args"].get("text")
+    if quote and isinstance(text, str) and text.strip():
+        words = " ".join(text.split())
+        return f"{call['name']} on \u201c{words[:SUBJECT_QUOTE_CHARS]}{'…' if len(words) > SUBJECT_QUOTE_CHARS else ''}\u201d"
+    return call["name"]
 
 
 def _for_model(result: ToolResult) -> dict[str, Any]:
@@ -726,7 +736,7 @@ def _as_plain_messages(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
                 plain.append(AIMessage(content=message.content))
         elif isinstance(message, ToolMessage):
             call = calls.get(message.tool_call_id)
-            subject = _subject(call) if call is not None else message.name
+            subject = _subject(call, quote=True) if call is not None else message.name
             plain.append(HumanMessage(content=f"[Tool result of {subject}]: {message.content}"))
         else:
             plain.append(message)

@@ -80,7 +80,9 @@ def decision_schema(schemas: list[dict[str, Any]], offers: Mapping[str, Sequence
     to make, or none to answer. Each call is one of the ``offers`` (tool name → the attachment
     ids its ``attachment_id`` may be; ``schemas``: the tools' function schemas) with that
     tool's own arguments, so constrained decoding cannot wander off into a free-form object
-    nor name a file that does not exist."""
+    nor name a file that does not exist. ``offers`` is not empty (with nothing to offer there
+    is no decision)."""
+    assert offers, "a decision needs something to offer"
     calls = []
     for schema in schemas:
         name, parameters = schema["function"]["name"], schema["function"]["parameters"]

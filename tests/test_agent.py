@@ -199,7 +199,7 @@ def test_json_fallback_decides_with_a_schema_then_answers_in_plain_text(make_age
     assert llm.calls[0].messages[-1].content.startswith("[Decide the next step.")
     answer = llm.calls[2].messages
     assert not any(isinstance(m, ToolMessage) or getattr(m, "tool_calls", None) for m in answer)
-    assert answer[-1].content.startswith("[Tool result of sentiment]:")  # a note; no call as JSON to copy
+    assert answer[-1].content.startswith("[Tool result of sentiment on \u201cпрекрасно\u201d]:")  # a note, no JSON call
     assert not any(isinstance(m, AIMessage) for m in answer)
     assert tools.get("sentiment").calls == [{"text": "прекрасно"}]  # type: ignore[attr-defined]
 
@@ -251,7 +251,7 @@ def test_a_quoted_passage_asked_about_is_judged_whatever_the_model_does(make_age
     assert reply.results == ["sentiment · positive 87%"] and reply.text == "Отзыв негативный."
     first = llm.calls[0]
     assert first.format is None  # the result is there already: no decision before the words
-    assert str(first.messages[-1].content).startswith("[Tool result of sentiment]") or \
+    assert str(first.messages[-1].content).startswith("[Tool result of sentiment") or \
         isinstance(first.messages[-1], ToolMessage)
     assert any("already run in this turn" in str(m.content) for m in llm.calls[1].messages)
 
@@ -571,3 +571,36 @@ def test_each_result_line_is_shown_as_soon_as_its_tool_is_done(make_agent, photo
 
     assert seen[:2] == [["image · tabby 87%"], ["image · tabby 87%", "detect · cat 87%"]]
     assert "".join(map(str, seen[2:])).strip() == "A cat."  # the words after both lines
+
+
+def test_a_decision_survives_odd_ids_in_history(make_agent, tools: ToolRegistry, photo: Path) -> None:
+    """A weak model's call with a list for an id is stored with the turn; later decisions
+    still offer what could add something (detection, asked where the cat is)."""
+    llm = ScriptedLLM([say('{"name": "detect", "arguments": {"attachment_id": ["att_1"]}}'), say("Sorry."),
+                       say('{"tool_calls": []}'), say("Behind the sofa.")], native_tools=False)
+    agent = make_agent(llm)
+    image = attach(agent, "c", photo, "image")
+    agent.respond(Turn("c", "look", [image]))
+
+    reply = agent.respond(Turn("c", "where is the cat?"))
+
+    assert reply.text == "Behind the sofa."
+    offered = llm.calls[2].format["properties"]["tool_calls"]["items"]["anyOf"]
+    assert [c["properties"]["name"]["enum"][0] for c in offered] == ["detect"]
+
+
+def test_the_model_reads_what_a_text_tool_judged(make_agent, tools: ToolRegistry) -> None:
+    llm = ScriptedLLM([say("Negative."), say("It was negative.")], native_tools=False)
+    agent = make_agent(llm)
+    agent.respond(Turn("c", "Is this review positive: 'Awful service, I will never come back'?"))
+
+    agent.respond(Turn("c", "and why?"))
+
+    notes = [str(m.content) for m in llm.calls[1].messages]
+    assert any(n.startswith("[Tool result of sentiment on \u201cAwful service, I will never come back\u201d]: ")
+               for n in notes)
+
+
+def test_a_detection_tool_is_asked_for_by_its_trigger() -> None:
+    assert PhotoDetectionTool.asked_for("where is the cat?") and PhotoDetectionTool.asked_for("Что на фото?")
+    assert not PhotoDetectionTool.asked_for("thanks, bye")

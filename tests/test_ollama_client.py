@@ -117,7 +117,7 @@ def test_model_that_rejects_tools_falls_back_to_json(fake_ollama: FakeOllama, tm
     assert names == [["sentiment"]] and requests[1].body["options"]["num_predict"] == DECISION_TOKENS
     assert "format" not in requests[3].body or not requests[3].body["format"]  # the answer is plain text
     result = requests[3].body["messages"][-1]
-    assert result["role"] == "user" and result["content"].startswith("[Tool result of sentiment]:")
+    assert result["role"] == "user" and result["content"].startswith("[Tool result of sentiment on ")
     assert agent.llm_status().tool_calling == "json-fallback"
     assert "does not support native tool calling" in (agent.warm_up() or "")
 

@@ -264,3 +264,9 @@ def test_a_reply_that_parrots_the_question_is_not_an_answer_nor_shown() -> None:
     for token in ["При", "вет! Всё", " хорошо."]:
         stream.feed(token)
     assert "".join(fine) == "Привет! Всё хорошо."
+    braced: list[str] = []
+    stream = _Streamer(braced.append, asked=asked)
+    for token in ["Привет! Как", ' дела? {"name"', ': "audio"}', " ok"]:
+        stream.feed(token)
+    stream.finish("")
+    assert braced == []

@@ -197,7 +197,7 @@ class TextTrigger:
     pattern: re.Pattern[str]
 
     def wants(self, kind: str, text: str) -> bool:
-        return kind in self.kinds and bool(self.pattern.search(text))
+        return kind in self.kinds and self.asked(text)
 
     def asked(self, text: str) -> bool:
         """Whether ``text`` asks what the tool answers (whatever the attachment)."""
