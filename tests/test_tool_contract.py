@@ -185,3 +185,14 @@ def test_assistant_analyze_runs_it(bytes_tool: str, model_dir: Path, tmp_path: P
     (line,) = capsys.readouterr().out.splitlines()
     assert json.loads(line) == {"input": str(blob), "tool": "bytes", "outputs": [],
                                 "labels": [{"label": "8 units", "score": 1.0}]}
+
+
+def test_a_photo_gets_its_class_before_the_detection_asked_for() -> None:
+    """The fast line first: classification runs before the detection the text asks for, so the
+    person sees what the photo shows while DETR is still looking (tool classes, no models)."""
+    from assistant.config import Settings
+    from assistant.runtime import build_tools
+
+    registry = build_tools(Settings.from_env({}))
+    assert [tool.name for tool in registry.routed("image", "what is in this photo?")] == ["image", "detect"]
+    assert [tool.name for tool in registry.routed("image", "nice")] == ["image"]
