@@ -749,7 +749,7 @@ def build_agent(settings: Settings, *, use_llm: bool = True) -> Agent:
 
     llm: ChatLLM | None = None
     if use_llm:
-        from assistant.llm import OllamaLLM
+        from assistant.llm.ollama import OllamaLLM
 
         llm = OllamaLLM(settings)
     db_path = settings.db_path or Settings.from_env({}).db_path

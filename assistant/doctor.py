@@ -35,7 +35,7 @@ class Check:
 
 def llm_checks(settings: Settings) -> list[Check]:
     """Ollama reachable, the model pulled, and whether it calls tools natively."""
-    from assistant.llm import OllamaLLM
+    from assistant.llm.ollama import OllamaLLM
 
     status = OllamaLLM(settings).status()
     model = status.model

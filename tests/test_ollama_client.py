@@ -16,7 +16,8 @@ import pytest
 from assistant.agent import NO_LLM_NOTE, Agent, build_agent
 from assistant.config import Settings
 from assistant.errors import LLMError
-from assistant.llm import DECISION_TOKENS, ModelInfo, OllamaLLM
+from assistant.llm import DECISION_TOKENS, ModelInfo
+from assistant.llm.ollama import OllamaLLM
 from assistant.memory import Memory
 from assistant.runtime import build_tools
 from assistant.turns import Turn

@@ -31,7 +31,7 @@ from adapters.telegram import (MB, PUBLIC_API, PUBLIC_DOWNLOAD_LIMIT, Access, Bo
                                render_markdown, run)
 from assistant.agent import Agent
 from assistant.attachments import AttachmentStore
-from assistant.llm import OllamaLLM
+from assistant.llm.ollama import OllamaLLM
 from assistant.memory import Memory
 from assistant.config import Settings
 from assistant.session import ViewState

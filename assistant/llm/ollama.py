@@ -1,4 +1,4 @@
-"""The language model: Llama 3 served by Ollama, through ``langchain-ollama``'s ChatOllama.
+"""Llama 3 served by Ollama, through ``langchain-ollama``'s ChatOllama.
 
 Chat (streaming, native tool calling) goes through :class:`ChatOllama`; status checks
 (is Ollama up, is the model pulled, can it call tools) through the ``ollama`` client.
@@ -9,80 +9,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 
 from assistant.config import Settings
-from assistant.errors import LLMError
+from assistant.llm.base import (DECISION_TOKENS, STATUS_TIMEOUT, ChatLLM, LLMError, LLMStatus, ModelInfo,
+                                ToolsUnsupported, message_text)
 
-#: Seconds the status checks (`doctor`, `/model`, warm-up's first probe) wait for Ollama.
-STATUS_TIMEOUT = 5.0
 #: Guards making a model's client (OllamaLLM.with_model).
 _CLIENTS_LOCK = threading.Lock()
-#: Most tokens of a structured reply (a tool decision is a few dozen): a small model caught in
-#: a long string under constrained decoding stops here instead of writing until the window ends.
-DECISION_TOKENS = 256
-
-
-@dataclass
-class LLMStatus:
-    """What `assistant doctor` and the REPL's /model show about the language model."""
-
-    host: str
-    model: str
-    reachable: bool
-    model_available: bool
-    tool_calling: str  # "native" | "json-fallback" | "unknown"
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A model Ollama has, and whether it can call tools natively (None: Ollama does not say)."""
-
-    name: str
-    tools: bool | None
-
-    def describe(self) -> str:
-        """What it can do, in words."""
-        return {True: "native tool calling",
-                False: "no native tool calling (a JSON prompt chooses the tools)",
-                None: "tool calling not reported"}[self.tools]
-
-
-class ToolsUnsupported(LLMError):
-    """The model rejects native tool calling (Ollama answers 400 "... does not support tools")."""
-
-
-class ChatLLM(Protocol):
-    """What the agent needs from a chat model (Ollama here, scripted ones in tests)."""
-
-    #: The model's name.
-    model: str
-    #: True: native tool calling; False: JSON tool selection by prompt; None: not known yet.
-    native_tools: bool | None
-
-    def chat(self, messages: Sequence[BaseMessage], *, tools: Sequence[dict[str, Any]] | None = None,
-             format: dict[str, Any] | None = None, on_token: Callable[[str], None] | None = None,
-             cancel: threading.Event | None = None) -> AIMessage:
-        """One model reply (text and/or tool calls), streamed to ``on_token``; stops early
-        when ``cancel`` is set. ``format``: a JSON schema the reply must follow (Ollama's
-        structured outputs). Raises :class:`LLMError` (or :class:`ToolsUnsupported`)."""
-        ...
-
-    def status(self) -> LLMStatus: ...
-
-    def warm_up(self) -> str | None: ...
-
-    def with_model(self, model: str) -> ChatLLM:
-        """The same server's client of another model."""
-        ...
-
-    def models(self) -> list[ModelInfo]:
-        """The models the server has; :class:`LLMError` when it cannot be asked."""
-        ...
 
 
 class OllamaLLM:
@@ -251,10 +187,3 @@ class OllamaLLM:
 
     def _tool_mode(self) -> str:
         return {True: "native", False: "json-fallback", None: "unknown"}[self.native_tools]
-
-
-def message_text(content: Any) -> str:
-    """Message content as plain text (content may be a list of parts)."""
-    if isinstance(content, str):
-        return content
-    return "".join(part if isinstance(part, str) else str(part.get("text", "")) for part in content)
