@@ -39,9 +39,11 @@ from telegram.error import (BadRequest, Forbidden, InvalidToken, NetworkError, R
 from telegram.warnings import PTBDeprecationWarning
 from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, ApplicationHandlerStop,
                           CommandHandler, ContextTypes, MessageHandler, TypeHandler, filters)
+from telegram.request import HTTPXRequest
 
 from assistant.config import MB, Setting, Settings, megabytes, read_settings
 from assistant.errors import LLMError, ToolError, short_reason
+from assistant.memory import transaction
 from assistant.recent import RecentSet
 from assistant.session import Session, Throttle, TurnView, ViewState, split_text
 from assistant.turns import Reply, Turn, interrupted_notice
@@ -106,6 +108,8 @@ class BotOptions:
     action_interval: float = 4.5  # a chat action shows for ~5 s; renew it this often
     concurrent_updates: int = 64
     max_retries: int = 3  # retries after Telegram's flood limit (429 retry_after)
+    outbox_retry: float = 2.0  # a reply Telegram did not take is tried again after this long,
+    outbox_retry_max: float = 30.0  # ... doubled after each failure up to this
 
 
 def _entries(text: str) -> tuple[str, ...]:
@@ -185,16 +189,30 @@ def run(args: argparse.Namespace, settings: Settings, telegram: TelegramSettings
         log.warning("%s", note)
     application = build_application(settings, agent, telegram, allow_all=allow_all)
     log.info("Telegram bot polling %s (Ctrl+C stops it)", telegram.api_base_url)
+    return serve(application, telegram)
+
+
+def serve(application: Application, telegram: TelegramSettings) -> int:
+    """Poll until stopped: 0 after Ctrl+C; 2 when Telegram rejects the token (at start, or
+    revoked while running: a supervisor can tell and alert); 1 when the Bot API cannot be
+    reached at start."""
     try:
         application.run_polling(allowed_updates=[Update.MESSAGE])
     except InvalidToken:
-        print("assistant telegram: Telegram rejected TELEGRAM_BOT_TOKEN; check it with @BotFather.",
-              file=sys.stderr)
-        return 2
+        if not application.bot_data.get(TOKEN_REJECTED):  # at start
+            print("assistant telegram: Telegram rejected TELEGRAM_BOT_TOKEN; check it with @BotFather.",
+                  file=sys.stderr)
+            return 2
     except NetworkError as exc:
         print(f"assistant telegram: cannot reach the Bot API at {telegram.api_base_url} "
               f"({exc}); check the network or TELEGRAM_API_BASE_URL.", file=sys.stderr)
         return 1
+    if application.bot_data.get(TOKEN_REJECTED):
+        print("assistant telegram: Telegram rejected TELEGRAM_BOT_TOKEN while the bot was running "
+              "(401 Unauthorized): the token was revoked or regenerated in @BotFather. Set the "
+              "current token and start the bot again; replies not yet delivered are sent then.",
+              file=sys.stderr)
+        return 2
     return 0
 
 
@@ -216,9 +234,11 @@ def build_application(settings: Settings, agent: Agent, telegram: TelegramSettin
         .base_file_url(f"{api}/file/bot")
         .concurrent_updates(options.concurrent_updates)
         .rate_limiter(RateLimiter(max_retries=options.max_retries))
-        .read_timeout(30)
-        .media_write_timeout(120)
+        .request(Request(bot.token_rejected, connection_pool_size=256, read_timeout=30,
+                         media_write_timeout=120))
+        .get_updates_request(Request(bot.token_rejected, connection_pool_size=1))
         .post_init(bot.post_init)
+        .post_stop(bot.post_stop)
         .build()
     )
     application.add_handler(TypeHandler(Update, bot.gate), group=-1)
@@ -261,18 +281,41 @@ class TelegramBot:
         self.download_limit = download_limit(settings, telegram)
         self.public_api = telegram.api_base_url.rstrip("/") == PUBLIC_API
         self.session = Session(agent, heavy_jobs=options.heavy_jobs)
+        self.outbox = Outbox(agent.memory.path)
         self._albums: dict[tuple[int, str], Album] = {}
+        self._application: Application | None = None
+        self._delivery: asyncio.Task | None = None  # sends what the outbox keeps
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def post_init(self, application: Application) -> None:
+        self._application = application
         await application.bot.set_my_commands([BotCommand(name, text) for name, text in COMMANDS])
         log.info("Serving as @%s", application.bot.username)
+        if self.outbox.chats():  # kept by an earlier run
+            self._start_delivery()
         for conversation in self.agent.memory.open_conversations(CONVERSATION_PREFIX):
             for text in self.agent.memory.recover_interrupted(conversation):
                 chat_id = int(conversation.rpartition(":")[2])
                 with contextlib.suppress(TelegramError):
                     await application.bot.send_message(chat_id, interrupted_notice(text))
+
+    async def post_stop(self, application: Application) -> None:
+        if self._delivery is not None:
+            self._delivery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._delivery
+
+    def token_rejected(self) -> None:
+        """Telegram answered 401 (the token was revoked or regenerated): nothing the bot does
+        can work any more, so it stops (:func:`serve` then exits with status 2)."""
+        application = self._application
+        if application is None or application.bot_data.get(TOKEN_REJECTED):
+            return
+        application.bot_data[TOKEN_REJECTED] = True
+        log.error("Telegram rejected the bot's token (401 Unauthorized); stopping")
+        if application.running:
+            application.stop_running()
 
     # -- access ---------------------------------------------------------------------------------
 
@@ -470,9 +513,10 @@ class TelegramBot:
             await live.action(ChatAction.TYPING)  # downloading takes a moment too
             store = self.agent.attachments(conversation)
             for incoming in files:
-                path = await self._download(context, incoming, store.new_path(incoming.name))
-                if path is None:
-                    await self._send_text(context, chat_id, self._too_big_message([incoming]), plain=True)
+                try:
+                    path = await self._download(context, incoming, store.new_path(incoming.name))
+                except NotDownloaded as refusal:
+                    await self._send_text(context, chat_id, str(refusal), plain=True)
                     return
                 try:
                     turn.attachments.append(store.register(path, name=incoming.name, voice=incoming.voice,
@@ -484,17 +528,28 @@ class TelegramBot:
         await self._send_reply(context, chat_id, reply, live)
 
     async def _download(self, context: ContextTypes.DEFAULT_TYPE, incoming: IncomingFile,
-                        destination: Path) -> Path | None:
-        """The file saved at ``destination``; None when Telegram says it is too big to download."""
+                        destination: Path) -> Path:
+        """The file saved at ``destination``; :class:`NotDownloaded` (saying why, for the
+        sender) when Telegram says it is too big, or no longer has it."""
         try:
             remote = await context.bot.get_file(incoming.file_id)
         except BadRequest as exc:
             if "too big" in str(exc).lower():
-                return None
+                raise NotDownloaded(self._too_big_message([incoming])) from exc
+            if "file_id" in str(exc).lower() or "unavailable" in str(exc).lower():
+                log.warning("Telegram no longer has %s (getFile: %s)", incoming.name, exc)
+                raise NotDownloaded(_gone_message(incoming)) from exc
             raise
         if remote.file_size is not None and remote.file_size > self.download_limit:
-            return None
-        return await remote.download_to_drive(destination, read_timeout=120)
+            raise NotDownloaded(self._too_big_message([incoming]))
+        try:
+            return await remote.download_to_drive(destination, read_timeout=120)
+        except InvalidToken as exc:  # python-telegram-bot's name for any 404 (and 401) answer
+            if "not found" not in str(exc).lower():
+                raise
+            log.warning("Downloading %s from Telegram answered 404 Not Found: the file is gone from "
+                        "Telegram's servers (expired or deleted)", incoming.name)
+            raise NotDownloaded(_gone_message(incoming)) from exc
 
     def _too_big_message(self, files: Iterable[IncomingFile]) -> str:
         sizes = ", ".join(f"{f.name} is {megabytes(f.size)}" if f.size else f.name for f in files)
@@ -528,10 +583,9 @@ class TelegramBot:
         chunks = render_markdown(text) if text else []
         if not chunks and not reply.media:
             chunks = [Chunk(None, "(I have no answer to that.)")]
-        for chunk in await live.settle(chunks):  # a group's streamed message becomes the first
-            await self._send_chunk(context.bot, chat_id, chunk)
-        for path in reply.media:
-            await self._send_media(context, chat_id, Path(path))
+        if not self.outbox.holds(chat_id):  # else the streamed message would jump the line
+            chunks = await live.settle(chunks)  # a group's streamed message becomes the first
+        await self._deliver(context.bot, chat_id, [*chunks, *(Media(str(path)) for path in reply.media)])
 
     async def _send_text(self, context: ContextTypes.DEFAULT_TYPE, chat_id: int, text: str,
                          *, plain: bool = False) -> None:
@@ -540,45 +594,96 @@ class TelegramBot:
             chunks = [Chunk(None, part) for part in split_text(text, MESSAGE_LIMIT)]
         else:
             chunks = render_markdown(text)
-        for chunk in chunks:
-            await self._send_chunk(context.bot, chat_id, chunk)
+        await self._deliver(context.bot, chat_id, chunks)
 
-    async def _send_chunk(self, bot: Bot, chat_id: int, chunk: Chunk) -> None:
+    async def _deliver(self, bot: Bot, chat_id: int, items: Sequence[Outgoing]) -> None:
+        """Send ``items`` in order. What Telegram does not take now (the Bot API unreachable,
+        the token refused) is kept in the outbox, with everything after it for the chat, and
+        sent when Telegram takes messages again."""
+        if self.outbox.holds(chat_id):  # earlier messages still wait: these go after them
+            self._keep(chat_id, items, "earlier replies are still waiting")
+            return
+        for index, item in enumerate(items):
+            try:
+                await self._send_item(bot, chat_id, item)
+            except (NetworkError, InvalidToken) as exc:
+                if isinstance(exc, BadRequest):
+                    raise
+                self._keep(chat_id, items[index:], f"{type(exc).__name__}: {exc}")
+                return
+
+    def _keep(self, chat_id: int, items: Sequence[Outgoing], why: str) -> None:
+        self.outbox.add(chat_id, items)
+        log.warning("%d message(s) to chat %s kept in the outbox (%s); they are sent when Telegram "
+                    "takes messages again", len(items), chat_id, why)
+        self._start_delivery()
+
+    def _start_delivery(self) -> None:
+        if self._application is not None and (self._delivery is None or self._delivery.done()):
+            self._delivery = asyncio.create_task(self._deliver_kept(self._application.bot))
+
+    async def _deliver_kept(self, bot: Bot) -> None:
+        """Send what the outbox keeps, chat by chat in order, retrying with back-off until it is
+        empty."""
+        delay = self.options.outbox_retry
+        while chats := self.outbox.chats():
+            await asyncio.sleep(delay)
+            try:
+                for chat_id in chats:
+                    for item_id, item in self.outbox.kept(chat_id):
+                        try:
+                            await self._send_item(bot, chat_id, item, attempts=1)
+                        except (BadRequest, Forbidden) as exc:  # it can never be delivered
+                            log.warning("A kept message to chat %s was refused (%s); dropped", chat_id, exc)
+                        self.outbox.remove(item_id)
+                log.info("Delivered the messages kept while Telegram was unreachable")
+                delay = self.options.outbox_retry
+            except (NetworkError, InvalidToken) as exc:
+                delay = min(delay * 2, self.options.outbox_retry_max)
+                log.info("Telegram still does not take messages (%s); next try in %.0f s", exc, delay)
+
+    async def _send_item(self, bot: Bot, chat_id: int, item: Outgoing, *, attempts: int = 3) -> None:
+        if isinstance(item, Media):
+            await self._send_media(bot, chat_id, Path(item.path))
+        else:
+            await self._send_chunk(bot, chat_id, item, attempts=attempts)
+
+    async def _send_chunk(self, bot: Bot, chat_id: int, chunk: Chunk, *, attempts: int = 3) -> None:
         """One message: as HTML, or as plain text if it has no HTML or Telegram refuses it."""
         if chunk.html is not None:
             try:
                 await _retry(bot.send_message, chat_id, chunk.html, parse_mode=ParseMode.HTML,
-                             link_preview_options=_NO_PREVIEW)
+                             link_preview_options=_NO_PREVIEW, attempts=attempts)
                 return
             except BadRequest as exc:  # Telegram could not parse it: say it plainly instead
                 log.warning("HTML reply refused (%s); sending it as plain text", exc)
         for part in split_text(chunk.plain, MESSAGE_LIMIT):
-            await _retry(bot.send_message, chat_id, part)
+            await _retry(bot.send_message, chat_id, part, attempts=attempts)
 
-    async def _send_media(self, context: ContextTypes.DEFAULT_TYPE, chat_id: int, path: Path) -> None:
+    async def _send_media(self, bot: Bot, chat_id: int, path: Path) -> None:
         """An annotated photo or video; as a document if Telegram refuses it as media."""
         if not path.is_file():
             log.warning("Reply media %s does not exist; skipped", path)
             return
         size = path.stat().st_size
         if self.public_api and size > PUBLIC_UPLOAD_LIMIT:
-            await self._send_text(context, chat_id, f"The annotated {path.name} is {megabytes(size)}, "
-                                  "more than Telegram lets a bot send (50 MB).", plain=True)
+            await self._send_chunk(bot, chat_id, Chunk(None, f"The annotated {path.name} is "
+                                   f"{megabytes(size)}, more than Telegram lets a bot send (50 MB)."))
             return
         video = path.suffix.lower() in (".mp4", ".mov", ".webm", ".mkv")
         action = ChatAction.UPLOAD_VIDEO if video else ChatAction.UPLOAD_PHOTO
         with contextlib.suppress(TelegramError):
-            await context.bot.send_chat_action(chat_id, action)
+            await bot.send_chat_action(chat_id, action)
         try:
             with path.open("rb") as handle:
                 if video:
-                    await context.bot.send_video(chat_id, handle, filename=path.name, supports_streaming=True)
+                    await bot.send_video(chat_id, handle, filename=path.name, supports_streaming=True)
                 else:
-                    await context.bot.send_photo(chat_id, handle, filename=path.name)
+                    await bot.send_photo(chat_id, handle, filename=path.name)
         except BadRequest as exc:  # too large for a photo, unusual dimensions, ...
             log.warning("Sending %s as media failed (%s); sending it as a document", path.name, exc)
             with path.open("rb") as handle:
-                await context.bot.send_document(chat_id, handle, filename=path.name)
+                await bot.send_document(chat_id, handle, filename=path.name)
 
     # -- errors ---------------------------------------------------------------------------------
 
@@ -608,6 +713,104 @@ class TelegramBot:
 
 #: What every Telegram conversation id starts with (then the chat id).
 CONVERSATION_PREFIX = "telegram:"
+#: ``application.bot_data`` key: set when Telegram rejected the token while the bot ran.
+TOKEN_REJECTED = "token_rejected"
+
+
+class NotDownloaded(Exception):
+    """A file the bot could not download; the message says why, for the sender."""
+
+
+def _gone_message(incoming: IncomingFile) -> str:
+    return (f"I couldn't get {incoming.name} from Telegram: the file is no longer available there "
+            "(expired or deleted). Please send it again.")
+
+
+class Request(HTTPXRequest):
+    """python-telegram-bot's HTTP client, telling ``on_unauthorized`` when the Bot API answers
+    401 (python-telegram-bot's polling then only logs "Invalid token" and stops polling)."""
+
+    def __init__(self, on_unauthorized: Callable[[], None], **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.on_unauthorized = on_unauthorized
+
+    async def do_request(self, *args: object, **kwargs: object) -> tuple[int, bytes]:
+        code, payload = await super().do_request(*args, **kwargs)  # type: ignore[arg-type]
+        if code == 401:
+            self.on_unauthorized()
+        return code, payload
+
+
+@dataclass(frozen=True)
+class Media:
+    """A photo or video to send (its path)."""
+
+    path: str
+
+
+#: The channel's own tables in the assistant's database, one step per version (the version is
+#: kept in ``telegram_schema``, apart from the core's ``user_version``). Append; never change a
+#: step that has shipped.
+STORE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # Messages Telegram did not take (unreachable, token refused), in order per chat.
+    ("""CREATE TABLE telegram_outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            chat_id INTEGER NOT NULL,
+            media TEXT,
+            html TEXT,
+            plain TEXT NOT NULL,
+            created REAL NOT NULL)""",),
+)
+
+
+def migrate_store(db: sqlite3.Connection) -> None:
+    """Bring the channel's tables up to :data:`STORE_MIGRATIONS` (safe with several processes)."""
+    with transaction(db):
+        db.execute("CREATE TABLE IF NOT EXISTS telegram_schema (version INTEGER NOT NULL)")
+        row = db.execute("SELECT version FROM telegram_schema").fetchone()
+        version = row[0] if row else 0
+        for step in STORE_MIGRATIONS[version:]:
+            for statement in step:
+                db.execute(statement)
+        db.execute("DELETE FROM telegram_schema")
+        db.execute("INSERT INTO telegram_schema (version) VALUES (?)", (max(version, len(STORE_MIGRATIONS)),))
+
+
+class Outbox:
+    """Messages Telegram did not take, kept in the database (a restart keeps them) until they
+    are delivered, in order per chat."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA busy_timeout=5000")
+        migrate_store(self._db)
+
+    def add(self, chat_id: int, items: Iterable[Outgoing]) -> None:
+        with transaction(self._db):
+            for item in items:
+                media, html_text, plain = ((item.path, None, "") if isinstance(item, Media)
+                                           else (None, item.html, item.plain))
+                self._db.execute("INSERT INTO telegram_outbox (chat_id, media, html, plain, created) "
+                                 "VALUES (?, ?, ?, ?, ?)", (chat_id, media, html_text, plain, time.time()))
+
+    def holds(self, chat_id: int) -> bool:
+        return self._db.execute("SELECT 1 FROM telegram_outbox WHERE chat_id = ? LIMIT 1",
+                                (chat_id,)).fetchone() is not None
+
+    def chats(self) -> list[int]:
+        """Chats with kept messages, the longest waiting first."""
+        rows = self._db.execute("SELECT chat_id FROM telegram_outbox GROUP BY chat_id ORDER BY MIN(id)")
+        return [row[0] for row in rows]
+
+    def kept(self, chat_id: int) -> list[tuple[int, Outgoing]]:
+        """The chat's kept messages (with their ids for :meth:`remove`), oldest first."""
+        rows = self._db.execute("SELECT id, media, html, plain FROM telegram_outbox WHERE chat_id = ? "
+                                "ORDER BY id", (chat_id,)).fetchall()
+        return [(item_id, Media(media) if media is not None else Chunk(html_text, plain))
+                for item_id, media, html_text, plain in rows]
+
+    def remove(self, item_id: int) -> None:
+        self._db.execute("DELETE FROM telegram_outbox WHERE id = ?", (item_id,))
 
 
 def conversation_id(chat_id: int) -> str:
@@ -1042,6 +1245,10 @@ class Chunk:
 
     html: str | None
     plain: str
+
+
+#: What the bot sends: a message, or a media file after the reply's text.
+Outgoing = Chunk | Media
 
 
 def render_markdown(text: str, limit: int = MESSAGE_LIMIT) -> list[Chunk]:

@@ -10,7 +10,9 @@ unless made admins. It checks text the way Telegram does (HTML: known tags,
 balanced; 1–4,096 visible characters; drafts in private chats only, with a non-zero
 ``draft_id``; an edit must change the message), and records every request so tests can assert
 what the bot sent. A failure (for example a 429 with ``retry_after``) can be injected for the
-next calls of a method.
+next calls of a method; the whole server can go down (every request cut off unanswered, as
+when the network fails) and come back; the bot's token can be revoked (every request then
+answers 401); a file can vanish (its download answers 404).
 
 Standard library only: ``http.server`` in a thread, reached at ``url``.
 """
@@ -108,6 +110,11 @@ class FakeBotAPI(LocalHTTPServer):
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
         self._closing = False
+        self._down = False
+        self._revoked = False
+        self._gone: set[str] = set()  # file paths whose download answers 404
+        #: Requests cut off while the server was down (their paths, without the token).
+        self.refused: list[str] = []
         super().__init__(_Handler)
         self._server.api = self  # type: ignore[attr-defined]
 
@@ -211,6 +218,27 @@ class FakeBotAPI(LocalHTTPServer):
             error["parameters"] = {"retry_after": retry_after}
         self._failures.setdefault(method, []).append(error)
 
+    def go_down(self) -> None:
+        """From now on every request is cut off unanswered (a long poll in progress too)."""
+        with self._cond:
+            self._down = True
+            self._cond.notify_all()
+
+    def come_back(self) -> None:
+        """Answer requests again."""
+        with self._cond:
+            self._down = False
+
+    def revoke_token(self) -> None:
+        """The bot's token stops working: every request answers 401 Unauthorized."""
+        with self._cond:
+            self._revoked = True
+            self._cond.notify_all()
+
+    def lose_file(self, file_id: str) -> None:
+        """``getFile`` still knows ``file_id``, but downloading it answers 404 Not Found."""
+        self._gone.add(self._files[file_id][1])
+
     # -- what the bot did -----------------------------------------------------------------------
 
     def sent(self, method: str, chat_id: int | None = None) -> list[Call]:
@@ -267,7 +295,8 @@ class FakeBotAPI(LocalHTTPServer):
         deadline = time.monotonic() + float(params.get("timeout") or 0)
         with self._cond:
             self._updates = [u for u in self._updates if u["update_id"] >= offset]
-            while not self._updates and not self._closing and time.monotonic() < deadline:
+            while not self._updates and not self._closing and not self._down and not self._revoked \
+                    and time.monotonic() < deadline:
                 self._cond.wait(deadline - time.monotonic())
             updates = list(self._updates[: int(params.get("limit") or 100)])
             self.calls.append(Call("getUpdates", params))
@@ -436,10 +465,12 @@ class _Handler(QuietHandler):
         api: FakeBotAPI = self.server.api  # type: ignore[attr-defined]
         path = unquote(urlsplit(self.path).path)
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self._unavailable(api, path):
+            return
         file_prefix = f"/file/bot{api.token}/"
         if path.startswith(file_prefix):
             local = api._file_for(path[len(file_prefix):])
-            if local is None:
+            if local is None or path[len(file_prefix):] in api._gone:
                 return self.send_bytes(404, b"Not Found", "text/plain")
             with api._cond:
                 api.downloads.append(path[len(file_prefix):])
@@ -451,6 +482,20 @@ class _Handler(QuietHandler):
         params, files = _parse_params(self.headers.get("Content-Type", ""), body)
         if method == "getUpdates":
             answer = api._get_updates(params)
+            if self._unavailable(api, path):  # it went down (or the token was revoked) while waiting
+                return
             return self.send_json(200 if answer["ok"] else answer["error_code"], answer)
         answer = api._record(Call(method, params, files))
         self.send_json(200 if answer["ok"] else answer["error_code"], answer)
+
+    def _unavailable(self, api: FakeBotAPI, path: str) -> bool:
+        """Answer as a server that is down (nothing) or whose token was revoked (401)."""
+        if api._down:
+            with api._cond:
+                api.refused.append(path.replace(api.token, "<token>"))
+            self.close_connection = True
+            return True  # no answer at all: the client sees the connection closed
+        if api._revoked:
+            self.send_json(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+            return True
+        return False

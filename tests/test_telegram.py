@@ -14,6 +14,7 @@ import hashlib
 import logging
 import re
 import shutil
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +29,7 @@ from telegram import Update, User
 from adapters import telegram as telegram_module
 from adapters.telegram import (MB, PUBLIC_API, PUBLIC_DOWNLOAD_LIMIT, Access, BotOptions, TelegramBot,
                                TelegramSettings, build_application, download_limit, live_chunk,
-                               render_markdown, run)
+                               Outbox, render_markdown, run, serve)
 from assistant.agent import Agent
 from assistant.attachments import AttachmentStore
 from assistant.llm.ollama import OllamaLLM
@@ -751,6 +752,92 @@ def test_polling_survives_a_failed_get_updates(api: FakeBotAPI) -> None:
     scenario(api, agent, body)
     assert [c.error for c in api.calls if c.method == "getUpdates"][0] == "Bad Gateway"
     assert [t.text for t in agent.turns] == ["still there?"]
+
+
+def test_a_reply_finished_during_an_outage_is_delivered_when_the_bot_api_is_back(
+        api: FakeBotAPI, tmp_path: Path) -> None:
+    def answer(turn: Turn, progress) -> Reply:
+        api.go_down()  # the Bot API becomes unreachable while the turn works
+        return Reply(text=f"Answer to **{turn.text}**")
+
+    agent = StubAgent(answer, memory=Memory(tmp_path / "bot.sqlite3"))
+    api.message(OWNER, text="a long question")
+
+    async def body() -> None:
+        # Longer than the three tries of a send (and, before the outbox, than the apology).
+        await api.wait_for(lambda: sum(path.endswith("/sendMessage") for path in api.refused) >= 5, timeout=30)
+        api.come_back()
+        await api.wait_for(lambda: api.texts(OWNER), timeout=30)
+
+    scenario(api, agent, body, options=replace(FAST, outbox_retry=0.2, outbox_retry_max=0.5))
+    assert api.texts(OWNER) == ["Answer to <b>a long question</b>"]
+    assert not any("Sorry" in text for text in api.texts(OWNER))
+
+
+def test_replies_kept_when_the_bot_stopped_during_an_outage_come_after_a_restart(
+        api: FakeBotAPI, tmp_path: Path) -> None:
+    def answer(turn: Turn, progress) -> Reply:
+        api.go_down()
+        return Reply(text="kept for later")
+
+    db = tmp_path / "bot.sqlite3"
+    agent = StubAgent(answer, memory=Memory(db))
+    api.message(OWNER, text="question")
+
+    async def until_kept() -> None:
+        await api.wait_for(lambda: Outbox(db).chats() == [OWNER], timeout=30)
+
+    scenario(api, agent, until_kept, options=replace(FAST, outbox_retry=30.0))
+    api.come_back()
+    assert api.texts(OWNER) == []
+
+    async def after_restart() -> None:
+        await api.wait_for(lambda: api.texts(OWNER), timeout=30)
+
+    scenario(api, StubAgent(memory=Memory(db)), after_restart, options=replace(FAST, outbox_retry=0.1))
+    # First: the update was not acknowledged while the Bot API was down, so Telegram may hand it
+    # to the new run too; that answer comes after the kept one.
+    assert api.texts(OWNER)[0] == "kept for later"
+
+
+def test_a_token_revoked_while_running_stops_the_bot_with_status_2(
+        api: FakeBotAPI, capsys: pytest.CaptureFixture) -> None:
+    def answer(turn: Turn, progress) -> Reply:
+        api.revoke_token()  # in @BotFather, while the bot works
+        return Reply(text="not deliverable")
+
+    api.message(OWNER, text="hi")
+    telegram = _telegram(api)
+    application = build_application(Settings(), StubAgent(answer), telegram, options=FAST)
+    watchdog = threading.Timer(60, signal.raise_signal, (signal.SIGINT,))  # Ctrl+C: status 0
+    watchdog.start()
+    try:
+        status = serve(application, telegram)
+    finally:
+        watchdog.cancel()
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "TELEGRAM_BOT_TOKEN" in err and "revoked" in err and api.token not in err
+
+
+def test_a_file_gone_from_telegram_is_named_as_such(api: FakeBotAPI, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    agent = StubAgent()
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8\xff not downloaded anyway")
+    message = api.message(OWNER, photo=photo, caption="what is it?")
+    for size in message["photo"]:
+        api.lose_file(size["file_id"])  # its download answers 404 Not Found
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(OWNER))
+
+    with caplog.at_level(logging.INFO, logger="assistant.telegram"):
+        scenario(api, agent, body)
+    (told,) = api.texts(OWNER)
+    assert "no longer available" in told and "send it again" in told
+    assert agent.turns == []
+    assert "InvalidToken" not in caplog.text and "404" in caplog.text
 
 
 # -- end to end with the real agent ----------------------------------------------------------
