@@ -53,7 +53,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             messages TEXT NOT NULL,
             created REAL NOT NULL)""",
      "CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns (conversation_id, id)"),
-    # The Telegram user id each allowed @username was first seen with.
+    # The Telegram user id each allowed @username was first seen with (shipped here; the
+    # Telegram channel's own store, adapters/telegram/store.py, moves the rows to its table).
     ("""CREATE TABLE telegram_usernames (
             username TEXT PRIMARY KEY,
             user_id INTEGER NOT NULL,
@@ -212,20 +213,6 @@ class Memory:
                              (_dumps(closed), turn_id))
             texts.append(str(messages[0].content) if messages else "")
         return texts
-
-    def bind_username(self, username: str, user_id: int) -> int:
-        """The Telegram user id ``username`` is bound to: ``user_id`` if the name is new here."""
-        username = username.lower()
-        with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO telegram_usernames (username, user_id, bound) "
-                             "VALUES (?, ?, ?)", (username, user_id, time.time()))
-            return self._db.execute("SELECT user_id FROM telegram_usernames WHERE username = ?",
-                                    (username,)).fetchone()[0]
-
-    def username_bindings(self) -> dict[str, int]:
-        """Every bound @username (lower case) and its Telegram user id."""
-        with self._lock:
-            return dict(self._db.execute("SELECT username, user_id FROM telegram_usernames"))
 
     def add_attachment(self, conversation_id: str, kind: str, path: Path, name: str, size: int,
                        forwarded_from: str | None = None) -> Attachment:

@@ -15,6 +15,7 @@ import logging
 import re
 import shutil
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -26,10 +27,12 @@ import pytest
 from langchain_core.messages import AIMessage
 from telegram import Update, User
 
-from adapters import telegram as telegram_module
 from adapters.telegram import (MB, PUBLIC_API, PUBLIC_DOWNLOAD_LIMIT, Access, BotOptions, TelegramBot,
                                TelegramSettings, build_application, download_limit, live_chunk,
-                               Outbox, render_markdown, run, serve)
+                               render_markdown, run, serve)
+from adapters.telegram.access import SQLiteUsernames
+from adapters.telegram.outbox import Outbox
+from adapters.telegram.store import open_store
 from assistant.agent import Agent
 from assistant.attachments import AttachmentStore
 from assistant.llm.ollama import OllamaLLM
@@ -219,6 +222,29 @@ def test_username_is_bound_to_the_first_id_seen_with_it(api: FakeBotAPI, tmp_pat
     assert str(impostor) in refusal
     assert any("4002" in r.getMessage() and "@carol" in r.getMessage() and "4001" in r.getMessage()
                for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_username_bindings_made_in_core_memory_survive_the_move_to_the_channels_table(
+        api: FakeBotAPI, tmp_path: Path) -> None:
+    db = tmp_path / "bot.sqlite3"
+    Memory(db).close()
+    old = sqlite3.connect(db)  # a binding as the bot stored it before the channel had its own tables
+    old.execute("INSERT INTO telegram_usernames (username, user_id, bound) VALUES ('carol', 4001, 0)")
+    old.commit()
+    old.close()
+    carol, impostor = 4001, 4002
+    api.message(carol, user=make_user(carol, username="carol_new"), text="renamed, still me")
+    api.message(impostor, user=make_user(impostor, username="carol"), text="I am carol now")
+    agent = StubAgent(memory=Memory(db))
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(carol) and api.texts(impostor))
+
+    scenario(api, agent, body, telegram_allowed_users=("@carol",))
+    assert [t.text for t in agent.turns] == ["renamed, still me"]
+    assert SQLiteUsernames(open_store(db)).bindings() == {"carol": 4001}
+    tables = {row[0] for row in sqlite3.connect(db).execute("SELECT name FROM sqlite_master")}
+    assert "telegram_usernames" not in tables and "telegram_allowed_usernames" in tables
 
 
 def test_restart_says_a_turn_was_interrupted(api: FakeBotAPI, tmp_path: Path) -> None:
@@ -785,7 +811,7 @@ def test_replies_kept_when_the_bot_stopped_during_an_outage_come_after_a_restart
     api.message(OWNER, text="question")
 
     async def until_kept() -> None:
-        await api.wait_for(lambda: Outbox(db).chats() == [OWNER], timeout=30)
+        await api.wait_for(lambda: Outbox(open_store(db)).chats() == [OWNER], timeout=30)
 
     scenario(api, agent, until_kept, options=replace(FAST, outbox_retry=30.0))
     api.come_back()
@@ -1050,7 +1076,7 @@ def test_reset_and_switching_the_model_are_for_a_groups_admins(api: FakeBotAPI) 
 
 def test_the_bots_mention_is_cut_from_the_text() -> None:
     from telegram import Chat, Message, MessageEntity
-    from adapters.telegram import message_text
+    from adapters.telegram.incoming import message_text
 
     def message(text: str, *mentions: str) -> Message:
         units = lambda part: len(part.encode("utf-16-le")) // 2  # noqa: E731
@@ -1113,12 +1139,11 @@ def test_model_lists_switches_and_is_kept_across_restarts(api: FakeBotAPI, fake_
 
 # -- per-chat state stays bounded ------------------------------------------------------------
 
-def test_refused_strangers_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(telegram_module, "REFUSALS_REMEMBERED", 10)
-    access = Access([str(OWNER)], Memory(":memory:"))
+def test_refused_strangers_are_remembered_within_a_bound() -> None:
+    access = Access([str(OWNER)], SQLiteUsernames(open_store(":memory:")), remembered=10)
     strangers = [User(id=5000 + n, first_name="S", is_bot=False) for n in range(100)]
     assert all(access.first_refusal(user, user.id) for user in strangers)
-    assert len(access._refused) == 10
+    assert not access.first_refusal(strangers[-10], strangers[-10].id)  # the 10 most recent are kept
     assert not access.first_refusal(strangers[-1], strangers[-1].id)  # a recent one is not told twice
     assert access.first_refusal(strangers[0], strangers[0].id)  # one from long ago may be told again
 
@@ -1128,7 +1153,7 @@ def test_the_order_of_chats_keeps_nothing_for_idle_chats() -> None:
 
     async def main() -> None:
         for chat in range(500):
-            async with bot._in_order(chat):
+            async with bot.in_order(chat):
                 pass
 
     asyncio.run(main())
