@@ -13,7 +13,7 @@ from pathlib import Path
 
 from telegram import Bot
 from telegram.constants import ChatAction, ParseMode
-from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, TelegramError
+from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError
 
 from adapters.telegram.markdown import NO_PREVIEW, Chunk, render_markdown
 from adapters.telegram.outbox import Media, Outbox, Outgoing
@@ -69,8 +69,8 @@ class Delivery:
         for index, item in enumerate(items):
             try:
                 await self._send_item(bot, chat_id, item)
-            except (NetworkError, InvalidToken) as exc:
-                if isinstance(exc, BadRequest):
+            except TelegramError as exc:
+                if not _unreachable(exc):
                     raise
                 self._keep(chat_id, items[index:], f"{type(exc).__name__}: {exc}")
                 return
@@ -96,7 +96,9 @@ class Delivery:
                     for item_id, item in self.outbox.kept(chat_id):
                         try:
                             await self._send_item(bot, chat_id, item, attempts=1)
-                        except (BadRequest, Forbidden) as exc:  # it can never be delivered
+                        except TelegramError as exc:
+                            if _unreachable(exc):
+                                raise  # tried again later
                             log.warning("A kept message to chat %s was refused (%s); dropped", chat_id, exc)
                         self.outbox.remove(item_id)
                 log.info("Delivered the messages kept while Telegram was unreachable")
@@ -149,3 +151,9 @@ class Delivery:
                 await bot.send_document(chat_id, handle, filename=path.name)
 
     # -- errors ---------------------------------------------------------------------------------
+
+
+def _unreachable(error: TelegramError) -> bool:
+    """Whether ``error`` says Telegram did not take a message for now (the network, the Bot
+    API, the token), rather than refused this message (BadRequest is a NetworkError too)."""
+    return isinstance(error, (NetworkError, InvalidToken)) and not isinstance(error, BadRequest)
