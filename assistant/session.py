@@ -6,7 +6,8 @@
   finished and stored itself, even when the caller stopped waiting for it (Ctrl-C).
 - **Worker thread with cancel**: :meth:`Session.respond` (awaitable) and
   :meth:`Session.respond_sync` run the agent in a thread of its own; :meth:`Session.cancel`
-  stops the turn in progress at the agent's next step.
+  stops the turn in progress at the agent's next step; :meth:`Session.stop` stops them all and
+  waits for them (before the process leaves).
 - **Heavy-job queue**: turns that may analyse media (the turn or its conversation has
   attachments) share a bounded number of slots; the others wait in line, in order, and know
   their place.
@@ -301,6 +302,25 @@ class Session:
             return False
         job.cancel.set()
         return True
+
+    @property
+    def busy(self) -> bool:
+        """Whether a turn is in progress (or still ending after a cancel)."""
+        with self._lock:
+            return bool(self._jobs)
+
+    def stop(self) -> None:
+        """Cancel every turn in progress and wait until each has ended and stored itself (at
+        its next step: a tool stops at its next progress report). Call before the process
+        leaves: a worker thread still inside native code (torch, PyAV) when the interpreter
+        shuts down aborts the process and leaves its turn open."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            job.cancel.set()
+        for job in jobs:
+            with contextlib.suppress(Exception):  # a broken agent's error was its caller's
+                wait(job.reply)
 
     def is_heavy(self, turn: Turn) -> bool:
         """Whether the turn may analyse media: its conversation has attachments (this turn's are

@@ -40,6 +40,13 @@ class ToolError(Exception):
     """
 
 
+class Cancelled(ToolError):
+    """The person cancelled the turn while the tool worked (raised where it reports progress)."""
+
+    def __init__(self) -> None:
+        super().__init__("cancelled by the user while it ran")
+
+
 class BadCall(ToolError):
     """The call itself is wrong — invalid arguments, an unknown attachment id, an attachment of
     a kind the tool does not take: the caller's mistake (a language model's, usually), not a
@@ -276,8 +283,14 @@ class ToolContext:
     attachments: AttachmentResolver
     output_dir: Path
     progress: Progress | None = None
+    #: Set when the person cancels the turn: long work stops at its next :meth:`report`.
+    cancel: threading.Event | None = None
 
     def report(self, fraction: float, message: str) -> None:
+        """Tell how far the work is; :class:`Cancelled` once the turn is cancelled (so that a
+        long video or recording stops within a step, not when it is done)."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled()
         if self.progress is not None:
             self.progress(min(max(fraction, 0.0), 1.0), message)
 
