@@ -119,9 +119,12 @@ def device_check(settings: Settings) -> Check:
 
 
 def database_check(settings: Settings) -> Check:
-    """Can the database be opened (or created) at ASSISTANT_DB? Tried for real: a path that
-    does not exist yet is created and removed again, with any folders made for it."""
+    """Can the database be opened (or created) at ASSISTANT_DB, and is it sound (``PRAGMA
+    quick_check``, read only)? Tried for real: a path that does not exist yet is created and
+    removed again, with any folders made for it."""
     import sqlite3
+
+    from assistant.database import inspect_database
 
     path = settings.db_path
     if path is None:
@@ -132,7 +135,10 @@ def database_check(settings: Settings) -> Check:
             return Check("Database", FAIL, f"{path} is not a file", fix)
         if not os.access(path, os.R_OK | os.W_OK):
             return Check("Database", FAIL, f"{path} is not writable", fix)
-        return Check("Database", OK, f"{path} (exists, writable)")
+        problem = inspect_database(path)
+        if problem is not None:  # damaged, or unreadable
+            return Check("Database", FAIL, f"{path} {problem.problem}", problem.todo)
+        return Check("Database", OK, f"{path} (exists, writable, its structure checked)")
     made: list[Path] = []
     folder = path.parent
     try:

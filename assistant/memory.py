@@ -8,14 +8,13 @@ stays the same for several turns and its prompt cache keeps serving it.
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
 import re
 import sqlite3
-import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
@@ -24,6 +23,9 @@ from langchain_core.messages import (AIMessage, BaseMessage, HumanMessage, ToolM
                                      messages_to_dict)
 
 from assistant.attachments import Attachment
+from assistant.database import UNREADABLE, Guard, connect, owner_is_gone, process_token, transaction
+
+log = logging.getLogger(__name__)
 
 #: Rough characters per token for budgeting (Llama 3's tokenizer averages ~4 for English,
 #: fewer for Russian; the reserve in the budget absorbs the difference).
@@ -77,26 +79,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             conversation_id TEXT PRIMARY KEY,
             model TEXT NOT NULL,
             chosen REAL NOT NULL)""",),
+    # The process an open turn belongs to (see :func:`process_token`): only a turn whose
+    # process is gone is interrupted (NULL: stored before owners were, taken as gone).
+    ("ALTER TABLE turns ADD COLUMN owner TEXT",),
 )
 #: What an interrupted turn ends with in the history.
 INTERRUPTED_NOTE = "(This turn was interrupted before it was answered: the assistant stopped.)"
 
 
-@contextlib.contextmanager
-def transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction (taking the write lock at once, so several processes are safe)."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-
-
 def migrate(db: sqlite3.Connection) -> None:
-    """Bring the database up to the latest schema version (safe with several processes)."""
-    with transaction(db):
+    """Bring the database up to the latest schema version (safe with several processes). An
+    up-to-date database is only read (so it opens on a full disk)."""
+    if db.execute("PRAGMA user_version").fetchone()[0] >= len(MIGRATIONS):
+        return
+    with transaction(db):  # the version is read again under the write lock
         version = db.execute("PRAGMA user_version").fetchone()[0]
         for step in MIGRATIONS[version:]:
             for statement in step:
@@ -126,15 +122,11 @@ class Memory:
     """
 
     def __init__(self, path: Path | str) -> None:
+        """Open (or create) the database, checked and brought up to date; :class:`StorageError`
+        saying what to do when it cannot be opened, or is damaged."""
         self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # durable enough with WAL, no fsync per turn
-        self._db.execute("PRAGMA busy_timeout=5000")
-        migrate(self._db)
+        self._db = connect(self.path, migrate)
+        self._lock = Guard(self.path)  # also says what a database error means, and what to do
         self._cache: OrderedDict[str, list[StoredTurn]] = OrderedDict()
 
     def turns(self, conversation_id: str) -> list[StoredTurn]:
@@ -153,14 +145,14 @@ class Memory:
 
     def begin_turn(self, conversation_id: str, messages: Sequence[BaseMessage]) -> int:
         """Store the start of a turn now (so a crash cannot lose it); returns its id for
-        :meth:`save_turn` and :meth:`finish_turn`. An older turn of the conversation still open
-        (its process died) is marked interrupted."""
+        :meth:`save_turn` and :meth:`finish_turn`. An older turn of the conversation left open
+        by a process that is gone is marked interrupted."""
         with self._lock:
             if self._interrupt(conversation_id):
                 self._cache.pop(conversation_id, None)
             cursor = self._db.execute(
-                "INSERT INTO turns (conversation_id, messages, created, state) VALUES (?, ?, ?, 'open')",
-                (conversation_id, _dumps(messages), time.time()))
+                "INSERT INTO turns (conversation_id, messages, created, state, owner) "
+                "VALUES (?, ?, ?, 'open', ?)", (conversation_id, _dumps(messages), time.time(), process_token()))
             return int(cursor.lastrowid)
 
     def save_turn(self, turn_id: int, messages: Sequence[BaseMessage]) -> None:
@@ -178,8 +170,9 @@ class Memory:
             del turns[:-MAX_TURNS_LOADED]
 
     def recover_interrupted(self, conversation_id: str) -> list[str]:
-        """Mark the conversation's turns left open by a process that died as interrupted; the
-        user's messages of those turns (to tell the person). Call before the first turn."""
+        """Mark the conversation's turns left open by a process that is gone (it crashed or was
+        killed) as interrupted; the user's messages of those turns (to tell the person). A turn
+        another running process is still answering stays open. Call before the first turn."""
         with self._lock:
             texts = self._interrupt(conversation_id)
             if texts:
@@ -194,12 +187,15 @@ class Memory:
             return [row[0] for row in rows]
 
     def _interrupt(self, conversation_id: str) -> list[str]:
-        """Close the conversation's open turns as interrupted; call with the lock held."""
-        rows = self._db.execute("SELECT id, messages FROM turns WHERE conversation_id = ? AND state = 'open'",
-                                (conversation_id,)).fetchall()
+        """Close the conversation's open turns whose process is gone as interrupted; call with
+        the lock held."""
+        rows = self._db.execute("SELECT id, messages, owner FROM turns WHERE conversation_id = ? "
+                                "AND state = 'open'", (conversation_id,)).fetchall()
         texts = []
-        for turn_id, data in rows:
-            messages = messages_from_dict(json.loads(data))
+        for turn_id, data, owner in rows:
+            if not owner_is_gone(owner):
+                continue
+            messages = _loads(data, turn_id, self.path) or []
             answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
             closed: list[BaseMessage] = []
             for message in messages:
@@ -287,13 +283,13 @@ class Memory:
         turns = self._cache.get(conversation_id)
         if turns is None:
             rows = self._db.execute(
-                "SELECT messages FROM turns WHERE conversation_id = ? AND state != 'open' "
+                "SELECT messages, id FROM turns WHERE conversation_id = ? AND state != 'open' "
                 "ORDER BY id DESC LIMIT ?",
                 (conversation_id, MAX_TURNS_LOADED)).fetchall()
             total = self._db.execute("SELECT COUNT(*) FROM turns WHERE conversation_id = ? AND state != 'open'",
                                      (conversation_id,)).fetchone()[0]
             first = total - len(rows)  # the number of the oldest turn loaded
-            turns = [StoredTurn.of(messages_from_dict(json.loads(row[0])), first + i)
+            turns = [StoredTurn.of(_loads(row[0], row[1], self.path) or [], first + i)
                      for i, row in enumerate(reversed(rows))]
             self._cache[conversation_id] = turns
             while len(self._cache) > CACHED_CONVERSATIONS:
@@ -315,6 +311,18 @@ _MENTIONED_ID = re.compile(rf"\b{ATTACHMENT_PREFIX}([0-9]{{1,18}})\b")
 def _attachment(row: tuple) -> Attachment:
     number, kind, path, name, size, forwarded_from = row
     return Attachment(f"{ATTACHMENT_PREFIX}{number}", kind, Path(path), name, size, forwarded_from)
+
+
+def _loads(data: str, turn_id: int, path: Path) -> list[BaseMessage] | None:
+    """A stored turn's messages; None (and a warning in the log) when its record is damaged,
+    so that one unreadable turn leaves the rest of the conversation usable."""
+    try:
+        return messages_from_dict(json.loads(data))
+    except UNREADABLE as exc:
+        log.warning("The conversation database %s is damaged: stored turn %s cannot be read (%s); "
+                    "it is left out of the history. `assistant doctor` checks the database.",
+                    path, turn_id, exc)
+        return None
 
 
 def _dumps(messages: Sequence[BaseMessage]) -> str:

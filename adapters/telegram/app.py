@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sqlite3
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -22,7 +21,7 @@ from adapters.telegram.messages import Messages
 from adapters.telegram.ratelimit import RateLimiter
 from adapters.telegram.settings import BotOptions, TelegramSettings
 from assistant.config import Settings
-from assistant.errors import short_reason
+from assistant.errors import StorageError
 
 if TYPE_CHECKING:
     from assistant.agent import Agent
@@ -59,9 +58,8 @@ def run(args: argparse.Namespace, settings: Settings, telegram: TelegramSettings
 
     try:
         agent = build_agent(settings)
-    except (OSError, sqlite3.Error) as exc:
-        print(f"assistant telegram: cannot open the database {settings.db_path} "
-              f"({short_reason(exc)}); set ASSISTANT_DB to a writable path.", file=sys.stderr)
+    except StorageError as exc:  # damaged or not writable: it names the file and what to do
+        print(f"assistant telegram: {exc}", file=sys.stderr)
         return 2
     note = agent.warm_up()
     if note:
