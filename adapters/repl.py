@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import threading
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from assistant.errors import LLMError, ToolError
+from assistant.errors import LLMError, StorageError, ToolError
 from assistant.session import Session, TurnView
 from assistant.turns import interrupted_notice
 
@@ -71,19 +72,24 @@ class AgentStarter:
         threading.Thread(target=self._work, name="agent-start", daemon=True).start()
 
     def _work(self) -> None:
+        """Build, then warm up; whatever happens, whoever waits for either is let go (with the
+        reason when the agent could not be built: a damaged database, a bad setting)."""
         try:
             from assistant.agent import build_agent
 
-            self._agent = build_agent(self._settings, use_llm=self.use_llm)
-        except Exception as exc:  # noqa: BLE001 - shown to the person, who can fix the setting
-            self._error = f"Could not start the assistant: {exc}"
-        if self._agent is not None:
+            agent = build_agent(self._settings, use_llm=self.use_llm)
             for built in self.on_built:
-                built(self._agent)
-        self._built.set()
-        if self._agent is not None:
-            self.warm_message = self._agent.warm_up()
-        self._warm.set()
+                built(agent)
+            self._agent = agent
+        except Exception as exc:  # noqa: BLE001 - shown to the person, who can fix the cause
+            self._error = f"Could not start the assistant: {exc}"
+        finally:
+            self._built.set()
+        try:
+            if self._agent is not None:
+                self.warm_message = self._agent.warm_up()
+        finally:
+            self._warm.set()
         if self.warm_message:
             for callback in self.on_warm:
                 callback(self.warm_message)
@@ -168,23 +174,41 @@ class Repl:
 
     def loop(self) -> int:
         self.ui.notice(WELCOME)
-        while True:
-            line = self.ui.read(len(self.pending))
-            if line is None:
-                return 0
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                if not self.handle(line):
+        try:
+            while True:
+                line = self.ui.read(len(self.pending))
+                if line is None:
                     return 0
-            except AgentUnavailable as exc:
-                self.ui.error(str(exc))
-                return 1
-            except ToolError as exc:
-                self.ui.error(str(exc))
-            except KeyboardInterrupt:  # Ctrl-C: the reply in progress stops, the REPL goes on
-                self.ui.cancelled()
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    if not self.handle(line):
+                        return 0
+                except AgentUnavailable as exc:
+                    self.ui.error(str(exc))
+                    return 1
+                except (ToolError, StorageError) as exc:
+                    self.ui.error(str(exc))
+                except KeyboardInterrupt:  # Ctrl-C: the reply in progress stops, the REPL goes on
+                    self.ui.cancelled()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Before leaving: let a cancelled reply that is still ending store itself (a tool
+        stops at its next step). A second Ctrl-C leaves at once, without the interpreter's
+        shutdown, which aborts while a worker thread is inside native code (torch, PyAV); the
+        turn is then told as interrupted at the next start."""
+        if self._session is None or not self._session.busy:
+            return
+        self.ui.notice("Stopping the reply in progress… (Ctrl-C again leaves at once)")
+        try:
+            self._session.stop()
+        except KeyboardInterrupt:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
 
     def handle(self, line: str) -> bool:
         """Act on one line; False to leave."""
@@ -252,7 +276,7 @@ class Repl:
         for word in words:
             try:
                 attachments.extend(self.register([word]))
-            except ToolError as exc:
+            except (ToolError, StorageError) as exc:
                 self.ui.error(str(exc))
         if attachments:
             self.pending.extend(attachments)

@@ -27,6 +27,7 @@ from assistant import prompts
 from assistant import reply as contract
 from assistant.attachments import Attachment, AttachmentStore
 from assistant.config import Settings
+from assistant.errors import StorageError
 from assistant.llm import ChatLLM, LLMError, LLMStatus, ModelInfo, ToolsUnsupported, message_text
 from assistant.memory import Memory, estimate_tokens, fit_history
 from assistant.recent import RecentSet
@@ -178,16 +179,18 @@ class Agent:
             run = _TurnRun(self, turn, on_token, on_progress, on_results, cancel)
             reply = run.execute()
         except Exception as exc:  # noqa: BLE001 - last resort: a reply, not a crash
-            log.exception("turn failed")
-            reply = Reply(text=f"Something went wrong while answering: {short_reason(exc)}",
+            said = isinstance(exc, StorageError)  # the log has which file and what to do
+            log.error("turn failed: %s", exc, exc_info=not said)
+            reason = f"{exc.brief}; see the log" if isinstance(exc, StorageError) else short_reason(exc)
+            reply = Reply(text=f"Something went wrong while answering: {reason}",
                           media=run.media if run is not None else [],
                           notes=["internal error; see the log"], llm_used=False)
         if run is not None:
             try:
                 self.memory.finish_turn(turn.conversation_id, run.turn_id,
                                         run.messages_to_store(reply))
-            except Exception:  # noqa: BLE001 - the person still gets the answer
-                log.exception("could not store the turn")
+            except Exception as exc:  # noqa: BLE001 - the person still gets the answer
+                log.error("could not store the turn: %s", exc, exc_info=not isinstance(exc, StorageError))
                 reply.notes.append("this turn could not be stored; see the log")
         return reply
 
@@ -242,7 +245,8 @@ class _TurnRun:
         self.agent, self.turn, self.on_token, self.cancel = agent, turn, on_token, cancel
         self.on_results = on_results
         self.ctx = ToolContext(attachments=agent.attachments(turn.conversation_id),
-                               output_dir=agent.output_dir(turn.conversation_id), progress=on_progress)
+                               output_dir=agent.output_dir(turn.conversation_id), progress=on_progress,
+                               cancel=cancel)
         self.user = HumanMessage(content=_user_text(turn, self.ctx.attachments))
         self.messages: list[BaseMessage] = [self.user]  # this turn's messages, stored in memory
         #: (tool, what was analysed, result or error) of every tool that ran in this turn.
@@ -269,11 +273,11 @@ class _TurnRun:
         self.run_calls(self.routed_calls())
         self.run_calls(self.follow_up_calls())
         self.take_spoken_words()
+        if self.cancelled:
+            return self.cancelled_reply("")
         llm = self.agent.llm_for(self.turn.conversation_id)
         if llm is None:
             return self.tool_only_reply(None)
-        if self.cancelled:
-            return self.cancelled_reply("")
         return self.converse(llm)
 
     # -- routing and tools ---------------------------------------------------------------
