@@ -151,8 +151,8 @@ class Memory:
             if self._interrupt(conversation_id):
                 self._cache.pop(conversation_id, None)
             cursor = self._db.execute(
-                "INSERT INTO turns (conversation_id, messages, created, state, owner) "
-                "VALUES (?, ?, ?, 'open', ?)", (conversation_id, _dumps(messages), time.time(), process_token()))
+                "INSERT INTO turns (conversation_id, messages, created, state, owner) VALUES (?, ?, ?, 'open', ?)",
+                (conversation_id, _dumps(messages), time.time(), process_token()))
             return int(cursor.lastrowid)
 
     def save_turn(self, turn_id: int, messages: Sequence[BaseMessage]) -> None:

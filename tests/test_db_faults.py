@@ -160,6 +160,23 @@ def test_a_damaged_turn_is_left_out_and_named_not_every_turn_failing(models_env,
     assert "is damaged (malformed records: 1 stored turn(s) cannot be read: 31)" in database_lines(report.stdout)
 
 
+@pytest.mark.timeout(120)
+def test_the_start_thread_never_leaves_the_repl_waiting(models_env) -> None:
+    """Whatever fails while the agent is built or prepared, whoever waits for it is let go."""
+    from adapters.repl import AgentStarter, AgentUnavailable
+    from assistant.config import Settings
+
+    def broken(agent: object) -> None:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    starter = AgentStarter(Settings.read()[0], use_llm=False)
+    starter.on_built.append(broken)
+    starter.start()
+    with pytest.raises(AgentUnavailable, match="malformed"):
+        starter.agent()  # it used to wait forever
+    starter.wait_warm()
+
+
 def test_doctor_checks_a_sound_database(models_env, tmp_path: Path) -> None:
     stored_conversation(tmp_path / "test.sqlite3", turns=3)
     assert database_lines(doctor().stdout).startswith("[ok] Database:")
