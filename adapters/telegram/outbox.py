@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from adapters.telegram.markdown import Chunk
-from assistant.memory import transaction
+from assistant.database import transaction
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from assistant.memory import transaction
+from assistant.database import transaction
 
 
 def _move_legacy_usernames(db: sqlite3.Connection) -> None:
