@@ -19,6 +19,8 @@ KINDS = ("image", "audio", "voice", "video", "text", "document")
 SAMPLE_RATE = 16_000
 #: Longest audio accepted, in seconds.
 MAX_AUDIO_SECONDS = 30 * 60
+#: Most audio channels mixed down (FFmpeg's resampler takes no more); more are refused.
+MAX_AUDIO_CHANNELS = 64
 #: Shorter than this is not a sound that can be analysed (a truncated header, a click).
 MIN_AUDIO_SECONDS = 0.1
 #: Bytes read to tell a UTF-8 text document from other files.
@@ -186,8 +188,9 @@ def decode_audio(path: Path, rate: int = SAMPLE_RATE, max_seconds: float = MAX_A
     """The first audio stream of ``path`` as mono float32 in [-1, 1] at ``rate`` Hz.
 
     Channels are averaged after resampling (FFmpeg's own downmix would add them at
-    +3 dB). :class:`ToolError` for files without sound, damaged or truncated files, and
-    audio over ``max_seconds``.
+    +3 dB), whatever their layout. :class:`ToolError` for files without sound, damaged or
+    truncated files, more than :data:`MAX_AUDIO_CHANNELS` channels, and audio over
+    ``max_seconds``.
     """
     import av
     import numpy as np
@@ -205,14 +208,20 @@ def decode_audio(path: Path, rate: int = SAMPLE_RATE, max_seconds: float = MAX_A
                         if container.streams.video else "no audio stream")
                 raise ToolError(f"{name}: {what}.")
             stream = container.streams.audio[0]
+            channels = stream.codec_context.layout.nb_channels
+            if channels > MAX_AUDIO_CHANNELS:
+                raise ToolError(f"{name}: the audio has {channels} channels; at most "
+                                f"{MAX_AUDIO_CHANNELS} can be mixed down.")
             if container.duration is not None and container.duration / av.time_base > max_seconds + 1:
                 raise too_long
-            resampler = av.AudioResampler(format="fltp", rate=rate)
+            # Packed samples (one plane whatever the channels): PyAV 18 misreads planar
+            # frames of eight channels or more (it counts a ninth plane and crashes).
+            resampler = av.AudioResampler(format="flt", rate=rate)
             for frame in _joined_frames(container.decode(stream)):
                 for out in resampler.resample(frame):
-                    chunk = out.to_ndarray()
-                    parts.append(chunk.mean(axis=0) if chunk.shape[0] > 1 else chunk[0])
-                    samples += chunk.shape[1]
+                    chunk = out.to_ndarray().reshape(out.samples, -1)
+                    parts.append(chunk.mean(axis=1) if chunk.shape[1] > 1 else chunk[:, 0])
+                    samples += out.samples
                 if samples > limit:
                     raise too_long
     except av.FFmpegError as exc:
@@ -248,8 +257,8 @@ def _joined_frames(frames: Iterator[av.AudioFrame], seconds: float = 1.0) -> Ite
         return joined
 
     for frame in frames:
-        if frame.format.name not in _JOINABLE:
-            yield frame
+        if frame.format.name not in _JOINABLE or (frame.format.is_planar and frame.layout.nb_channels >= 8):
+            yield frame  # PyAV cannot read planar frames of eight channels or more
             continue
         if pending and (frame.format.name, frame.layout.name, frame.sample_rate) != (
                 pending[0].format.name, pending[0].layout.name, pending[0].sample_rate):

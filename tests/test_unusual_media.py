@@ -1,0 +1,98 @@
+"""Unusual and hostile media through `assistant analyze` and `assistant chat` (issue 18):
+audio with many channels, videos of huge frames or lying headers, names with control
+characters, and many annotated outputs in one conversation. All media are made here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+RATE = 16_000
+
+
+def assistant(*args: str, stdin: str | None = None, cwd: Path | None = None,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "assistant", *args], input=stdin, text=True,
+                          capture_output=True, cwd=cwd or ROOT, env={**os.environ, **(env or {})},
+                          timeout=600)
+
+
+def analyze_json(*paths: Path, tool: str | None = None) -> tuple[subprocess.CompletedProcess[str], list[dict]]:
+    proc = assistant("analyze", "--json", *(["--tool", tool] if tool else []), *map(str, paths))
+    assert proc.returncode >= 0, f"killed by signal {-proc.returncode}: {proc.stderr[-2000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return proc, [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def tone(seconds: float = 2.0, channels: int = 1) -> np.ndarray:
+    """A 440 Hz tone, ``[channels, samples]``: the same signal in every channel."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    return np.tile(0.3 * np.sin(2 * np.pi * 440 * t), (channels, 1)).astype(np.float32)
+
+
+def write_plain_wav(path: Path, channels: int) -> Path:
+    """A WAVE_FORMAT_PCM file of ``channels`` channels: no channel mask, so no known layout."""
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        out.writeframes((tone(channels=channels).T * 32767).astype("<i2").tobytes())
+    return path
+
+
+def encode_audio(path: Path, layout: str, codec: str = "pcm_s16le") -> Path:
+    """The tone in every channel of ``layout`` (a WAV carries it as WAVE_FORMAT_EXTENSIBLE
+    with a channel mask). Given as one packed frame: PyAV cannot fill planar frames of eight
+    channels or more; the encoder converts to the format it takes."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=RATE, layout=layout)
+        channels = av.AudioLayout(layout).nb_channels
+        frame = av.AudioFrame.from_ndarray(tone(channels=channels).T.reshape(1, -1),
+                                           format="flt", layout=layout)
+        frame.sample_rate = RATE
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+# -- audio with many channels -----------------------------------------------------------------
+
+#: Layouts by name (with a channel mask) and plain channel counts (none): the 7.1 and the
+#: 16-channel files crashed the process (SIGSEGV) before.
+LAYOUTS = ["2.1", "quad", "5.1", "7.1", "7.1(wide)", "hexadecagonal", "22.2"]
+
+
+def test_audio_of_every_channel_layout_is_mixed_down_and_analysed(models_env, tmp_path: Path) -> None:
+    files = [encode_audio(tmp_path / f"{layout}.wav", layout) for layout in LAYOUTS]
+    files += [write_plain_wav(tmp_path / f"plain-{count}.wav", count) for count in (3, 8, 12)]
+    files += [encode_audio(tmp_path / "7.1.m4a", "7.1", "aac"),  # decoded to planar samples
+              encode_audio(tmp_path / "7.1.flac", "7.1", "flac")]
+    proc, rows = analyze_json(*files)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert [row["input"] for row in rows] == [str(path) for path in files]
+    for row in rows:  # YAMNet hears the same pure tone in each, whatever the channels
+        assert row["tool"] == "audio" and row["labels"], row
+        assert row["labels"][0]["label"] == rows[0]["labels"][0]["label"], row
+
+
+def test_speech_on_eight_channel_audio_is_answered(models_env, tmp_path: Path) -> None:
+    proc, rows = analyze_json(encode_audio(tmp_path / "7.1.wav", "7.1"), tool="speech")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert rows[0]["tool"] == "speech"
+
+
+def test_more_channels_than_the_mixer_takes_are_refused_clearly(models_env, tmp_path: Path) -> None:
+    proc, rows = analyze_json(write_plain_wav(tmp_path / "many.wav", 100))
+    assert proc.returncode == 1
+    assert "100 channels" in rows[0]["error"], rows
