@@ -27,7 +27,9 @@ def assistant(*args: str, stdin: str | None = None, cwd: Path | None = None,
 
 
 def analyze_json(*paths: Path, tool: str | None = None) -> tuple[subprocess.CompletedProcess[str], list[dict]]:
-    proc = assistant("analyze", "--json", *(["--tool", tool] if tool else []), *map(str, paths))
+    """`assistant analyze --json`; annotated copies go to the first file's folder."""
+    proc = assistant("analyze", "--json", "--output-dir", str(paths[0].parent),
+                     *(["--tool", tool] if tool else []), *map(str, paths))
     assert proc.returncode >= 0, f"killed by signal {-proc.returncode}: {proc.stderr[-2000:]}"
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     return proc, [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
@@ -96,3 +98,56 @@ def test_more_channels_than_the_mixer_takes_are_refused_clearly(models_env, tmp_
     proc, rows = analyze_json(write_plain_wav(tmp_path / "many.wav", 100))
     assert proc.returncode == 1
     assert "100 channels" in rows[0]["error"], rows
+
+
+# -- videos of huge frames or a lying header ----------------------------------------------------
+
+def encode_video(path: Path, width: int, height: int, frames: int, codec: str = "libx264") -> Path:
+    """``frames`` flat grey frames, filled plane by plane (no RGB copy of a huge frame)."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if codec == "libx264":
+            stream.options = {"preset": "ultrafast", "tune": "zerolatency"}
+        for index in range(frames):
+            frame = av.VideoFrame(width, height, "yuv420p")
+            for plane in frame.planes:
+                plane.update(bytes([(16 + 7 * index) % 256]) * plane.buffer_size)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_a_video_of_huge_frames_is_refused_before_it_is_decoded(models_env, tmp_path: Path) -> None:
+    """8448×4352 is just over the limit (8192×4352, the largest frame of H.264's levels); a
+    433 KB file of three such frames took 1.9 GB to analyse, of 16000×16000 frames 6.3 GB."""
+    from tools.media import MAX_VIDEO_PIXELS
+
+    assert 8448 * 4352 > MAX_VIDEO_PIXELS
+    huge = encode_video(tmp_path / "huge.mp4", 8448, 4352, 2)
+    proc, rows = analyze_json(huge)
+    assert proc.returncode == 1
+    assert "8448×4352" in rows[0]["error"] and "megapixels" in rows[0]["error"], rows
+
+    chat = assistant("chat", "--no-llm", stdin=f"/attach {huge}\nwhat is in it?\n")
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    assert "8448×4352" in chat.stdout + chat.stderr
+
+
+def test_a_video_whose_header_claims_two_billion_frames_is_read(models_env, tmp_path: Path) -> None:
+    """An AVI whose headers (avih and strh) say 2³¹ frames: what is there is sampled."""
+    import struct
+
+    honest = encode_video(tmp_path / "honest.avi", 160, 120, 30, codec="mpeg4")
+    data = bytearray(honest.read_bytes())
+    for chunk, offset in ((b"avih", 16), (b"strh", 32)):  # dwTotalFrames, dwLength
+        struct.pack_into("<I", data, data.index(chunk) + 8 + offset, 2 ** 31)
+    lying = tmp_path / "lying.avi"
+    lying.write_bytes(bytes(data))
+
+    proc, rows = analyze_json(honest, lying)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert rows[1]["frames_sampled"] == rows[0]["frames_sampled"] == 3, rows
+    assert rows[1]["duration_s"] == rows[0]["duration_s"] == 3.0, rows

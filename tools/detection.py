@@ -435,22 +435,26 @@ def _sample_indices(frame_count: int, fps: float, wanted_fps: float, max_frames:
 
 
 class _Video:
-    """A video opened with OpenCV, and what its header says."""
+    """A video opened with OpenCV: its frame rate, and its frames as counted in the file."""
 
-    def __init__(self, capture: Any, path: Path) -> None:
+    def __init__(self, capture: Any, path: Path, frame_count: int) -> None:
         import cv2
 
         self.capture, self.path = capture, path
         self.fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
-        self.frame_count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.frame_count = frame_count
 
     def frames(self) -> Iterator[tuple[int, Any]]:
-        """``(index, BGR frame)`` in order until the end (or a frame that cannot be decoded)."""
+        """``(index, BGR frame)`` in order until the end (or a frame that cannot be decoded);
+        :class:`ToolError` for a frame over the size limit (a stream that grows midway)."""
+        from tools.media import check_frame_size
+
         index = 0
         while index < self.frame_count:
             ok, frame = self.capture.read()
             if not ok:
                 return
+            check_frame_size(self.path, frame.shape[1], frame.shape[0])
             yield index, frame
             index += 1
 
@@ -459,14 +463,18 @@ class _Video:
 
 
 def _open_video(path: Path) -> _Video:
+    """The video, once its frame size is known to be within the limit and its frames counted."""
     import cv2
 
+    from tools.media import probe_video
+
+    info = probe_video(path)
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         capture.release()
         raise ToolError(f"{path.name}: not a video that can be read (damaged, truncated or "
                         "in an unknown format).")
-    video = _Video(capture, path)
+    video = _Video(capture, path, info.frames)
     if not (0 < video.fps < 1000) or video.frame_count <= 0:
         video.release()
         raise ToolError(f"{path.name}: the video's length or frame rate cannot be read "

@@ -5,6 +5,7 @@ decoding several tools share (photos to RGB, any audio or a video's sound track 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -130,6 +131,57 @@ def read_text_document(path: Path, max_chars: int = 200_000) -> str | None:
 
 #: Photos larger than this (in pixels) are refused: a guard against decompression bombs.
 MAX_IMAGE_PIXELS = 100_000_000
+
+
+#: Video frames larger than this (in pixels) are refused before any is decoded: a decoder
+#: holds several frames at once, so a small file of huge frames would take gigabytes
+#: (16000×16000: 6.3 GB). 8192×4352 is the largest frame of H.264's and H.265's highest
+#: levels, 8K video included.
+MAX_VIDEO_PIXELS = 8192 * 4352
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """A video's first picture stream as the file holds it: ``frames`` is counted, not the
+    header's claim (a header may say 2³¹ frames for a few seconds of video)."""
+
+    width: int
+    height: int
+    frames: int
+
+
+def probe_video(path: Path, max_pixels: int = MAX_VIDEO_PIXELS) -> VideoInfo:
+    """Frame size and count of a video, read without decoding a frame: the packets of its
+    picture stream are counted. :class:`ToolError` for a file without video and for frames
+    over ``max_pixels``."""
+    import av
+
+    frames = 0
+    try:
+        # The decoders that opening tries may not decode a frame over the limit either.
+        with av.open(str(path), options={"max_pixels": str(max_pixels)}) as container:
+            streams = [s for s in container.streams.video
+                       if not s.disposition & av.stream.Disposition.attached_pic]
+            if not streams:
+                raise ToolError(f"{path.name}: no video stream.")
+            stream = streams[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            check_frame_size(path, width, height, max_pixels)
+            try:
+                frames = sum(1 for packet in container.demux(stream) if packet.size)
+            except av.FFmpegError:
+                pass  # damaged further on: the frames before the damage count
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise ToolError(f"{path.name}: not a video that can be read (damaged, truncated or in an "
+                        f"unknown format: {exc}).") from None
+    return VideoInfo(width, height, frames)
+
+
+def check_frame_size(path: Path, width: int, height: int, max_pixels: int = MAX_VIDEO_PIXELS) -> None:
+    """:class:`ToolError` for a video frame over ``max_pixels``."""
+    if width * height > max_pixels:
+        raise ToolError(f"{path.name}: the video's frames are {width}×{height} pixels, more than "
+                        f"the {max_pixels / 1_000_000:.1f} megapixels allowed (8K video).")
 
 
 def open_image(path: Path, *, min_size: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS):
