@@ -18,6 +18,7 @@ from assistant.attachments import Attachment, AttachmentStore
 from assistant.config import Settings
 from assistant.runtime import build_tools
 from tools.base import Progress, Tool, ToolContext, ToolError, ToolResult
+from tools.media import printable
 from tools.registry import ToolRegistry, analyze_options
 
 
@@ -115,9 +116,9 @@ class Analyzer:
         if self.args.json:
             print(json.dumps({"input": name, **result.to_json()}, ensure_ascii=False), flush=True)
             return
-        print(f"{name}\n  {result.summary()}")
+        print(f"{printable(name)}\n  {result.summary()}")
         for output in result.outputs:
-            print(f"  annotated: {output}")
+            print(f"  annotated: {printable(output)}")
         print(flush=True)
 
     def _error(self, name: str, message: str) -> None:
@@ -125,7 +126,7 @@ class Analyzer:
         if self.args.json:
             print(json.dumps({"input": name, "error": message}, ensure_ascii=False), flush=True)
         else:
-            print(f"{name}\n  error: {message}\n", flush=True)
+            print(f"{printable(name)}\n  error: {printable(message)}\n", flush=True)
 
     @contextmanager
     def _progress(self, attachment: Attachment) -> Iterator[Progress | None]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tools.base import BadCall, ToolError
-from tools.media import check_file, megabytes, sniff_kind
+from tools.media import check_file, megabytes, printable, sniff_kind
 
 if TYPE_CHECKING:
     from assistant.memory import Memory
@@ -101,12 +101,13 @@ class AttachmentStore:
             raise
         if voice and kind == "audio":
             kind = "voice"
+        name = printable(name or path.name)  # as it is shown to people and to the model
         if self.memory is not None:
-            attachment = self.memory.add_attachment(self.conversation_id, kind, path, name or path.name,
+            attachment = self.memory.add_attachment(self.conversation_id, kind, path, name,
                                                     size, forwarded_from)
         else:
             with self._lock:
-                attachment = Attachment(f"att_{next(self._ids)}", kind, path, name or path.name, size,
+                attachment = Attachment(f"att_{next(self._ids)}", kind, path, name, size,
                                         forwarded_from)
         with self._lock:
             self._items[attachment.id] = attachment

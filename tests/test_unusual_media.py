@@ -151,3 +151,73 @@ def test_a_video_whose_header_claims_two_billion_frames_is_read(models_env, tmp_
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert rows[1]["frames_sampled"] == rows[0]["frames_sampled"] == 3, rows
     assert rows[1]["duration_s"] == rows[0]["duration_s"] == 3.0, rows
+
+
+# -- names with control characters --------------------------------------------------------------
+
+#: Clears the screen and turns the text red, on a terminal that is sent it raw.
+ESCAPES = "\x1b[2J\x1b[31m"
+
+
+def test_names_with_a_newline_or_escape_codes_are_shown_escaped_by_analyze(
+        models_env, media: Path, tmp_path: Path) -> None:
+    photo = tmp_path / "two\nlines.jpg"
+    photo.write_bytes((media / "images" / "inet_zebra.jpg").read_bytes())
+    empty = tmp_path / f"{ESCAPES}red.wav"
+    empty.write_bytes(b"")
+    proc = assistant("analyze", "--output-dir", str(tmp_path), str(photo), str(empty))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "\x1b" not in proc.stdout
+    blocks = proc.stdout.strip().split("\n\n")
+    assert len(blocks) == 2, proc.stdout
+    assert blocks[0].splitlines()[0] == str(tmp_path / "two\\nlines.jpg")
+    assert blocks[1].splitlines() == [str(tmp_path / "\\x1b[2J\\x1b[31mred.wav"),
+                                      "  error: \\x1b[2J\\x1b[31mred.wav: the file is empty."]
+
+
+def test_names_with_escape_codes_are_shown_escaped_by_the_repl(models_env, media: Path,
+                                                               tmp_path: Path) -> None:
+    photo = tmp_path / f"{ESCAPES}zebra.jpg"
+    photo.write_bytes((media / "images" / "inet_zebra.jpg").read_bytes())
+    empty = tmp_path / f"{ESCAPES}empty.jpg"
+    empty.write_bytes(b"")
+    proc = assistant("chat", "--no-llm", stdin=f"/attach {photo}\nwhat is it?\n{photo}\n/attach {empty}\n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "\x1b" not in proc.stdout + proc.stderr
+    assert "Attached att_1 (image, \\x1b[2J\\x1b[31mzebra.jpg)" in proc.stderr
+    assert "\\x1b[2J\\x1b[31mempty.jpg: the file is empty." in proc.stderr
+
+
+# -- annotated outputs --------------------------------------------------------------------------
+
+def saved_paths(output: str) -> list[Path]:
+    return [Path(line.removeprefix("saved: ")) for line in output.splitlines() if line.startswith("saved: ")]
+
+
+def test_annotated_outputs_are_kept_apart_per_attachment_and_go_with_reset(
+        models_env, media: Path, tmp_path: Path) -> None:
+    """Photos and videos of the same name from different folders (a phone's IMG_0001.jpg
+    again and again) each keep their own annotated copy; /reset deletes them all."""
+    lines = []
+    for index, photo in enumerate(["inet_zebra.jpg", "inet_goldfish.jpg", "street_scooters.jpg"]):
+        folder = tmp_path / f"camera{index}"
+        folder.mkdir()
+        (folder / "IMG_0001.jpg").write_bytes((media / "images" / photo).read_bytes())
+        lines += [f"/attach {folder / 'IMG_0001.jpg'}", "what objects are there?"]
+    for index in range(2):
+        folder = tmp_path / f"clips{index}"
+        folder.mkdir()
+        encode_video(folder / "clip.avi", 160, 120, 10 + index, codec="mpeg4")
+        lines += [f"/attach {folder / 'clip.avi'}", "what is in this video?"]
+
+    proc = assistant("chat", "--no-llm", "--conversation", "many", stdin="\n".join(lines) + "\n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = saved_paths(proc.stdout)
+    assert len(saved) == 5 and len(set(saved)) == 5, proc.stdout
+    assert all(path.is_file() for path in saved)
+    photos = [path.read_bytes() for path in saved[:3]]
+    assert len(set(photos)) == 3  # each its own picture, not the last one three times
+
+    proc = assistant("chat", "--no-llm", "--conversation", "many", stdin="/reset\n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not any(path.exists() for path in saved)

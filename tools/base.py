@@ -294,6 +294,21 @@ class ToolContext:
         if self.progress is not None:
             self.progress(min(max(fraction, 0.0), 1.0), message)
 
+    def output_path(self, attachment_id: str, source: Path, ending: str) -> Path:
+        """Where a tool writes what it made of an attachment: ``{name}-{id}{ending}`` in the
+        output folder (created), so what is made of one attachment never replaces what was
+        made of another of the same name. The name loses control characters and is cut to
+        fit any file system."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        stem = source.stem.encode()[:_MAX_STEM_BYTES].decode(errors="ignore")
+        return self.output_dir / _UNSAFE_IN_NAMES.sub("_", f"{stem}-{attachment_id.strip()}{ending}")
+
+
+#: Control characters, and what would make a path of a name, replaced in output names.
+_UNSAFE_IN_NAMES = re.compile(r"[\x00-\x1f\x7f-\x9f/\\]")
+#: Bytes of a source's name kept in an output's name (file systems allow 255 in all).
+_MAX_STEM_BYTES = 160
+
 
 @dataclass
 class ToolConfig:

@@ -27,6 +27,7 @@ from tools.base import (AnalyzeOption, Label, ModelLoadError, ModelSource, Setti
                         Tool, ToolConfig, ToolContext, ToolError, ToolResult, select_device,
                         short_reason)
 from tools.hub import hub_spec, load_pretrained
+from tools.media import check_frame_size, printable, probe_video
 
 #: Processing size of video frames. DETR was trained with shorter sides of 480 to 800
 #: pixels; the smallest of them keeps a video at or under one second of work per second.
@@ -295,8 +296,7 @@ class PhotoDetectionTool(_DetectionTool):  # Tool[PhotoParams]
         image = open_image(path)
         detections = self._model.detect(image, threshold)
         _draw(image, detections)
-        ctx.output_dir.mkdir(parents=True, exist_ok=True)
-        output = ctx.output_dir / f"{path.stem}-detected.jpg"
+        output = ctx.output_path(params.attachment_id, path, "-detected.jpg")
         partial = _partial(output)
         image.save(partial, quality=90)
         partial.replace(output)
@@ -337,8 +337,7 @@ class VideoDetectionTool(_DetectionTool):
         threshold = params.threshold or self._threshold
         path = ctx.attachments.path_of(params.attachment_id, self.kinds)
         video = _open_video(path)
-        ctx.output_dir.mkdir(parents=True, exist_ok=True)
-        output = ctx.output_dir / f"{path.stem}-detected.mp4"
+        output = ctx.output_path(params.attachment_id, path, "-detected.mp4")
         partial = _partial(output)
         try:
             samples = _sample_indices(video.frame_count, video.fps, params.fps or self._fps,
@@ -368,7 +367,7 @@ class VideoDetectionTool(_DetectionTool):
             video.release()
         if not seen:
             partial.unlink(missing_ok=True)
-            raise ToolError(f"{path.name}: no frame of the video could be decoded "
+            raise ToolError(f"{printable(path.name)}: no frame of the video could be decoded "
                             "(is it damaged or truncated?).")
         partial.replace(output)
         ctx.report(1.0, "done")
@@ -447,8 +446,6 @@ class _Video:
     def frames(self) -> Iterator[tuple[int, Any]]:
         """``(index, BGR frame)`` in order until the end (or a frame that cannot be decoded);
         :class:`ToolError` for a frame over the size limit (a stream that grows midway)."""
-        from tools.media import check_frame_size
-
         index = 0
         while index < self.frame_count:
             ok, frame = self.capture.read()
@@ -466,18 +463,16 @@ def _open_video(path: Path) -> _Video:
     """The video, once its frame size is known to be within the limit and its frames counted."""
     import cv2
 
-    from tools.media import probe_video
-
     info = probe_video(path)
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         capture.release()
-        raise ToolError(f"{path.name}: not a video that can be read (damaged, truncated or "
+        raise ToolError(f"{printable(path.name)}: not a video that can be read (damaged, truncated or "
                         "in an unknown format).")
     video = _Video(capture, path, info.frames)
     if not (0 < video.fps < 1000) or video.frame_count <= 0:
         video.release()
-        raise ToolError(f"{path.name}: the video's length or frame rate cannot be read "
+        raise ToolError(f"{printable(path.name)}: the video's length or frame rate cannot be read "
                         "(is it damaged or truncated?).")
     return video
 

@@ -4,6 +4,7 @@ decoding several tools share (photos to RGB, any audio or a video's sound track 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,20 +36,32 @@ _CONTAINER_MIMES = {"video/mp4", "video/quicktime", "video/x-matroska", "video/w
                     "audio/ogg", "audio/mp4", "audio/x-m4a", "audio/m4a"}
 
 
+#: Characters that break a line or drive a terminal (C0 and C1 controls, DEL, line and
+#: paragraph separators, bidirectional overrides): a file name shows them escaped.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def printable(name: str) -> str:
+    """A file name as it can be shown: control characters written as escapes (``\\n``,
+    ``\\x1b``, ``\\u202e``), so a name can neither add lines nor repaint a terminal."""
+    return _UNPRINTABLE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), name)
+
+
 def check_file(path: Path, max_bytes: int | None = None) -> int:
     """Size of a readable, non-empty file within ``max_bytes``; :class:`ToolError` otherwise."""
     try:
         if not path.exists():
-            raise ToolError(f"{path.name[:80]}: no such file.")
+            raise ToolError(f"{printable(path.name[:80])}: no such file.")
         if not path.is_file():
-            raise ToolError(f"{path.name[:80]}: not a regular file.")
+            raise ToolError(f"{printable(path.name[:80])}: not a regular file.")
         size = path.stat().st_size
     except OSError as exc:  # a name too long for the file system, an unreadable folder
-        raise ToolError(f"{path.name[:80]}: cannot be opened ({exc.strerror or exc}).") from None
+        raise ToolError(f"{printable(path.name[:80])}: cannot be opened "
+                        f"({exc.strerror or exc}).") from None
     if size == 0:
-        raise ToolError(f"{path.name}: the file is empty.")
+        raise ToolError(f"{printable(path.name)}: the file is empty.")
     if max_bytes is not None and size > max_bytes:
-        raise ToolError(f"{path.name}: the file is too large ({megabytes(size)}; "
+        raise ToolError(f"{printable(path.name)}: the file is too large ({megabytes(size)}; "
                         f"the limit is {megabytes(max_bytes)}, set by ASSISTANT_MAX_FILE_MB).")
     return size
 
@@ -163,7 +176,7 @@ def probe_video(path: Path, max_pixels: int = MAX_VIDEO_PIXELS) -> VideoInfo:
             streams = [s for s in container.streams.video
                        if not s.disposition & av.stream.Disposition.attached_pic]
             if not streams:
-                raise ToolError(f"{path.name}: no video stream.")
+                raise ToolError(f"{printable(path.name)}: no video stream.")
             stream = streams[0]
             width, height = stream.codec_context.width, stream.codec_context.height
             check_frame_size(path, width, height, max_pixels)
@@ -172,16 +185,16 @@ def probe_video(path: Path, max_pixels: int = MAX_VIDEO_PIXELS) -> VideoInfo:
             except av.FFmpegError:
                 pass  # damaged further on: the frames before the damage count
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise ToolError(f"{path.name}: not a video that can be read (damaged, truncated or in an "
-                        f"unknown format: {exc}).") from None
+        raise ToolError(f"{printable(path.name)}: not a video that can be read (damaged, truncated "
+                        f"or in an unknown format: {exc}).") from None
     return VideoInfo(width, height, frames)
 
 
 def check_frame_size(path: Path, width: int, height: int, max_pixels: int = MAX_VIDEO_PIXELS) -> None:
     """:class:`ToolError` for a video frame over ``max_pixels``."""
     if width * height > max_pixels:
-        raise ToolError(f"{path.name}: the video's frames are {width}×{height} pixels, more than "
-                        f"the {max_pixels / 1_000_000:.1f} megapixels allowed (8K video).")
+        raise ToolError(f"{printable(path.name)}: the video's frames are {width}×{height} pixels, "
+                        f"more than the {max_pixels / 1_000_000:.1f} megapixels allowed (8K video).")
 
 
 def open_image(path: Path, *, min_size: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS):
@@ -199,20 +212,20 @@ def open_image(path: Path, *, min_size: int | None = None, max_pixels: int = MAX
         with Image.open(path) as image:
             width, height = image.size
             if width * height > max_pixels:
-                raise ToolError(f"{path.name}: the image is {width}×{height} pixels, more than the "
-                                f"{max_pixels // 1_000_000} megapixels allowed.")
+                raise ToolError(f"{printable(path.name)}: the image is {width}×{height} pixels, "
+                                f"more than the {max_pixels // 1_000_000} megapixels allowed.")
             if min_size and image.format == "JPEG" and min(width, height) >= 4 * min_size:
                 scale = min(width, height) / (2 * min_size)
                 image.draft("RGB", (int(width / scale), int(height / scale)))
             image.load()
             return _to_rgb(ImageOps.exif_transpose(image))
     except Image.DecompressionBombError:
-        raise ToolError(f"{path.name}: the image is too large to decode safely "
+        raise ToolError(f"{printable(path.name)}: the image is too large to decode safely "
                         "(a decompression bomb guard).") from None
     except UnidentifiedImageError:
-        raise ToolError(f"{path.name}: not an image format that can be read.") from None
+        raise ToolError(f"{printable(path.name)}: not an image format that can be read.") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ToolError(f"{path.name}: the image is damaged or truncated ({exc}).") from None
+        raise ToolError(f"{printable(path.name)}: the image is damaged or truncated ({exc}).") from None
 
 
 def _to_rgb(image):
@@ -247,7 +260,7 @@ def decode_audio(path: Path, rate: int = SAMPLE_RATE, max_seconds: float = MAX_A
     import av
     import numpy as np
 
-    name = path.name
+    name = printable(path.name)
     parts: list[np.ndarray] = []
     samples = 0
     limit = int(max_seconds * rate)
