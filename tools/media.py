@@ -119,7 +119,7 @@ def _probe_streams(path: Path) -> str | None:
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), options=_NO_HUGE_FRAMES) as container:
             video = [s for s in container.streams.video
                      if not s.disposition & av.stream.Disposition.attached_pic]
             if video and (video[0].frames != 1):
@@ -153,6 +153,11 @@ MAX_IMAGE_PIXELS = 100_000_000
 MAX_VIDEO_PIXELS = 8192 * 4352
 
 
+#: Options for opening any media file: the frames FFmpeg decodes while it reads a file's
+#: streams stay within the limit too (a 16000×16000 video took 650 MB just to be opened).
+_NO_HUGE_FRAMES = {"max_pixels": str(MAX_VIDEO_PIXELS)}
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """A video's first picture stream as the file holds it: ``frames`` is counted, not the
@@ -171,7 +176,6 @@ def probe_video(path: Path, max_pixels: int = MAX_VIDEO_PIXELS) -> VideoInfo:
 
     frames = 0
     try:
-        # The decoders that opening tries may not decode a frame over the limit either.
         with av.open(str(path), options={"max_pixels": str(max_pixels)}) as container:
             streams = [s for s in container.streams.video
                        if not s.disposition & av.stream.Disposition.attached_pic]
@@ -267,7 +271,7 @@ def decode_audio(path: Path, rate: int = SAMPLE_RATE, max_seconds: float = MAX_A
     too_long = ToolError(f"{name}: the audio is longer than {_minutes(max_seconds)}, the most "
                          "this tool analyses; send a shorter clip.")
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), options=_NO_HUGE_FRAMES) as container:
             if not container.streams.audio:
                 what = ("no sound track (the file holds only pictures or video)"
                         if container.streams.video else "no audio stream")
