@@ -27,7 +27,7 @@ from tools.base import (AnalyzeOption, Label, ModelLoadError, ModelSource, Setti
                         Tool, ToolConfig, ToolContext, ToolError, ToolResult, select_device,
                         short_reason)
 from tools.hub import hub_spec, load_pretrained
-from tools.media import check_frame_size, printable, probe_video
+from tools.media import printable, probe_video
 
 #: Processing size of video frames. DETR was trained with shorter sides of 480 to 800
 #: pixels; the smallest of them keeps a video at or under one second of work per second.
@@ -444,14 +444,12 @@ class _Video:
         self.frame_count = frame_count
 
     def frames(self) -> Iterator[tuple[int, Any]]:
-        """``(index, BGR frame)`` in order until the end (or a frame that cannot be decoded);
-        :class:`ToolError` for a frame over the size limit (a stream that grows midway)."""
+        """``(index, BGR frame)`` in order until the end (or a frame that cannot be decoded)."""
         index = 0
         while index < self.frame_count:
             ok, frame = self.capture.read()
             if not ok:
                 return
-            check_frame_size(self.path, frame.shape[1], frame.shape[0])
             yield index, frame
             index += 1
 

@@ -169,9 +169,9 @@ class VideoInfo:
 
 
 def probe_video(path: Path, max_pixels: int = MAX_VIDEO_PIXELS) -> VideoInfo:
-    """Frame size and count of a video, read without decoding a frame: the packets of its
-    picture stream are counted. :class:`ToolError` for a file without video and for frames
-    over ``max_pixels``."""
+    """Frame size and count of a video, read without decoding it (the packets of its
+    picture stream are counted). :class:`ToolError` for a file without video and for
+    frames over ``max_pixels``."""
     import av
 
     frames = 0
@@ -183,7 +183,10 @@ def probe_video(path: Path, max_pixels: int = MAX_VIDEO_PIXELS) -> VideoInfo:
                 raise ToolError(f"{printable(path.name)}: no video stream.")
             stream = streams[0]
             width, height = stream.codec_context.width, stream.codec_context.height
-            check_frame_size(path, width, height, max_pixels)
+            if width * height > max_pixels:
+                raise ToolError(f"{printable(path.name)}: the video's frames are {width}×{height} "
+                                f"pixels, more than the {max_pixels / 1_000_000:.1f} megapixels "
+                                "a video frame may have.")
             try:
                 frames = sum(1 for packet in container.demux(stream) if packet.size)
             except av.FFmpegError:
@@ -192,13 +195,6 @@ def probe_video(path: Path, max_pixels: int = MAX_VIDEO_PIXELS) -> VideoInfo:
         raise ToolError(f"{printable(path.name)}: not a video that can be read (damaged, truncated "
                         f"or in an unknown format: {exc}).") from None
     return VideoInfo(width, height, frames)
-
-
-def check_frame_size(path: Path, width: int, height: int, max_pixels: int = MAX_VIDEO_PIXELS) -> None:
-    """:class:`ToolError` for a video frame over ``max_pixels``."""
-    if width * height > max_pixels:
-        raise ToolError(f"{printable(path.name)}: the video's frames are {width}×{height} pixels, "
-                        f"more than the {max_pixels / 1_000_000:.1f} megapixels allowed (8K video).")
 
 
 def open_image(path: Path, *, min_size: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS):
