@@ -159,6 +159,20 @@ def database_check(settings: Settings) -> Check:
     return Check("Database", OK, f"{path} (will be created on first use)")
 
 
+def voice_checks(settings: Settings) -> list[Check]:
+    """Each voice of ASSISTANT_TTS_VOICES: there, to be downloaded, or missing (files only)."""
+    from assistant.voice import VoiceConfig, check_voice
+
+    config, problems = VoiceConfig.read(os.environ, settings.models_dir)
+    checks = settings_checks(problems)
+    for language, voice in config.voices.items():
+        status, detail = check_voice(voice, config.models_dir)
+        fix = {OK: "", WARN: "for offline use: `assistant models fetch` where there is internet",
+               FAIL: "fix ASSISTANT_TTS_VOICES, or `assistant models fetch`"}[status]
+        checks.append(Check(f"Voice: {language}", status, detail, fix))
+    return checks
+
+
 def settings_checks(problems: list[str]) -> list[Check]:
     """Each bad setting as a failed check."""
     return [Check("Setting", FAIL, problem, "fix or unset it (see the README's configuration table)")
@@ -170,7 +184,7 @@ def settings_checks(problems: list[str]) -> list[Check]:
 def collect(settings: Settings, problems: list[str] | None = None) -> list[Check]:
     """Every check; ``problems`` are the bad settings (each then has its default)."""
     return [*settings_checks(problems or []), *llm_checks(settings), *model_checks(settings),
-            device_check(settings), database_check(settings)]
+            *voice_checks(settings), device_check(settings), database_check(settings)]
 
 
 _MARKS = {OK: ("✔", "green"), WARN: ("!", "yellow"), FAIL: ("✘", "red"), SKIP: ("–", "dim")}

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  failed: {short_reason(exc)}", file=sys.stderr, flush=True)
         else:
             print(f"  ok: {path}", flush=True)
+    failed += _fetch_voices(settings, target)
     if failed:
         print(f"\nCould not fetch: {', '.join(failed)}. Check the internet connection (or proxy) and "
               "run this again. A machine without internet can use a models directory made "
@@ -37,3 +38,23 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print("\nAll models are in the local caches; the assistant can now run offline.")
     return 0
+
+
+def _fetch_voices(settings: Settings, target: Path | None) -> list[str]:
+    """Download the voices of ASSISTANT_TTS_VOICES (voice replies); the names that failed."""
+    import os
+
+    from assistant.voice import VoiceConfig, fetch_voice
+
+    config, _ = VoiceConfig.read(os.environ, settings.models_dir)
+    failed = []
+    for language, voice in config.voices.items():
+        print(f"Fetching the {language} voice {voice} (Piper) ...", flush=True)
+        try:
+            path = fetch_voice(voice, target)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the others
+            failed.append(f"the {language} voice")
+            print(f"  failed: {short_reason(exc)}", file=sys.stderr, flush=True)
+        else:
+            print(f"  ok: {path}", flush=True)
+    return failed

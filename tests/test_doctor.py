@@ -35,7 +35,7 @@ def test_ollama_down_fails_with_the_fix(models_env, monkeypatch, capsys) -> None
 
 
 def test_everything_ready(models_env, models_dir: Path, fake_ollama: FakeOllama, monkeypatch,
-                          capsys) -> None:
+                          capsys, piper_voice: Path) -> None:
     monkeypatch.setenv("OLLAMA_HOST", fake_ollama.url)
     status, out = run_doctor(capsys)
 
@@ -47,6 +47,7 @@ def test_everything_ready(models_env, models_dir: Path, fake_ollama: FakeOllama,
                           ("detect, video", "detr-resnet-50")):
         assert line(out, f"Model: {tools}") == (f"[ok] Model: {tools}: found at {models_dir / folder} "
                                                 "(ASSISTANT_MODELS_DIR)")
+    assert line(out, "Voice: en") == f"[ok] Voice: en: {models_dir / 'piper' / piper_voice.name}"
     assert line(out, "Device").startswith("[ok] Device: CPU (ASSISTANT_DEVICE=cpu")
     assert line(out, "Database").startswith("[ok]")
     assert "Ready: everything works." in out
@@ -140,3 +141,23 @@ def test_cli_exit_status(models_env, monkeypatch, capsys) -> None:
     monkeypatch.setenv("OLLAMA_HOST", unused_url())
     assert main(["doctor"]) == 1
     assert "ollama serve" in capsys.readouterr().out
+
+
+def test_voices_missing_to_download_or_badly_set(models_env, tmp_path: Path, monkeypatch, capsys) -> None:
+    """A voice file that is not there fails; a voice name not on the machine will download on
+    first use (a warning); a bad ASSISTANT_TTS_VOICES is listed like any bad setting."""
+    monkeypatch.setenv("OLLAMA_HOST", unused_url())
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("ASSISTANT_TTS_VOICES", f"en={tmp_path / 'gone.onnx'},ru=ru_RU-irina-medium")
+    status, out = run_doctor(capsys)
+    assert status == 1
+    assert line(out, "Voice: en").startswith("[fail]") and "gone.onnx" in line(out, "Voice: en")
+    assert line(out, "Voice: ru").startswith("[warn]") and "download on first use" in line(out, "Voice: ru")
+
+    monkeypatch.setenv("ASSISTANT_TTS_VOICES", "russian")
+    status, out = run_doctor(capsys)
+    assert status == 1 and "ASSISTANT_TTS_VOICES='russian'" in out
