@@ -17,6 +17,7 @@ import os
 import shlex
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -24,15 +25,17 @@ from typing import TYPE_CHECKING, TextIO
 from assistant.errors import LLMError, StorageError, ToolError
 from assistant.session import Session, TurnView
 from assistant.turns import interrupted_notice
+from assistant.voice import VoiceConfig
 
 if TYPE_CHECKING:
     from assistant.agent import Agent
     from assistant.attachments import Attachment
     from assistant.config import Settings
     from assistant.llm import LLMStatus, ModelInfo
-    from assistant.turns import Reply
+    from assistant.turns import Reply, Turn
+    from assistant.voice import VoiceReplies
 
-COMMANDS = ("/attach", "/reset", "/tools", "/model", "/help", "/quit", "/exit")
+COMMANDS = ("/attach", "/reset", "/tools", "/model", "/voice", "/help", "/quit", "/exit")
 
 WELCOME = "Local assistant. Type a message, /attach PATH to add files, /help for commands, /quit to leave."
 
@@ -44,6 +47,7 @@ Type a message and press Enter; the assistant answers with its tools.
   /tools           list the tools and where their models come from
   /model [NAME]    the conversation's language model and the models Ollama has;
                    with NAME, switch this conversation to that model
+  /voice [on|off]  speak the replies too: each saved as an .ogg voice note (kept)
   /help            this help
   /quit            leave (also /exit or Ctrl-D)
 Paths may be quoted and may start with ~. A .oga or .opus file is a voice note: what you
@@ -158,10 +162,13 @@ def _is_path_not_command(word: str) -> bool:
 class Repl:
     """The command loop, independent of how lines are read and replies shown."""
 
-    def __init__(self, ui: PlainUI, starter: AgentStarter, conversation_id: str) -> None:
+    def __init__(self, ui: PlainUI, starter: AgentStarter, conversation_id: str,
+                 voice: VoiceConfig | None = None) -> None:
         self.ui = ui
         self.starter = starter
         self.conversation_id = conversation_id
+        self.voice_config = voice
+        self._voice: VoiceReplies | None = None
         self.pending: list[Attachment] = []
         self._session: Session | None = None
 
@@ -232,6 +239,8 @@ class Repl:
                 self.ui.show_tools(self.starter.agent())
             elif command == "/model":
                 self.model(rest.strip())
+            elif command == "/voice":
+                self.voice_mode(rest.strip().lower())
             elif command == "/help":
                 self.ui.say(HELP)
             elif _is_path_not_command(command):
@@ -264,6 +273,40 @@ class Repl:
                 self.ui.show_models(agent.models(), status.model)
             except LLMError as exc:
                 self.ui.error(str(exc))
+
+    @property
+    def voice(self) -> VoiceReplies:
+        """Voice replies (the REPL's default: off)."""
+        if self._voice is None:
+            from assistant.voice import VoiceReplies
+
+            self._voice = VoiceReplies(self.voice_config or VoiceConfig(), self.starter.agent().memory, "off")
+        return self._voice
+
+    def voice_mode(self, choice: str) -> None:
+        """/voice: whether replies are spoken; /voice on|off chooses (kept for the conversation)."""
+        if choice:
+            if choice not in ("on", "off"):
+                raise ToolError("Usage: /voice on|off")
+            self.voice.set_mode(self.conversation_id, "always" if choice == "on" else "off")
+        spoken = self.voice.mode(self.conversation_id) != "off"
+        self.ui.notice("Voice replies are on: each reply is also spoken and saved as an .ogg file."
+                       if spoken else "Voice replies are off (/voice on speaks them).")
+
+    def speak(self, turn: Turn, reply: Reply) -> None:
+        """The reply spoken and saved beside the conversation's annotated outputs (after the text)."""
+        from assistant.voice import VoiceError
+
+        if not self.voice.wanted(turn, reply):
+            return
+        try:
+            spoken = self.voice.speak(reply)
+        except VoiceError as exc:
+            self.ui.error(f"no voice reply: {exc}")
+            return
+        path = self.starter.agent().output_dir(self.conversation_id) / f"voice-{time.time_ns()}.ogg"
+        path.write_bytes(spoken.audio)
+        self.ui.show_voice(path, spoken.seconds, spoken.cut)
 
     def attach(self, rest: str) -> None:
         try:
@@ -300,7 +343,8 @@ class Repl:
         turn = Turn(self.conversation_id, text, self.pending + attachments)
         self.pending = []
         with session.ordered_sync(self.conversation_id):
-            self.ui.answer(lambda view: session.respond_sync(turn, view))
+            reply = self.ui.answer(lambda view: session.respond_sync(turn, view))
+        self.speak(turn, reply)
 
 
 class PlainUI:
@@ -341,9 +385,18 @@ class PlainUI:
     def waiting(self, wait) -> None:
         wait()
 
-    def answer(self, respond: Callable[[TurnView], Reply]) -> None:
+    def answer(self, respond: Callable[[TurnView], Reply]) -> Reply:
         """Show the reply ``respond`` gives (it feeds the view while it works)."""
-        self.show_reply(respond(TurnView()))
+        reply = respond(TurnView())
+        self.show_reply(reply)
+        return reply
+
+    def show_voice(self, path: Path, seconds: float, cut: bool) -> None:
+        """Where the spoken reply was saved."""
+        if self.json_mode:
+            self.say(json.dumps({"voice": str(path), "seconds": round(seconds, 1), "cut": cut}))
+        else:
+            self.say(f"voice: {path} ({seconds:.0f} s{'; the rest is in the text' if cut else ''})")
 
     def cancelled(self) -> None:
         self.notice("cancelled")
@@ -466,7 +519,7 @@ class RichUI(PlainUI):
             except KeyboardInterrupt:
                 pass  # the first reply waits for the model anyway
 
-    def answer(self, respond: Callable[[TurnView], Reply]) -> None:
+    def answer(self, respond: Callable[[TurnView], Reply]) -> Reply:
         from rich.live import Live
 
         view = TurnView()
@@ -486,6 +539,11 @@ class RichUI(PlainUI):
         for path in reply.media:
             self.console.print(f"[cyan]saved:[/] {_escape(str(path))}")
         self.console.print()
+        return reply
+
+    def show_voice(self, path: Path, seconds: float, cut: bool) -> None:
+        self.console.print(f"[cyan]voice:[/] {_escape(str(path))} [dim]({seconds:.0f} s"
+                           f"{'; the rest is in the text' if cut else ''})[/]")
 
 
 class _LiveReply:
@@ -589,4 +647,5 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     starter.on_built.append(tell_interrupted)
     starter.start()
-    return Repl(ui, starter, args.conversation).loop()
+    voice, _ = VoiceConfig.read(os.environ, settings.models_dir)  # checked at start (cli)
+    return Repl(ui, starter, args.conversation, voice).loop()

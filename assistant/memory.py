@@ -82,6 +82,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # The process an open turn belongs to (see :func:`process_token`): only a turn whose
     # process is gone is interrupted (NULL: stored before owners were, taken as gone).
     ("ALTER TABLE turns ADD COLUMN owner TEXT",),
+    # A conversation's preferences by name (such as 'voice': off, auto or always); none: the default.
+    ("""CREATE TABLE conversation_preferences (
+            conversation_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (conversation_id, name))""",),
 )
 #: What an interrupted turn ends with in the history.
 INTERRUPTED_NOTE = "(This turn was interrupted before it was answered: the assistant stopped.)"
@@ -270,6 +276,19 @@ class Memory:
             else:
                 self._db.execute("INSERT OR REPLACE INTO conversation_models (conversation_id, model, chosen) "
                                  "VALUES (?, ?, ?)", (conversation_id, model, time.time()))
+
+    def preference(self, conversation_id: str, name: str) -> str | None:
+        """The conversation's preference ``name`` (None: it has not chosen; the default holds)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM conversation_preferences WHERE conversation_id = ? "
+                                   "AND name = ?", (conversation_id, name)).fetchone()
+        return None if row is None else row[0]
+
+    def set_preference(self, conversation_id: str, name: str, value: str) -> None:
+        """Keep the conversation's preference ``name`` (across restarts and /reset)."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO conversation_preferences (conversation_id, name, value) "
+                             "VALUES (?, ?, ?)", (conversation_id, name, value))
 
     def clear(self, conversation_id: str) -> None:
         """Forget the conversation's turns and attachments (its chosen model stays)."""

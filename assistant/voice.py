@@ -18,8 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from assistant.config import Setting, read_settings
 from assistant.speakable import bounded, reply_language, speakable
+
+if TYPE_CHECKING:
+    from assistant.memory import Memory
+    from assistant.turns import Reply, Turn
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +150,51 @@ class Speaker:
                 raise VoiceError(f"The voice {voice} could not be loaded from {path} "
                                  f"({exc.__class__.__name__}: {exc}).") from exc
         return self._voices[voice]
+
+
+#: When a conversation's replies are spoken: never, after the person's own voice notes, always.
+VOICE_MODES = ("off", "auto", "always")
+#: The conversation preference (memory) that keeps the mode.
+VOICE_PREFERENCE = "voice"
+
+
+def speaks(mode: str, turn: Turn) -> bool:
+    """Whether the reply to ``turn`` is spoken in ``mode`` (``auto``: when the person sent a
+    voice note in it, as AnythingLLM's "mirror" mode does)."""
+    if mode == "always":
+        return True
+    return mode == "auto" and any(attachment.kind == "voice" for attachment in turn.attachments)
+
+
+class VoiceReplies:
+    """What a channel needs for voice replies: each conversation's mode (kept in memory, across
+    restarts), the rule for a turn, and the speaker (made on first use)."""
+
+    def __init__(self, config: VoiceConfig, memory: Memory, default_mode: str) -> None:
+        self.config, self.memory, self.default_mode = config, memory, default_mode
+        self._speaker: Speaker | None = None
+        self._lock = threading.Lock()
+
+    def mode(self, conversation_id: str) -> str:
+        """The conversation's mode (its choice, else the channel's default)."""
+        return self.memory.preference(conversation_id, VOICE_PREFERENCE) or self.default_mode
+
+    def set_mode(self, conversation_id: str, mode: str) -> None:
+        if mode not in VOICE_MODES:
+            raise ValueError(f"unknown voice mode {mode!r}")
+        self.memory.set_preference(conversation_id, VOICE_PREFERENCE, mode)
+
+    def wanted(self, turn: Turn, reply: Reply) -> bool:
+        """Whether this reply is spoken (never a cancelled one, nor one without words)."""
+        return "cancelled" not in reply.notes and bool(reply.text.strip()) and speaks(
+            self.mode(turn.conversation_id), turn)
+
+    def speak(self, reply: Reply) -> SpokenReply:
+        """The reply's words spoken (blocking: call it from a worker thread); :class:`VoiceError`."""
+        with self._lock:
+            if self._speaker is None:
+                self._speaker = Speaker(self.config)
+        return self._speaker.speak(reply.text)
 
 
 def locate(voice: str, models_dir: Path | None, *, download: bool) -> Path:

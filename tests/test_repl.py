@@ -346,3 +346,40 @@ def test_the_live_reply_shows_what_was_measured_before_the_words() -> None:
     assert shown().splitlines()[:2] == ["A tabby", "image · tabby 87%"]
     live.finish(Reply(text="A tabby cat.", results=["image · tabby 87%", "detect · cat 91%"]))
     assert shown().splitlines() == ["A tabby cat.", "image · tabby 87%", "detect · cat 91%"]
+
+
+def test_voice_on_speaks_each_reply_after_its_text_and_is_kept(models_env, fake_ollama, piper_voice: Path,
+                                                               tmp_path: Path) -> None:
+    """/voice on: each reply is also spoken with the real Piper voice and saved as an OGG/Opus
+    file beside the conversation's outputs; the choice survives a restart; /voice off stops it."""
+    import json
+
+    import av
+
+    fake_ollama.script += [answer("The recording has **a dog barking** and a car passing."),
+                           answer("You are welcome."), answer("Goodbye.")]
+    env = llm_env(fake_ollama)
+    first = chat(["/voice on", "What is in the clip?"], "--json", env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "Voice replies are on" in first.stderr
+    reply, voice = (json.loads(line) for line in first.stdout.splitlines())
+    assert reply["text"] == "The recording has **a dog barking** and a car passing."
+    path = Path(voice["voice"])
+    assert path.suffix == ".ogg" and voice["seconds"] > 1 and voice["cut"] is False
+    with av.open(str(path)) as container:
+        assert container.streams.audio[0].codec_context.name == "opus"
+
+    again = chat(["/voice", "Thanks!", "/voice off", "Bye"], "--json", env=env)  # a new process
+    assert "Voice replies are on" in again.stderr and "Voice replies are off" in again.stderr
+    rows = [json.loads(line) for line in again.stdout.splitlines()]
+    assert [sorted(row) for row in rows][1] == ["cut", "seconds", "voice"] and len(rows) == 3
+    assert rows[2]["text"] == "Goodbye."
+
+
+def test_voice_for_a_language_without_a_voice_says_why_and_keeps_the_text(models_env, fake_ollama,
+                                                                         piper_voice: Path) -> None:
+    fake_ollama.script.append(answer("На фото кошка."))
+    result = chat(["/voice on", "Что на фото?"], env=llm_env(fake_ollama))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "На фото кошка." in result.stdout
+    assert "no voice reply: There is no voice for Russian replies" in result.stderr
