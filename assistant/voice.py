@@ -16,9 +16,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from assistant.config import Setting, read_settings
 from assistant.speakable import bounded, reply_language, speakable
@@ -217,6 +215,7 @@ def locate(voice: str, models_dir: Path | None, *, download: bool) -> Path:
         if not download:
             raise VoiceError(f"The voice {voice} is not on this machine.") from None
     try:
+        _check_hub()
         return _hub_file(voice, local_only=False)
     except Exception as exc:  # noqa: BLE001
         raise VoiceError(f"The voice {voice} is not on this machine and could not be downloaded "
@@ -246,6 +245,17 @@ def hub_path(voice: str) -> str:
         raise ValueError(f"{voice!r} is not a Piper voice name")
     family, region = match["family"], match["region"]
     return f"{family}/{family}_{region}/{match['name']}/{match['quality']}/{voice}.onnx"
+
+
+def _check_hub() -> None:
+    """Fail in seconds, not a minute of retries, when the hub cannot be reached (offline)."""
+    from huggingface_hub import HfApi, constants
+
+    from tools.hub import HUB_TIMEOUT
+
+    if constants.HF_HUB_OFFLINE:
+        raise ConnectionError("HF_HUB_OFFLINE is set")
+    HfApi().model_info(PIPER_REPO, timeout=HUB_TIMEOUT)
 
 
 def _hub_file(voice: str, *, local_only: bool, dest: Path | None = None) -> Path:

@@ -3,7 +3,7 @@
 It serves queued updates through long-polled ``getUpdates``, answers the methods the bot
 calls (``getMe``, ``sendMessage``, ``sendMessageDraft``, ``sendChatAction``,
 ``editMessageText``, ``deleteMessage``, ``getFile``, ``getChatMember``, ``sendPhoto``,
-``sendVideo``, ``sendDocument``, ``setMyCommands``, ``deleteWebhook``) and the file download
+``sendVideo``, ``sendVoice``, ``sendDocument``, ``setMyCommands``, ``deleteWebhook``) and the file download
 path (``/file/bot<token>/<file_path>``). Messages carry the entities a Telegram client would
 give them (a command at the start, ``@username`` mentions), and a group's members are members
 unless made admins. It checks text the way Telegram does (HTML: known tags,
@@ -346,13 +346,14 @@ class FakeBotAPI(LocalHTTPServer):
             if status == "administrator":
                 member.update(dict.fromkeys(_ADMIN_RIGHTS, True), can_be_edited=False, is_anonymous=False)
             return member
-        if method in ("sendPhoto", "sendVideo", "sendDocument"):
+        if method in ("sendPhoto", "sendVideo", "sendVoice", "sendDocument"):
             field_name = method[4:].lower()
             if field_name not in call.files:
                 raise ApiError(400, f"Bad Request: there is no {field_name} in the request")
             extra = {"photo": {"photo": [{"file_id": "sent", "file_unique_id": "sent", "width": 1, "height": 1}]},
                      "video": {"video": {"file_id": "sent", "file_unique_id": "sent", "width": 1,
                                          "height": 1, "duration": 1}},
+                     "voice": {"voice": {"file_id": "sent", "file_unique_id": "sent", "duration": 1}},
                      "document": {"document": {"file_id": "sent", "file_unique_id": "sent"}}}[field_name]
             return self._bot_message(p["chat_id"], **extra)
         raise ApiError(404, f"Not Found: method {method} is not served by the fake Bot API")

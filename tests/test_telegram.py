@@ -82,6 +82,11 @@ class StubAgent:
     def reset(self, conversation_id: str) -> None:
         self.resets.append(conversation_id)
 
+    def output_dir(self, conversation_id: str) -> Path:
+        path = self.root / "outputs" / conversation_id.replace(":", "_")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def warm_up(self) -> str | None:
         return None
 
@@ -93,7 +98,7 @@ def _sha(path: Path) -> str:
 def _telegram(api: FakeBotAPI, **changes) -> TelegramSettings:
     changes = {key.removeprefix("telegram_"): value for key, value in changes.items()}
     return replace(TelegramSettings(token=api.token, api_base_url=api.url,
-                                    allowed_users=(str(OWNER), "@Friend")), **changes)
+                                    allowed_users=(str(OWNER), "@Friend"), voice="off"), **changes)
 
 
 @contextlib.asynccontextmanager
@@ -150,7 +155,7 @@ def test_text_turn_rendered_as_html_and_commands_registered(api: FakeBotAPI) -> 
 
     scenario(api, agent, body)
     commands = api.sent("setMyCommands")[0].params["commands"]
-    assert [c["command"] for c in commands] == ["start", "help", "reset", "cancel", "tools", "model"]
+    assert [c["command"] for c in commands] == ["start", "help", "reset", "cancel", "tools", "model", "voice"]
     assert agent.turns[0].conversation_id == f"telegram:{OWNER}"
     assert agent.turns[0].text == "Hello <there> & you"
     sent = api.sent("sendMessage", OWNER)[0].params
@@ -1159,3 +1164,81 @@ def test_the_order_of_chats_keeps_nothing_for_idle_chats() -> None:
     asyncio.run(main())
     assert bot.session._tails == {} and bot.session._jobs == {}  # the session's line, per busy chat only
 
+
+
+# -- voice replies -----------------------------------------------------------------------------
+
+def _voice_of(call) -> tuple[str, int, int]:
+    """The codec, rate and channels of a sendVoice upload."""
+    import io
+
+    import av
+
+    with av.open(io.BytesIO(call.files["voice"][1])) as container:
+        stream = container.streams.audio[0]
+        return stream.codec_context.name, stream.rate, stream.channels
+
+
+def test_a_voice_note_gets_a_voice_reply_after_the_text(api: FakeBotAPI, media: Path, piper_voice: Path,
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto (the default): a voice note is answered with the text, then a voice note (OGG/Opus,
+    the real Piper voice) while the chat shows "recording voice…"; a text message gets text only;
+    /voice always speaks every reply and /voice off none, kept across a restart of the bot."""
+    monkeypatch.setenv("ASSISTANT_TTS_VOICES", f"en={piper_voice}")
+    agent = StubAgent(lambda turn, progress: Reply(text="I heard a **short** voice note."),
+                      memory=Memory(tmp_path / "memory.sqlite3"))
+    api.message(OWNER, voice=media / "audio/voice_note_ru.oga")
+
+    async def first() -> None:
+        await api.wait_for(lambda: api.sent("sendVoice"), timeout=120)
+        api.message(OWNER, text="and now in text")
+        await api.wait_for(lambda: len(api.texts(OWNER)) == 2)
+        api.message(OWNER, text="/voice always")
+        await api.wait_for(lambda: len(api.texts(OWNER)) == 3)
+
+    scenario(api, agent, first, telegram_voice="auto")
+    methods = [c.method for c in api.calls if c.params.get("chat_id") == OWNER
+               and c.method in ("sendMessage", "sendVoice")]
+    assert methods[:3] == ["sendMessage", "sendVoice", "sendMessage"]
+    assert _voice_of(api.sent("sendVoice")[0]) == ("opus", 48000, 1)
+    assert any(c.params.get("action") == "record_voice" for c in api.sent("sendChatAction"))
+    assert "Every reply comes as a voice note" in api.texts(OWNER)[2]
+
+    api.message(OWNER, text="speak to me")
+
+    async def second() -> None:  # a new bot on the same database: the chat's choice is kept
+        await api.wait_for(lambda: len(api.sent("sendVoice")) == 2, timeout=120)
+        api.message(OWNER, text="/voice off")
+        api.message(OWNER, voice=media / "audio/voice_note_ru.oga")
+        await api.wait_for(lambda: len(api.texts(OWNER)) == 6)
+        await asyncio.sleep(0.5)
+
+    scenario(api, agent, second, telegram_voice="auto")
+    assert len(api.sent("sendVoice")) == 2 and "Voice replies are off" in api.texts(OWNER)[4]
+
+
+def test_no_voice_for_the_language_says_why_and_the_text_stands(api: FakeBotAPI, media: Path,
+                                                               piper_voice: Path, monkeypatch) -> None:
+    monkeypatch.setenv("ASSISTANT_TTS_VOICES", f"en={piper_voice}")
+    agent = StubAgent(lambda turn, progress: Reply(text="Это голосовое сообщение."))
+    api.message(OWNER, voice=media / "audio/voice_note_ru.oga")
+
+    async def body() -> None:
+        await api.wait_for(lambda: len(api.texts(OWNER)) == 2, timeout=60)
+
+    scenario(api, agent, body, telegram_voice="auto")
+    text, why = api.texts(OWNER)
+    assert text == "Это голосовое сообщение."
+    assert why.startswith("(No voice reply: There is no voice for Russian replies")
+    assert not api.sent("sendVoice")
+
+
+def test_voice_mode_in_a_group_is_for_admins(api: FakeBotAPI) -> None:
+    agent = StubAgent()
+    group_message(api, OWNER, text="/voice always")
+
+    async def body() -> None:
+        await api.wait_for(lambda: api.texts(GROUP))
+
+    scenario(api, agent, body, telegram_allowed_chats=(GROUP,))
+    assert api.texts(GROUP) == ["Sorry, only this group's admins can change its voice replies."]

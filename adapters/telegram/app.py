@@ -127,6 +127,7 @@ def build_application(settings: Settings, agent: Agent, telegram: TelegramSettin
         CommandHandler("cancel", commands.cancel),
         CommandHandler("tools", commands.tools),
         CommandHandler("model", commands.model),
+        CommandHandler("voice", commands.voice),
         MessageHandler(filters.COMMAND, commands.unknown),
         MessageHandler(filters.UpdateType.MESSAGE & ~filters.COMMAND, messages.on_message),
     ])

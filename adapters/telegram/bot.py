@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ from adapters.telegram.store import open_store
 from assistant.config import Settings
 from assistant.session import Session
 from assistant.turns import interrupted_notice
+from assistant.voice import VoiceConfig, VoiceReplies
 
 if TYPE_CHECKING:
     from assistant.agent import Agent
@@ -38,7 +40,8 @@ class TelegramBot:
     bot's life: start, stop, a rejected token, errors."""
 
     def __init__(self, agent: Agent, settings: Settings, telegram: TelegramSettings, *,
-                 allow_all: bool = False, options: BotOptions = BotOptions()) -> None:
+                 allow_all: bool = False, options: BotOptions = BotOptions(),
+                 voice: VoiceConfig | None = None) -> None:
         self.agent = agent
         self.options = options
         store = open_store(agent.memory.path)  # the channel's tables, beside the conversations
@@ -48,6 +51,9 @@ class TelegramBot:
         self.public_api = telegram.api_base_url.rstrip("/") == PUBLIC_API
         self.session = Session(agent, heavy_jobs=options.heavy_jobs)
         self.delivery = Delivery(Outbox(store), options, public_api=self.public_api)
+        #: Voice replies: each chat's mode (ASSISTANT_TELEGRAM_VOICE until it chooses) and the speaker.
+        self.voice = VoiceReplies(voice or VoiceConfig.read(os.environ, settings.models_dir)[0],
+                                  agent.memory, telegram.voice)
         self._application: Application | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------

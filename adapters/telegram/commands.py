@@ -1,5 +1,4 @@
-"""The bot's commands: /start, /help, /reset, /cancel, /tools, /model (a per-chat setting such
-as /voice is one more handler here)."""
+"""The bot's commands: /start, /help, /reset, /cancel, /tools, /model, /voice."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ from telegram.ext import ContextTypes
 from adapters.telegram.incoming import command_target, conversation_id
 from assistant.config import megabytes
 from assistant.errors import LLMError
+from assistant.voice import VOICE_MODES
 
 if TYPE_CHECKING:
     from adapters.telegram.bot import TelegramBot
@@ -24,6 +24,7 @@ COMMANDS = (
     ("cancel", "stop the reply in progress"),
     ("tools", "the tools I can use"),
     ("model", "show or switch the language model"),
+    ("voice", "voice replies: off, auto or always"),
 )
 
 HELP_TEXT = """\
@@ -36,13 +37,22 @@ I'm a local assistant. Send me:
 Add a caption to say what you want to know about a file.
 
 Commands: /cancel stops the reply in progress, /reset forgets this conversation, /tools lists
-what I can use, /model shows or switches the language model of this chat, /help shows this."""
+what I can use, /model shows or switches the language model of this chat, /voice says when I
+answer with a voice note too (off, auto: when you send one, always), /help shows this."""
 
 GROUP_HELP = """\
 In this group I answer when you mention @{username}, reply to one of my messages, or send a
 command. Mention me in reply to a photo, voice note, audio or video to ask about it. The group
-is one conversation; /reset and /model NAME are for its admins. This group's chat id (for
+is one conversation; /reset, /model NAME and /voice MODE are for its admins. This group's chat id (for
 ASSISTANT_TELEGRAM_ALLOWED_CHATS) is {chat_id}."""
+
+VOICE_MODE_TEXT = {
+    "off": "Voice replies are off: I answer in text only. /voice auto or /voice always turns them on.",
+    "auto": "Voice replies are on for voice notes: when you send one, I answer with a voice note "
+            "too (after the text). /voice always speaks every reply; /voice off stops them.",
+    "always": "Every reply comes as a voice note too (after the text). /voice auto speaks only the "
+              "answers to voice notes; /voice off stops them.",
+}
 
 
 class Commands:
@@ -116,6 +126,23 @@ class Commands:
             except LLMError as exc:
                 text = str(exc)
             await self.shared.send_text(context, chat_id, text)
+
+    async def voice(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """/voice: when this chat's replies are spoken; /voice off|auto|always chooses (kept)."""
+        chat_id = update.effective_chat.id
+        conversation = conversation_id(chat_id)
+        choice = " ".join(context.args or ()).strip().lower()
+        voice = self.shared.voice
+        async with self.shared.in_order(chat_id):
+            if choice and choice not in VOICE_MODES:
+                text = "Use /voice off, /voice auto (a voice note gets a voice reply) or /voice always."
+            elif choice and not await self.shared.by_admin(context, update.message):
+                text = "Sorry, only this group's admins can change its voice replies."
+            else:
+                if choice:
+                    await asyncio.to_thread(voice.set_mode, conversation, choice)
+                text = VOICE_MODE_TEXT[await asyncio.to_thread(voice.mode, conversation)]
+            await self.shared.send_text(context, chat_id, text, plain=True)
 
     def _models_text(self, conversation: str) -> str:
         """What /model says: the chat's model, then the models Ollama has (blocking)."""

@@ -126,7 +126,8 @@ class Delivery:
             await retry(bot.send_message, chat_id, part, attempts=attempts)
 
     async def _send_media(self, bot: Bot, chat_id: int, path: Path) -> None:
-        """An annotated photo or video; as a document if Telegram refuses it as media."""
+        """An annotated photo or video, or a voice reply (OGG/Opus); as a document if Telegram
+        refuses it as media."""
         if not path.is_file():
             log.warning("Reply media %s does not exist; skipped", path)
             return
@@ -136,13 +137,16 @@ class Delivery:
                                    f"{megabytes(size)}, more than Telegram lets a bot send (50 MB)."))
             return
         video = path.suffix.lower() in (".mp4", ".mov", ".webm", ".mkv")
-        action = ChatAction.UPLOAD_VIDEO if video else ChatAction.UPLOAD_PHOTO
+        voice = path.suffix.lower() == ".ogg"
+        action = ChatAction.UPLOAD_VIDEO if video else ChatAction.UPLOAD_VOICE if voice else ChatAction.UPLOAD_PHOTO
         with contextlib.suppress(TelegramError):
             await bot.send_chat_action(chat_id, action)
         try:
             with path.open("rb") as handle:
                 if video:
                     await bot.send_video(chat_id, handle, filename=path.name, supports_streaming=True)
+                elif voice:
+                    await bot.send_voice(chat_id, handle, filename=path.name)
                 else:
                     await bot.send_photo(chat_id, handle, filename=path.name)
         except BadRequest as exc:  # too large for a photo, unusual dimensions, ...

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from telegram import Message, Update
 from telegram.constants import ChatAction
-from telegram.error import BadRequest, InvalidToken
+from telegram.error import BadRequest, InvalidToken, TelegramError
 from telegram.ext import ContextTypes
 
 from adapters.telegram.incoming import (Album, IncomingFile, conversation_id, incoming_file, message_text,
@@ -27,6 +28,7 @@ from assistant.config import megabytes
 from assistant.errors import ToolError
 from assistant.session import TurnView
 from assistant.turns import Reply, Turn
+from assistant.voice import VoiceError
 
 if TYPE_CHECKING:
     from adapters.telegram.bot import TelegramBot
@@ -113,6 +115,7 @@ class Messages:
                     return
         reply = await self._respond(context, turn, live)
         await self._send_reply(context, chat_id, reply, live)
+        await self._speak(context, chat_id, turn, reply)
 
     async def _download(self, context: ContextTypes.DEFAULT_TYPE, incoming: IncomingFile,
                         destination: Path) -> Path:
@@ -173,12 +176,43 @@ class Messages:
         delivery = self.shared.delivery
         if not delivery.waiting(chat_id):  # else the streamed message would jump the line
             chunks = await live.settle(chunks)  # a group's streamed message becomes the first
-        # The text first, then the media (a voice answer would go after the text as well).
+        # The text first, then the media; a voice reply comes after both.
         await delivery.send(context.bot, chat_id, [*chunks, *(Media(str(path)) for path in reply.media)])
+
+    async def _speak(self, context: ContextTypes.DEFAULT_TYPE, chat_id: int, turn: Turn, reply: Reply) -> None:
+        """The reply as a voice note, after its text, when the chat's voice mode asks for it
+        ("recording voice…" while it is made); why not, in one line, when it cannot be made."""
+        voice = self.shared.voice
+        if not await asyncio.to_thread(voice.wanted, turn, reply):
+            return
+        recording = asyncio.create_task(_keep_showing(context.bot, chat_id, ChatAction.RECORD_VOICE))
+        try:
+            path = await asyncio.to_thread(self._voice_file, turn.conversation_id, reply)
+        except VoiceError as exc:
+            await self.shared.send_text(context, chat_id, f"(No voice reply: {exc})", plain=True)
+            return
+        finally:
+            recording.cancel()
+        await self.shared.delivery.send(context.bot, chat_id, [Media(str(path))])
+
+    def _voice_file(self, conversation: str, reply: Reply) -> Path:
+        """The spoken reply, saved beside the conversation's outputs (the outbox may hold it)."""
+        spoken = self.shared.voice.speak(reply)
+        path = self.shared.agent.output_dir(conversation) / f"voice-{time.time_ns()}.ogg"
+        path.write_bytes(spoken.audio)
+        return path
 
 
 class NotDownloaded(Exception):
     """A file the bot could not download; the message says why, for the sender."""
+
+
+async def _keep_showing(bot, chat_id: int, action: str) -> None:
+    """Show ``action`` ("recording voice…") until cancelled (Telegram shows one for 5 s)."""
+    while True:
+        with contextlib.suppress(TelegramError):
+            await bot.send_chat_action(chat_id, action)
+        await asyncio.sleep(4)
 
 
 def gone_message(incoming: IncomingFile) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from assistant.config import MB, Setting, Settings, read_settings
+from assistant.voice import VOICE_MODES
 
 PUBLIC_API = "https://api.telegram.org"
 #: The public Bot API serves downloads up to 20 MB; a self-hosted server has no such limit.
@@ -47,6 +48,12 @@ def _chats(text: str) -> tuple[int, ...]:
     return tuple(int(entry) for entry in entries)
 
 
+def _voice_mode(text: str) -> str:
+    if text.lower() not in VOICE_MODES:
+        raise ValueError
+    return text.lower()
+
+
 #: This channel's own settings (the core's are in ``assistant.config``).
 SETTINGS = (
     Setting("TELEGRAM_BOT_TOKEN", None),
@@ -55,6 +62,7 @@ SETTINGS = (
             allowed="user ids and @usernames separated by commas"),
     Setting("ASSISTANT_TELEGRAM_ALLOWED_CHATS", (), check=_chats,
             allowed="group chat ids (negative numbers such as -1001234567890) separated by commas"),
+    Setting("ASSISTANT_TELEGRAM_VOICE", "auto", check=_voice_mode, allowed="off, auto or always"),
 )
 
 
@@ -66,6 +74,7 @@ class TelegramSettings:
     api_base_url: str = PUBLIC_API
     allowed_users: tuple[str, ...] = ()
     allowed_chats: tuple[int, ...] = ()  # groups whose members may all use the bot there
+    voice: str = "auto"  # voice replies in chats that have not chosen with /voice
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TelegramSettings:
