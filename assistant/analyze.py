@@ -83,7 +83,7 @@ class Analyzer:
             siblings = [other for other in self.tools if other.model is not None
                         and other.model.variable == tool.model.variable and attachment.kind in other.kinds]
             return siblings[0].name if siblings else wanted
-        routed = self.tools.for_kind(attachment.kind)
+        routed = self.tools.routed(attachment.kind, "")  # no words: what every such file gets
         if not routed:
             raise ToolError(f"{attachment.name}: no tool analyses {attachment.kind} files "
                             "(photos, audio, video and UTF-8 text can be analysed).")

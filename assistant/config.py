@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tools.base import ModelSource, Setting, read_settings  # Setting, read_settings: for channels
+from tools.base import ModelSource
+from tools.settings import Setting, read_settings
 from tools.media import MB, megabytes  # noqa: F401 - the one size unit, for adapters
 from tools.registry import model_specs, tool_settings
 

@@ -140,15 +140,6 @@ class Memory:
         with self._lock:
             return list(self._cached(conversation_id))
 
-    def append(self, conversation_id: str, messages: Sequence[BaseMessage]) -> None:
-        """Store one complete turn's messages."""
-        with self._lock:
-            turns = self._cached(conversation_id)
-            self._db.execute("INSERT INTO turns (conversation_id, messages, created) VALUES (?, ?, ?)",
-                             (conversation_id, _dumps(messages), time.time()))
-            turns.append(StoredTurn.of(messages, turns[-1].number + 1 if turns else 0))
-            del turns[:-MAX_TURNS_LOADED]
-
     def begin_turn(self, conversation_id: str, messages: Sequence[BaseMessage]) -> int:
         """Store the start of a turn now (so a crash cannot lose it); returns its id for
         :meth:`save_turn` and :meth:`finish_turn`. An older turn of the conversation left open

@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def read_problems(settings: object) -> list[str]:
     """The problems of a channel's own settings (it reads them again itself)."""
-    from assistant.config import read_settings
+    from tools.settings import read_settings
 
     return read_settings(settings, os.environ)[1]  # type: ignore[arg-type]
 

@@ -15,6 +15,11 @@ def turn(user: str, answer: str = "ok") -> list:
     return [HumanMessage(content=user), AIMessage(content=answer)]
 
 
+def store(memory: Memory, conversation_id: str, messages: list) -> None:
+    """One complete turn, stored as the agent stores it (begun, then finished)."""
+    memory.finish_turn(conversation_id, memory.begin_turn(conversation_id, messages[:1]), messages)
+
+
 def stored(user: str, number: int = 0) -> StoredTurn:
     return StoredTurn.of(turn(user), number)
 
@@ -23,10 +28,10 @@ def test_turns_persist_across_instances_in_a_new_directory(tmp_path: Path) -> No
     path = tmp_path / "nested" / "dir" / "memory.sqlite3"
     memory = Memory(path)
     call = {"name": "image", "args": {"attachment_id": "att_1"}, "id": "c1", "type": "tool_call"}
-    memory.append("a", [HumanMessage(content="фото"), AIMessage(content="", tool_calls=[call]),
+    store(memory, "a", [HumanMessage(content="фото"), AIMessage(content="", tool_calls=[call]),
                         ToolMessage(content='{"tool":"image"}', tool_call_id="c1", name="image"),
                         AIMessage(content="Кошка.")])
-    memory.append("b", turn("other"))
+    store(memory, "b", turn("other"))
     memory.close()
 
     reopened = Memory(path)
@@ -46,7 +51,7 @@ def test_appends_from_many_threads(tmp_path: Path) -> None:
 
     def work(n: int) -> None:
         for i in range(20):
-            memory.append(f"c{n}", turn(f"{n}-{i}"))
+            store(memory, f"c{n}", turn(f"{n}-{i}"))
             memory.turns(f"c{n}")
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
@@ -106,7 +111,7 @@ def test_turns_are_numbered_from_the_conversations_first(tmp_path: Path, monkeyp
     path = tmp_path / "m.sqlite3"
     memory = Memory(path)
     for i in range(5):
-        memory.append("a", turn(f"q{i}"))
+        store(memory, "a", turn(f"q{i}"))
     turn_id = memory.begin_turn("a", [HumanMessage(content="q5")])
     memory.finish_turn("a", turn_id, turn("q5"))
     assert [t.number for t in memory.turns("a")] == [0, 1, 2, 3, 4, 5]
@@ -114,7 +119,7 @@ def test_turns_are_numbered_from_the_conversations_first(tmp_path: Path, monkeyp
     monkeypatch.setattr("assistant.memory.MAX_TURNS_LOADED", 3)
     reopened = Memory(path)
     assert [(t.number, t.messages[0].content) for t in reopened.turns("a")] == [(3, "q3"), (4, "q4"), (5, "q5")]
-    reopened.append("a", turn("q6"))
+    store(reopened, "a", turn("q6"))
     assert [t.number for t in reopened.turns("a")] == [4, 5, 6]
 
 
@@ -163,7 +168,7 @@ def test_attachments_keep_their_ids_across_instances_and_reset_forgets_them(tmp_
     assert reopened.attachment("a", "att_٢") is None  # only ASCII digits
     assert reopened.add_attachment("a", "video", tmp_path / "c.mp4", "c.mp4", 7).id == "att_3"
 
-    reopened.append("a", turn("photo"))
+    store(reopened, "a", turn("photo"))
     reopened.clear("a")
     assert reopened.attachments("a") == [] and reopened.turns("a") == []
     assert reopened.attachments("b") == [other]

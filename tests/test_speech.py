@@ -87,7 +87,7 @@ def test_russian_speech_is_transcribed(heard, name: str) -> None:
 
     assert word_error_rate(RUSSIAN, result.text) <= 0.1, result.text
     assert result.language == "ru" and result.labels[0].label == "ru" and result.labels[0].score > 0.9
-    assert result.speech_found and result.transcript() == result.text
+    assert result.text and result.transcript() == result.text
     assert len(result.segments) == 1  # said once, and no unsure last segment ("АССР")
     segment = result.segments[0]
     assert 0 <= segment.start_s < segment.end_s <= result.duration_s + 0.01
@@ -121,7 +121,7 @@ def test_english_speech_is_transcribed(heard) -> None:
                                   "us8k_dog_bark_100032-3-0-0.wav"])
 def test_noise_music_and_animals_give_no_words(heard, name: str) -> None:
     result = heard(name)
-    assert result.text == "" and result.segments == [] and not result.speech_found
+    assert result.text == "" and result.segments == [] and result.transcript() is None
     assert result.labels == [] and result.language is None
     assert result.result_line() == "speech · no speech found"
     assert result.summary().startswith("No speech found")
@@ -162,7 +162,7 @@ def test_cuda_that_cannot_be_used_falls_back_to_the_cpu(whisper: Path, monkeypat
     assert tool._model.device == "cpu"
     (note,) = [r.getMessage() for r in caplog.records]
     assert "CUDA cannot be used by CTranslate2" in note and "on the CPU" in note
-    assert transcribe(tool, media / AUDIO / "voice_note_ru.oga", tmp_path).speech_found
+    assert transcribe(tool, media / AUDIO / "voice_note_ru.oga", tmp_path).transcript()
 
 
 def test_cuda_asked_for_without_a_gpu_is_a_clear_error(whisper: Path, monkeypatch: pytest.MonkeyPatch) -> None:

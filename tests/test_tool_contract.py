@@ -25,8 +25,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from tools.base import (AnalyzeOption, ModelSpec, Setting, TextTrigger, Tool, ToolConfig,
+from tools.base import (AnalyzeOption, ModelSpec, TextTrigger, Tool, ToolConfig,
                         ToolContext, ToolResult, sorted_labels)
+from tools.settings import Setting
 
 
 def _fetch(dest: Path | None) -> Path:

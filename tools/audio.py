@@ -74,6 +74,13 @@ class AudioEvent(BaseModel):
     also: list[str] = []
 
 
+#: Classes of YAMNet that mean someone is talking (the ``speech`` cue of a result).
+SPEECH_CLASSES = frozenset({
+    "Speech", "Male speech, man speaking", "Female speech, woman speaking",
+    "Child speech, kid speaking", "Conversation", "Narration, monologue", "Whispering",
+})
+
+
 class AudioResult(ToolResult):
     tool: str = "audio"
     duration_s: float
@@ -90,6 +97,14 @@ class AudioResult(ToolResult):
                 + (f" (also {', '.join(event.also)})" if event.also else "")
                 for event in self.events) + "."
         return text
+
+    def cues(self) -> dict[str, float]:
+        """``speech``: the strongest speech class heard, overall or in an event (a speech class
+        an event also holds counts as certain)."""
+        heard = [(item.label, item.score) for item in self.labels]
+        heard += [(event.label, event.score) for event in self.events]
+        heard += [(also, 1.0) for event in self.events for also in event.also]
+        return {"speech": max((score for label, score in heard if label in SPEECH_CLASSES), default=0.0)}
 
     def line_details(self) -> list[str]:
         details = [f"{self.duration_s:.1f} s"]

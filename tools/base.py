@@ -8,7 +8,6 @@ Heavy libraries are imported inside ``_load()`` / ``run()``, never at module imp
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
@@ -24,6 +23,8 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
+
+from tools.settings import Setting
 
 #: The argument that names an attachment (by the id its adapter registered) in a tool's
 #: parameters.
@@ -75,76 +76,6 @@ def short_reason(exc: BaseException) -> str:
     return first if len(first) <= 200 else first[:197] + "..."
 
 
-# -- settings: rules kept as data, next to where each setting is declared --------------------
-
-@dataclass(frozen=True)
-class Setting:
-    """One environment variable, its default, and what values are allowed.
-
-    ``kind`` is ``str``, ``int``, ``float`` or ``Path``; numbers must be finite and within
-    ``minimum``/``maximum``. ``check`` may normalise a text value or raise ``ValueError``
-    saying what is wrong. An empty or unset variable means the default.
-    """
-
-    variable: str
-    default: Any
-    kind: type = str
-    minimum: float | None = None
-    maximum: float | None = None
-    check: Callable[[str], Any] | None = None
-    allowed: str = ""  # what is allowed, in words, when ``check`` decides
-
-    def describe_allowed(self) -> str:
-        if self.allowed:
-            return self.allowed
-        noun = {int: "a whole number", float: "a number", Path: "a path"}.get(self.kind, "text")
-        if self.minimum is not None and self.maximum is not None:
-            return f"{noun} from {self.minimum:g} to {self.maximum:g}"
-        if self.minimum is not None:
-            return f"{noun} of at least {self.minimum:g}"
-        return noun
-
-    def parse(self, raw: str | None) -> Any:
-        """The value for ``raw`` (the default when empty); ``ValueError`` naming variable,
-        value and what is allowed."""
-        text = (raw or "").strip()
-        if not text:
-            return self.default
-        try:
-            value: Any = self.check(text) if self.check else text
-            if self.kind in (int, float):
-                try:
-                    value = self.kind(text)
-                except ValueError:
-                    raise ValueError from None  # the rule below says it better than Python
-                if not math.isfinite(value):
-                    raise ValueError
-                if self.minimum is not None and value < self.minimum:
-                    raise ValueError
-                if self.maximum is not None and value > self.maximum:
-                    raise ValueError
-            elif self.kind is Path:
-                value = Path(text).expanduser()
-        except ValueError as exc:
-            why = f" ({exc})" if str(exc) else ""
-            raise ValueError(f"{self.variable}={text!r}{why}: allowed is "
-                             f"{self.describe_allowed()}") from None
-        return value
-
-
-def read_settings(settings: Iterable[Setting], env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
-    """Every setting's value by variable, and a message for each bad one (all, not the first)."""
-    values: dict[str, Any] = {}
-    problems: list[str] = []
-    for setting in settings:
-        try:
-            values[setting.variable] = setting.parse(env.get(setting.variable))
-        except ValueError as exc:
-            problems.append(str(exc))
-            values[setting.variable] = setting.default
-    return values, problems
-
-
 # -- models: where a tool's model comes from, how to fetch it and check it -------------------
 
 @dataclass(frozen=True)
@@ -175,10 +106,6 @@ class ModelSpec:
     check_local: Callable[[Path], str | None]
     check_cached: Callable[[str], ModelCheck | None] = lambda value: None
     fetch_source: str = ""  # how the fetched source is named to people, if not ``default``
-
-    @property
-    def setting(self) -> Setting:
-        return Setting(self.variable, None)
 
 
 # -- assistant analyze options ---------------------------------------------------------------
@@ -252,6 +179,12 @@ class ToolResult(BaseModel):
     def transcript(self) -> str | None:
         """The words spoken in the input, for tools that transcribe (None: no words)."""
         return None
+
+    def cues(self) -> dict[str, float]:
+        """What this result found that another tool may follow on, by name, with a score in
+        [0, 1] (the audio tool's ``speech``). A tool's :meth:`Tool.follows` reads these, never
+        another tool's fields."""
+        return {}
 
 
 def top_labels(labels: Iterable[Label], limit: int = 3, floor: float = 0.05) -> str:

@@ -23,9 +23,10 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from tools.base import (AnalyzeOption, Label, ModelLoadError, ModelSource, Setting, TextTrigger,
+from tools.base import (AnalyzeOption, Label, ModelLoadError, ModelSource, TextTrigger,
                         Tool, ToolConfig, ToolContext, ToolError, ToolResult, select_device,
                         short_reason)
+from tools.settings import Setting
 from tools.hub import hub_spec, load_pretrained
 from tools.media import printable, probe_video
 

@@ -23,7 +23,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tools.base import Setting, short_reason
+from tools.base import short_reason
+from tools.settings import Setting
 
 #: Largest difference of a logit between PyTorch and ONNX Runtime for the export to be used.
 TOLERANCE = 1e-4

@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cache
 from typing import Any, TypeVar
 
-from tools.base import (AnalyzeOption, ModelSource, ModelSpec, Setting, Tool, ToolConfig, ToolError,
+from tools.base import (AnalyzeOption, ModelSource, ModelSpec, Tool, ToolConfig, ToolError,
                         ToolResult)
+from tools.settings import Setting
 
 #: Packages searched for tool modules (tests may add one).
 TOOL_PACKAGES = ["tools"]
@@ -127,10 +128,6 @@ class ToolRegistry:
         """The tools that also run on an attachment of ``kind`` after a routed tool's ``result``."""
         return [tool for tool in self._tools.values()
                 if kind in tool.kinds and tool.name != result.tool and tool.follows(kind, result)]
-
-    def for_kind(self, kind: str) -> list[Tool[Any]]:
-        """The tools that run on every attachment of ``kind``."""
-        return [tool for tool in self._tools.values() if kind in tool.routes]
 
     def routing_sentence(self) -> str:
         """How attachments are routed, by kind, for the system prompt

@@ -25,9 +25,10 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from tools import onnxrt
-from tools.base import (AttachmentResolver, ModelLoadError, ModelSource, Setting, Tool,
+from tools.base import (AttachmentResolver, ModelLoadError, ModelSource, Tool,
                         ToolConfig, ToolContext, ToolError, ToolResult, select_device,
                         short_reason, sorted_labels)
+from tools.settings import Setting
 from tools.hub import hub_spec, load_pretrained
 from tools.media import read_text_document
 

@@ -33,9 +33,10 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from tools.base import (ModelCheck, ModelSource, ModelSpec, Setting, TextTrigger, Tool,
+from tools.base import (ModelCheck, ModelSource, ModelSpec, TextTrigger, Tool,
                         ToolConfig, ToolContext, ToolError, ToolResult, short_reason,
                         sorted_labels)
+from tools.settings import Setting
 from tools.hub import load_pretrained
 from tools.media import SAMPLE_RATE, decode_audio
 
@@ -55,12 +56,7 @@ ASKS_WHAT_IS_SAID = re.compile(
     r"|текст|слова)",
     re.IGNORECASE)
 
-#: Classes of YAMNet (the audio tool) that mean someone is talking.
-_SPEECH_CLASSES = frozenset({
-    "Speech", "Male speech, man speaking", "Female speech, woman speaking",
-    "Child speech, kid speaking", "Conversation", "Narration, monologue", "Whispering",
-})
-#: A clip's audio result with a speech class at least this strong is worth transcribing.
+#: A clip whose result has a ``speech`` cue at least this strong is worth transcribing.
 _SPEECH_SCORE = 0.3
 
 
@@ -95,10 +91,6 @@ class SpeechResult(ToolResult):
     language: str | None
     duration_s: float
     segments: list[Segment] = []
-
-    @property
-    def speech_found(self) -> bool:
-        return bool(self.text)
 
     def transcript(self) -> str | None:
         return self.text or None
@@ -187,12 +179,7 @@ class SpeechTool(Tool[SpeechParams]):
     def follows(cls, kind: str, result: ToolResult) -> bool:
         """Other audio is transcribed when the audio tool hears someone talking (a song or
         a siren is not worth minutes of transcription)."""
-        if kind != "audio" or result.tool != "audio":
-            return False
-        heard = [(item.label, item.score) for item in result.labels]
-        heard += [(event.label, event.score) for event in getattr(result, "events", [])]
-        heard += [(also, 1.0) for event in getattr(result, "events", []) for also in event.also]
-        return any(label in _SPEECH_CLASSES and score >= _SPEECH_SCORE for label, score in heard)
+        return kind == "audio" and result.cues().get("speech", 0.0) >= _SPEECH_SCORE
 
     def source(self) -> str:
         return self._source.value
