@@ -93,13 +93,15 @@ def tools() -> Any:
 
 @pytest.fixture()
 def make_agent(tools: Any, tmp_path: Path) -> Callable[..., Any]:
-    """``make_agent(llm, **options)``: an agent over ``tools`` with its memory and outputs in
-    ``tmp_path`` (agents made in one test share the memory)."""
+    fake = tools
+    """``make_agent(llm, tools=None, **options)``: an agent over ``tools`` (the fake ones by
+    default) with its memory and outputs in ``tmp_path`` (agents made in one test share the
+    memory); ``options`` are :class:`~assistant.agent.Agent`'s."""
     from assistant.agent import Agent
     from assistant.memory import Memory
 
-    def make(llm: Any, **options: Any) -> Agent:
-        return Agent(tools, Memory(tmp_path / "memory.sqlite3"), llm,
+    def make(llm: Any, tools: Any = None, **options: Any) -> Agent:
+        return Agent(tools if tools is not None else fake, Memory(tmp_path / "memory.sqlite3"), llm,
                      output_root=tmp_path / "outputs", **options)
     return make
 

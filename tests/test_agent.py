@@ -129,10 +129,10 @@ def test_tool_error_goes_back_to_the_model(make_agent, tools: ToolRegistry) -> N
     assert tools.get("sentiment").calls == [{"text": "ok"}]  # type: ignore[attr-defined]
 
 
-def test_a_crashing_tool_is_reported_not_raised(tmp_path: Path) -> None:
+def test_a_crashing_tool_is_reported_not_raised(make_agent) -> None:
     broken = BrokenTool("sentiment", frozenset(), "x", text=True)
     llm = ScriptedLLM([call_tools(("sentiment", {"text": "a"})), say("The tool failed.")])
-    agent = Agent(ToolRegistry([broken]), Memory(tmp_path / "m.sqlite3"), llm, output_root=tmp_path)
+    agent = make_agent(llm, ToolRegistry([broken]))
 
     reply = agent.respond(Turn("c", "a"))
 
@@ -479,14 +479,13 @@ MEASURED_CHARS_PER_TOKEN = 3.7
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_the_first_request_reads_a_short_fixed_prompt(tmp_path: Path, native: bool) -> None:
+def test_the_first_request_reads_a_short_fixed_prompt(make_agent, native: bool) -> None:
     from assistant.config import Settings
     from assistant.runtime import build_tools
 
     script = [say("Привет!")] if native else [say('{"tool_calls": []}'), say("Привет!")]
     llm = ScriptedLLM(script, native_tools=native)
-    agent = Agent(build_tools(Settings.from_env({})), Memory(tmp_path / "m.sqlite3"), llm,
-                  output_root=tmp_path)  # the real tools, with their real descriptions
+    agent = make_agent(llm, build_tools(Settings.from_env({})))  # the real tools, with their real descriptions
     agent.respond(Turn("c", "Привет! Как дела?"))
 
     first = llm.calls[0]
@@ -554,8 +553,8 @@ def test_per_conversation_state_stays_bounded(make_agent, monkeypatch: pytest.Mo
     for index in range(50):
         agent.respond(Turn(f"chat {index}", "hi"))
         agent.tell_no_tools_once(f"chat {index}", "llama3")
-    assert len(agent._told_no_tools) == 10
     assert not agent.tell_no_tools_once("chat 49", "llama3")  # recent ones are still told only once
+    assert agent.tell_no_tools_once("chat 0", "llama3")  # the oldest were forgotten: at most 10 kept
 
 
 def test_each_result_line_is_shown_as_soon_as_its_tool_is_done(make_agent, photo: Path) -> None:

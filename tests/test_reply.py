@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import AIMessage
 
-from assistant import reply as contract
+from assistant.turn import fallback
+from assistant.turn.checks import Context, first_failure
+from assistant.turn.parsing import read_answer
+from assistant.turn.state import CallRecord, result_line
+from assistant.turn.stream import Streamer
 from assistant.llm import LLMError
 from assistant.turns import Turn
 from tests.scripted_llm import ScriptedLLM, call_tools, say
@@ -19,6 +23,11 @@ from tools.detection import DetectionLabel, VideoDetectionResult
 from tools.registry import ToolRegistry
 
 CALL = '{"name": "sentiment", "arguments": {"text": "x"}}'
+
+
+def usable(words: str, **context) -> bool:
+    """Whether ``words`` pass every reply check against ``context`` (:class:`Context`'s fields)."""
+    return first_failure(words, Context(**context)) is None
 
 
 @pytest.fixture()
@@ -53,8 +62,8 @@ def clip(tmp_path: Path) -> Path:
 ])
 def test_calls_are_read_however_they_are_written(tools: ToolRegistry, text: str, names: list[str],
                                                  words: str) -> None:
-    answer = contract.read_answer(text, tools)
-    assert [c["name"] for c in answer.calls] == names
+    answer = read_answer(text, tools)
+    assert [c.name for c in answer.calls] == names
     assert answer.words == words.replace("\n\n\n", "\n\n")
 
 
@@ -64,47 +73,47 @@ def test_calls_are_read_however_they_are_written(tools: ToolRegistry, text: str,
     ('{"tool_calls": ["sentiment"]}', "each tool call must be a JSON object"),
 ])
 def test_bad_requests_are_problems_not_calls(tools: ToolRegistry, text: str, problem: str) -> None:
-    answer = contract.read_answer(text, tools)
+    answer = read_answer(text, tools)
     assert answer.calls == [] and answer.problems[0].startswith(problem)
 
 
-@pytest.mark.parametrize(("words", "usable"), [
+@pytest.mark.parametrize(("words", "expected"), [
     ("", False), ("```\n```", False), ("<|im_end|>", False), ("</tool_call>", False), ("{}", False),
-    ("_" + contract.UNUSABLE + "_\n\n- **audio on att_1**: audio: Siren (87%)", False),  # copied from memory
+    ("_" + fallback.UNUSABLE + "_\n\n- **audio on att_1**: audio: Siren (87%)", False),  # copied from memory
     ("Ok.", True), ("Да", True)])
-def test_usable_words(words: str, usable: bool) -> None:
-    assert contract.is_usable(words) is usable
+def test_usable_words(words: str, expected: bool) -> None:
+    assert usable(words) is expected
 
 
 def test_a_fallback_in_the_history_reads_as_a_note_keeping_what_the_model_had_said() -> None:
-    cut = contract.render_fallback(contract.STOPPED, [], said="The photo shows a tabby")
-    assert contract.for_the_model(cut) == f"The photo shows a tabby\n\n{contract.FALLBACK_IN_HISTORY}"
-    assert contract.for_the_model("A cat.") == "A cat."
-    assert not contract.is_usable(contract.FALLBACK_IN_HISTORY)  # copying the note is no answer
+    cut = fallback.render_fallback(fallback.STOPPED, [], said="The photo shows a tabby")
+    assert fallback.as_history_note(cut) == f"The photo shows a tabby\n\n{fallback.FALLBACK_IN_HISTORY}"
+    assert fallback.as_history_note("A cat.") == "A cat."
+    assert not usable(fallback.FALLBACK_IN_HISTORY)  # copying the note is no answer
 
 
 def test_broken_json_is_not_an_answer() -> None:
     garbage = '{\n    ,\n      "results": [],\n      }\n  ]\n}\n{\n  "toolCallResult": "The audio file was run.",\n}'
-    assert not contract.is_usable(garbage)
-    assert not contract.is_usable('"\n"event: siren at 0.5–4.0 s (also Alarm)"]\n,"also: Police car"}')
-    assert not contract.is_usable('{"text": "Это тестовый текст"}')  # nobody asked for JSON
-    assert contract.is_usable('{"text": "Это тестовый текст"}', json_asked=True)
-    assert contract.is_usable('Here it is: {"label": "cat"}')  # prose around JSON is an answer
-    assert contract.is_usable('"Hello! How can I help?"')
+    assert not usable(garbage)
+    assert not usable('"\n"event: siren at 0.5–4.0 s (also Alarm)"]\n,"also: Police car"}')
+    assert not usable('{"text": "Это тестовый текст"}')  # nobody asked for JSON
+    assert usable('{"text": "Это тестовый текст"}', json_asked=True)
+    assert usable('Here it is: {"label": "cat"}')  # prose around JSON is an answer
+    assert usable('"Hello! How can I help?"')
 
 
 def test_a_long_earlier_reply_repeated_word_for_word_is_not_an_answer() -> None:
     earlier = ["Что на этом фото? Вы можете получить данные о типе как есть."]
-    assert not contract.is_usable("Что на этом фото?\nВы можете получить данные о типе как есть.", earlier=earlier)
-    assert contract.is_usable("You're welcome!", earlier=["You're welcome!"])  # short replies may repeat
-    assert contract.is_usable("На фото кошка.", earlier=earlier)
+    assert not usable("Что на этом фото?\nВы можете получить данные о типе как есть.", earlier=earlier)
+    assert usable("You're welcome!", earlier=["You're welcome!"])  # short replies may repeat
+    assert usable("На фото кошка.", earlier=earlier)
 
 
 def test_an_echo_of_the_instructions_is_not_an_answer() -> None:
     told = ["[audio: already run in this turn with these arguments; the result is above.]"]
-    assert not contract.is_usable("The audio file was already run in this turn. The result is above.",
+    assert not usable("The audio file was already run in this turn. The result is above.",
                                   instructions=told)
-    assert contract.is_usable("I hear a siren.", instructions=told)
+    assert usable("I hear a siren.", instructions=told)
 
 
 def test_an_echo_of_the_request_to_answer_is_asked_again_but_an_answer_in_its_words_is_not(
@@ -120,7 +129,7 @@ def test_an_echo_of_the_request_to_answer_is_asked_again_but_an_answer_in_its_wo
     llm.script = [say("```\n```"), say("The tools found a siren.")]
     second = agent.respond(Turn("c", "and this?", [audio]))
 
-    assert first.text.startswith(f"_{contract.UNUSABLE}") and second.text == "The tools found a siren."
+    assert first.text.startswith(f"_{fallback.UNUSABLE}") and second.text == "The tools found a siren."
 
 
 def test_result_lines_come_from_the_tool_results() -> None:
@@ -132,8 +141,8 @@ def test_result_lines_come_from_the_tool_results() -> None:
                                  duration_s=12.0, fps_sampled=1.0)
     assert audio.result_line() == "audio · Siren 76%, Emergency vehicle 53% · 4.0 s · events: Siren 0.0–4.0 s"
     assert video.result_line() == "video · 2× car 91% · in 10 of 12 sampled frames, 12 s"
-    assert contract.result_line("Unknown attachment id 'att_9'", "audio") == \
-        "audio · error: Unknown attachment id 'att_9'"
+    error = CallRecord(None, "audio", "audio on att_9", outcome="Unknown attachment id 'att_9'")
+    assert result_line(error) == "audio · error: Unknown attachment id 'att_9'"
 
 
 def test_a_call_printed_as_text_with_invented_output_is_run_and_never_shown(make_agent, tools, clip) -> None:
@@ -163,12 +172,12 @@ def test_unusable_replies_are_retried_once_then_replaced_and_memory_keeps_the_re
     agent.respond(Turn("c", "thanks"))
 
     assert len(llm.calls) == 3 and "No JSON" in llm.calls[1].messages[-1].content
-    assert reply.text.startswith(f"_{contract.UNUSABLE}; the tool results are below._") and "- **audio on att_1**: audio: Siren (87%)" in reply.text
+    assert reply.text.startswith(f"_{fallback.UNUSABLE}; the tool results are below._") and "- **audio on att_1**: audio: Siren (87%)" in reply.text
     assert reply.results == ["audio · Siren 87%"] and "the model gave no usable answer" in reply.notes
     stored = [str(m.content) for t in agent.memory.turns("c") for m in t.messages]
     assert reply.text in stored  # memory keeps what the person saw
     history = [str(m.content) for m in llm.calls[2].messages]  # the model reads a note in its place
-    assert contract.FALLBACK_IN_HISTORY in history and not any(contract.UNUSABLE in text for text in history)
+    assert fallback.FALLBACK_IN_HISTORY in history and not any(fallback.UNUSABLE in text for text in history)
     assert not any("[[" in text or "```" in text for text in history)
     assert not any("could not be shown" in text for text in history)  # this turn's instructions are not stored
 
@@ -177,7 +186,7 @@ def test_a_reply_that_only_repeats_calls_when_none_are_allowed_is_replaced(make_
     llm = ScriptedLLM([call_tools(("sentiment", {"text": "a"}))], repeat_last=True)
     reply = make_agent(llm, max_tool_rounds=1).respond(Turn("c", "tone of 'a'?"))
 
-    assert reply.text.startswith(f"_{contract.ROUNDS}; the tool results are below._") and "(No answer" not in reply.text
+    assert reply.text.startswith(f"_{fallback.ROUNDS}; the tool results are below._") and "(No answer" not in reply.text
     assert reply.results == ["sentiment · positive 87%"] and len(llm.calls) == 3
 
 
@@ -185,12 +194,12 @@ def test_no_usable_answer_and_nothing_analysed_says_so_without_promising_results
     llm = ScriptedLLM([say("```\n```")], repeat_last=True)
     reply = make_agent(llm).respond(Turn("c", "Привет!"))
 
-    assert reply.text == f"_{contract.UNUSABLE}._\n\n{contract.NOTHING_RAN}" and reply.results == []
+    assert reply.text == f"_{fallback.UNUSABLE}._\n\n{fallback.NOTHING_RAN}" and reply.results == []
     assert "below" not in reply.text
 
 
 def test_an_error_message_keeps_its_own_sentence() -> None:
-    text = contract.render_fallback("Ollama is not reachable – start it with `ollama serve`.", [])
+    text = fallback.render_fallback("Ollama is not reachable – start it with `ollama serve`.", [])
     assert text.startswith("_Ollama is not reachable – start it with `ollama serve`._\n\n")
 
 
@@ -210,17 +219,15 @@ def test_ollama_failing_mid_stream_keeps_what_was_said(make_agent, tools, tmp_pa
 
     reply = agent.respond(Turn("c", "", [image]), on_token=tokens.append)
 
-    assert reply.text.startswith("The photo shows a tabby\n\n_" + contract.STOPPED + "; the tool results are below._")
+    assert reply.text.startswith("The photo shows a tabby\n\n_" + fallback.STOPPED + "; the tool results are below._")
     assert "- **image on att_1**: image: tabby (87%)" in reply.text and "RemoteProtocolError" not in reply.text
     assert reply.results == ["image · tabby 87%"] and reply.notes[0].startswith("The language model stopped")
     assert "".join(tokens) == "The photo shows a tabby "
 
 
 def test_streaming_holds_back_what_may_be_a_call_and_keeps_the_words() -> None:
-    from assistant.agent import _Streamer
-
     shown: list[str] = []
-    stream = _Streamer(shown.append)
+    stream = Streamer(shown.append)
     for token in ["Sure. ", '{"name": ', '"sentiment", "arguments": {}}', " More."]:
         stream.feed(token)
     stream.finish("Sure.\n\nMore.")
@@ -244,28 +251,26 @@ def test_a_model_call_the_tool_rejects_is_not_shown_as_a_result(make_agent, tool
 
 def test_a_reply_that_parrots_the_question_is_not_an_answer_nor_shown() -> None:
     """SmolLM2, measured: "Привет! Как дела?\\n\\nThe answer is: …" to "Привет! Как дела?"."""
-    from assistant.agent import _Streamer
-
     asked = "Привет! Как дела?"
-    assert not contract.is_usable("Привет! Как дела?\n\nThe answer is: \"Dedicated\"", asked=asked)
-    assert not contract.is_usable("привет, как дела", asked=asked)
-    assert contract.is_usable("Привет! Всё хорошо, спасибо.", asked=asked)
-    assert contract.is_usable("Hi!", asked="Hi!")  # a short greeting may be answered in kind
-    assert not contract.is_usable("The tool results above were shown to the user as they are", asked="?")
+    assert not usable("Привет! Как дела?\n\nThe answer is: \"Dedicated\"", asked=asked)
+    assert not usable("привет, как дела", asked=asked)
+    assert usable("Привет! Всё хорошо, спасибо.", asked=asked)
+    assert usable("Hi!", asked="Hi!")  # a short greeting may be answered in kind
+    assert not usable("The tool results above were shown to the user as they are", asked="?")
 
     shown: list[str] = []
-    stream = _Streamer(shown.append, asked=asked)
+    stream = Streamer(shown.append, Context(asked=asked))
     for token in ["При", "вет! Как", " дела?", "\n\nThe answer", " is: 42"]:
         stream.feed(token)
     stream.finish("")
     assert shown == []
     fine: list[str] = []
-    stream = _Streamer(fine.append, asked=asked)
+    stream = Streamer(fine.append, Context(asked=asked))
     for token in ["При", "вет! Всё", " хорошо."]:
         stream.feed(token)
     assert "".join(fine) == "Привет! Всё хорошо."
     braced: list[str] = []
-    stream = _Streamer(braced.append, asked=asked)
+    stream = Streamer(braced.append, Context(asked=asked))
     for token in ["Привет! Как", ' дела? {"name"', ': "audio"}', " ok"]:
         stream.feed(token)
     stream.finish("")

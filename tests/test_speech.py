@@ -253,17 +253,15 @@ def test_language_setting_is_validated() -> None:
 
 # -- in a conversation -------------------------------------------------------------------------
 
-def voice_agent(tool: SpeechTool, tmp_path: Path, llm, heard: str = "Speech"):
-    from assistant.agent import Agent
-    from assistant.memory import Memory
+def voice_agent(tool: SpeechTool, make_agent, llm, heard: str = "Speech"):
     from tests.scripted_llm import FakeTool
     from tools.registry import ToolRegistry
 
     tools = ToolRegistry([FakeTool("audio", frozenset({"audio", "voice"}), heard), tool])
-    return Agent(tools, Memory(tmp_path / "memory.sqlite3"), llm, output_root=tmp_path / "out")
+    return make_agent(llm, tools)
 
 
-def test_a_voice_note_is_answered_from_its_words(tool: SpeechTool, media: Path, tmp_path: Path) -> None:
+def test_a_voice_note_is_answered_from_its_words(tool: SpeechTool, media: Path, make_agent) -> None:
     from langchain_core.messages import HumanMessage
 
     from assistant.turns import Turn
@@ -275,7 +273,7 @@ def test_a_voice_note_is_answered_from_its_words(tool: SpeechTool, media: Path, 
         return say("Да, это тестовый текст.")
 
     llm = ScriptedLLM([answer])
-    agent = voice_agent(tool, tmp_path, llm)
+    agent = voice_agent(tool, make_agent, llm)
     note = agent.attachments("c").register(media / AUDIO / "voice_note_ru.oga", name="voice.oga", kind="voice")
     reply = agent.respond(Turn("c", "", [note]))
 
@@ -283,14 +281,14 @@ def test_a_voice_note_is_answered_from_its_words(tool: SpeechTool, media: Path, 
     assert reply.results[0].startswith("speech · ru · \u201cЭто тестовый текст")  # what was heard, first
     assert reply.results[1].startswith("audio · ")
     # memory keeps the words, so "what did I say?" works later (a fresh agent on the same database)
-    (turn,) = voice_agent(tool, tmp_path, None).memory.turns("c")
+    (turn,) = voice_agent(tool, make_agent, None).memory.turns("c")
     assert turn.messages[0].content.startswith(RUSSIAN[:20])
 
 
-def test_a_caption_and_a_forwarded_voice_note(tool: SpeechTool, media: Path, tmp_path: Path) -> None:
+def test_a_caption_and_a_forwarded_voice_note(tool: SpeechTool, media: Path, make_agent) -> None:
     from assistant.turns import Turn
 
-    agent = voice_agent(tool, tmp_path, None)
+    agent = voice_agent(tool, make_agent, None)
     store = agent.attachments("c")
     own = store.register(media / AUDIO / "voice_note_ru.oga", kind="voice")
     agent.respond(Turn("c", "Переведи на английский", [own]))
@@ -304,10 +302,10 @@ def test_a_caption_and_a_forwarded_voice_note(tool: SpeechTool, media: Path, tmp
     assert "Это тестовый текст" in reply.text  # no-LLM mode shows the transcript itself
 
 
-def test_other_audio_is_transcribed_when_speech_is_heard(tool: SpeechTool, media: Path, tmp_path: Path) -> None:
+def test_other_audio_is_transcribed_when_speech_is_heard(tool: SpeechTool, media: Path, make_agent) -> None:
     from assistant.turns import Turn
 
-    talking = voice_agent(tool, tmp_path / "a", None, heard="Speech")
+    talking = voice_agent(tool, make_agent, None, heard="Speech")
     clip = talking.attachments("c").register(media / AUDIO / "voice_note_ru.oga")
     assert clip.kind == "audio"
     reply = talking.respond(Turn("c", "", [clip]))
@@ -315,9 +313,9 @@ def test_other_audio_is_transcribed_when_speech_is_heard(tool: SpeechTool, media
     (turn,) = talking.memory.turns("c")
     assert turn.messages[0].content == "Attachments: att_1 (audio, voice_note_ru.oga)"  # a recording, not my words
 
-    siren = voice_agent(tool, tmp_path / "b", None, heard="Siren")
-    clip = siren.attachments("c").register(media / AUDIO / "voice_note_ru.oga")
-    reply = siren.respond(Turn("c", "", [clip]))
+    siren = voice_agent(tool, make_agent, None, heard="Siren")
+    clip = siren.attachments("d").register(media / AUDIO / "voice_note_ru.oga")
+    reply = siren.respond(Turn("d", "", [clip]))
     assert [line.split(" · ")[0] for line in reply.results] == ["audio"]
-    reply = siren.respond(Turn("c", "what does she say?", [clip]))  # asked: transcribed
+    reply = siren.respond(Turn("d", "what does she say?", [clip]))  # asked: transcribed
     assert [line.split(" · ")[0] for line in reply.results] == ["speech", "audio"]

@@ -142,11 +142,9 @@ def test_models_fetch_gets_its_model(bytes_tool: str, tmp_path: Path, monkeypatc
     assert (tmp_path / "fetched" / "bytes" / "scale.txt").is_file()
 
 
-def test_it_is_routed_offered_to_the_model_and_run(bytes_tool: str, model_dir: Path,
+def test_it_is_routed_offered_to_the_model_and_run(bytes_tool: str, model_dir: Path, make_agent,
                                                    tmp_path: Path) -> None:
-    from assistant.agent import Agent
     from assistant.config import Settings
-    from assistant.memory import Memory
     from assistant.runtime import build_tools
     from assistant.turns import Turn
     from tests.scripted_llm import ScriptedLLM, say
@@ -158,7 +156,7 @@ def test_it_is_routed_offered_to_the_model_and_run(bytes_tool: str, model_dir: P
     assert "bytes" not in [tool.name for tool in tools.routed("text", "how does it feel?")]
 
     llm = ScriptedLLM([say("It has 20 units.")])
-    agent = Agent(tools, Memory(tmp_path / "memory.sqlite3"), llm, output_root=tmp_path / "out")
+    agent = make_agent(llm, tools)
     assert "bytes" in [schema["function"]["name"] for schema in agent.schemas]
     system = agent.system_prompt(native=True)
     assert "document: bytes" in system and "text: sentiment, bytes when asked" in system

@@ -1,0 +1,66 @@
+"""The tool decision of a model without native tool calling: a JSON object its server's
+structured outputs enforce, offering only the calls that could add something."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage
+
+from assistant.attachments import Attachment
+from tools.base import ATTACHMENT_ARGUMENT
+from tools.registry import ToolRegistry
+
+#: Attachments a tool decision may name (the conversation's latest).
+DECISION_ATTACHMENTS = 32
+#: The most calls one decision may make.
+MAX_DECIDED_CALLS = 4
+
+
+def offers(tools: ToolRegistry, schemas: Sequence[dict[str, Any]], text: str,
+           messages: Iterable[BaseMessage], attachments: Sequence[Attachment]) -> dict[str, list[str]]:
+    """The calls that could add something now, as tool name → the attachment ids it may take
+    (empty: a tool of the text alone): a tool on those of the conversation's latest
+    :data:`DECISION_ATTACHMENTS` ``attachments`` of its kinds it has not tried yet in
+    ``messages`` (a tool that runs when asked, only when the message ``text`` asks), and a
+    tool of the text alone when the message asks what it measures. Nothing to offer: the model
+    answers at once (a weak model offered a tool takes it, even for "hi")."""
+    done = {(call["name"], call["args"].get(ATTACHMENT_ARGUMENT)) for message in messages
+            if isinstance(message, AIMessage) for call in message.tool_calls
+            if isinstance(call["args"].get(ATTACHMENT_ARGUMENT), str)}
+    recent = list(attachments)[-DECISION_ATTACHMENTS:]
+    found: dict[str, list[str]] = {}
+    for schema in schemas:
+        tool = tools.get(schema["function"]["name"])
+        if ATTACHMENT_ARGUMENT not in schema["function"]["parameters"].get("properties", {}):
+            if tool.asked_for(text):
+                found[tool.name] = []
+        elif tool.trigger is None or tool.asked_for(text):
+            ids = [a.id for a in recent if a.kind in tool.kinds and (tool.name, a.id) not in done]
+            if ids:
+                found[tool.name] = ids
+    return found
+
+
+def decision_schema(schemas: Sequence[dict[str, Any]], offers: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """The JSON schema of a tool decision: the calls to make, or none to answer. Each call is
+    one of the ``offers`` (tool name → the attachment ids its ``attachment_id`` may be;
+    ``schemas``: the tools' function schemas) with that tool's own arguments, so constrained
+    decoding cannot wander off into a free-form object nor name a file that does not exist.
+    ``offers`` is not empty (with nothing to offer there is no decision)."""
+    assert offers, "a decision needs something to offer"
+    calls = []
+    for schema in schemas:
+        name, parameters = schema["function"]["name"], schema["function"]["parameters"]
+        if name not in offers:
+            continue
+        properties = parameters.get("properties", {})
+        if ATTACHMENT_ARGUMENT in properties:
+            parameters = {**parameters, "properties": {**properties, ATTACHMENT_ARGUMENT: {
+                **properties[ATTACHMENT_ARGUMENT], "type": "string", "enum": list(offers[name])}}}
+        calls.append({"type": "object", "required": ["name", "arguments"], "additionalProperties": False,
+                      "properties": {"name": {"type": "string", "enum": [name]}, "arguments": parameters}})
+    return {"type": "object", "required": ["tool_calls"], "additionalProperties": False,
+            "properties": {"tool_calls": {"type": "array", "items": {"anyOf": calls},
+                                          "maxItems": MAX_DECIDED_CALLS}}}
