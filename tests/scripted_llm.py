@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage
-from pydantic import BaseModel
+from pydantic import BaseModel, PrivateAttr
 
 from assistant.llm import LLMStatus, ModelInfo
 from tools.base import Label, TextTrigger, Tool, ToolContext, ToolResult
@@ -104,6 +104,15 @@ class TextParams(BaseModel):
     text: str
 
 
+class FakeResult(ToolResult):
+    """A fake tool's result: its label, and the cues its tool was told to give."""
+
+    _cues: dict[str, float] = PrivateAttr(default_factory=dict)
+
+    def cues(self) -> dict[str, float]:
+        return dict(self._cues)
+
+
 class FakeTool(Tool[Any]):
     """Answers a fixed label; records its calls; attachment tools resolve the id first.
 
@@ -115,8 +124,9 @@ class FakeTool(Tool[Any]):
 
     def __init__(self, name: str, kinds: frozenset[str], label: str, *, writes_output: bool = False,
                  routes: frozenset[str] | None = None, trigger: TextTrigger | None = None,
-                 text: bool = False) -> None:
+                 text: bool = False, cues: dict[str, float] | None = None) -> None:
         super().__init__()
+        self.cues = cues or {}
         self.name, self.kinds, self.label, self.writes_output = name, kinds, label, writes_output  # type: ignore[misc]
         self.routes = kinds if routes is None else routes  # type: ignore[misc]
         self.trigger = trigger  # type: ignore[misc]
@@ -152,7 +162,9 @@ class FakeTool(Tool[Any]):
                 out = ctx.output_dir / f"{params.attachment_id}_annotated.jpg"
                 out.write_bytes(b"annotated")
                 outputs.append(str(out))
-        return ToolResult(tool=self.name, labels=[Label(label=self.label, score=0.87)], outputs=outputs)
+        result = FakeResult(tool=self.name, labels=[Label(label=self.label, score=0.87)], outputs=outputs)
+        result._cues = self.cues
+        return result
 
 
 class BrokenTool(FakeTool):

@@ -257,7 +257,8 @@ def voice_agent(tool: SpeechTool, make_agent, llm, heard: str = "Speech"):
     from tests.scripted_llm import FakeTool
     from tools.registry import ToolRegistry
 
-    tools = ToolRegistry([FakeTool("audio", frozenset({"audio", "voice"}), heard), tool])
+    cues = {"speech": 0.87} if heard == "Speech" else {}
+    tools = ToolRegistry([FakeTool("audio", frozenset({"audio", "voice"}), heard, cues=cues), tool])
     return make_agent(llm, tools)
 
 
