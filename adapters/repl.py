@@ -370,7 +370,7 @@ class PlainUI:
     def show_tools(self, agent: Agent) -> None:
         for tool in agent.tools:
             state = "loaded" if tool.loaded else "not loaded yet"
-            self.say(f"{tool.name}: {first_sentence(tool.description)} "
+            self.say(f"{tool.name}: {tool.headline()} "
                      f"(model: {tool.source()}; {state})")
 
     def show_status(self, status: LLMStatus) -> None:
@@ -415,12 +415,6 @@ class PlainUI:
         for path in reply.media:
             self.say(f"saved: {path}")
         self.say("")
-
-
-def first_sentence(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    head, dot, _ = line.partition(". ")
-    return head + dot.strip()
 
 
 def status_lines(status: LLMStatus) -> list[tuple[str, str]]:
@@ -504,7 +498,7 @@ class RichUI(PlainUI):
         for column in ("tool", "what it does", "model", ""):
             table.add_column(column)
         for tool in agent.tools:
-            table.add_row(tool.name, first_sentence(tool.description), tool.source(),
+            table.add_row(tool.name, tool.headline(), tool.source(),
                           "[green]loaded[/]" if tool.loaded else "[dim]loads on first use[/]")
         self.console.print(table)
 
@@ -523,7 +517,7 @@ class RichUI(PlainUI):
         from rich.live import Live
 
         view = TurnView()
-        shown = _LiveReply(view)
+        shown = LiveReply(view)
         with Live(shown, console=self.console, refresh_per_second=10,
                   vertical_overflow="visible") as live:
             try:
@@ -546,7 +540,7 @@ class RichUI(PlainUI):
                            f"{'; the rest is in the text' if cut else ''})[/]")
 
 
-class _LiveReply:
+class LiveReply:
     """What the Live display shows during a reply, from the session's view of the turn: a
     spinner, the place in the queue, a progress bar, the streamed text; then the reply."""
 

@@ -327,12 +327,12 @@ def test_a_voice_note_is_answered_from_its_words(models_env, fake_ollama, media:
 def test_the_live_reply_shows_what_was_measured_before_the_words() -> None:
     from rich.console import Console
 
-    from adapters.repl import _LiveReply
+    from adapters.repl import LiveReply
     from assistant.session import TurnView
     from assistant.turns import Reply
 
     view = TurnView()
-    live = _LiveReply(view)
+    live = LiveReply(view)
     console = Console(width=80, color_system=None)
 
     def shown() -> str:

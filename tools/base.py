@@ -327,6 +327,12 @@ class Tool(ABC, Generic[P]):
         question about a passage it quotes (sentiment of «…»); None: it does not."""
         return None
 
+    def headline(self) -> str:
+        """The first sentence of the description, for people (a channel's list of tools)."""
+        text = " ".join(self.description.split())
+        end = text.find(". ")
+        return text if end < 0 else text[:end + 1]
+
     @classmethod
     def asked_for(cls, text: str) -> bool:
         """Whether the user's message asks what this tool measures (by default: its
