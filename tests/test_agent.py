@@ -14,7 +14,6 @@ from assistant import agent as agent_module
 from assistant.agent import NO_LLM_NOTE, Agent
 from assistant.errors import ToolError
 from assistant.llm import LLMError, ToolsUnsupported
-from assistant.memory import Memory
 from assistant.turns import Turn
 from tests.scripted_llm import BrokenTool, ScriptedLLM, call_tools, say
 from tools.registry import ToolRegistry

@@ -18,7 +18,6 @@ from assistant.config import Settings
 from assistant.errors import LLMError
 from assistant.llm import DECISION_TOKENS, ModelInfo
 from assistant.llm.ollama import OllamaLLM
-from assistant.memory import Memory
 from assistant.runtime import build_tools
 from assistant.turns import Turn
 from tests.fake_ollama import FakeOllama, answer, slow, tool_call, unused_url
@@ -30,13 +29,18 @@ def settings_for(host: str, tmp_path: Path, **overrides) -> Settings:
     return Settings(ollama_host=host, db_path=tmp_path / "memory.sqlite3", **overrides)
 
 
-def agent_for(settings: Settings, tools: ToolRegistry | None = None) -> Agent:
-    return Agent(tools or fake_tools(), Memory(settings.db_path), OllamaLLM(settings),
-                 output_root=settings.db_path.parent / "outputs", num_ctx=settings.llm_num_ctx,
-                 max_tool_rounds=settings.max_tool_rounds)
+@pytest.fixture()
+def agent_for(make_agent):
+    """``agent_for(settings, tools=None)``: an agent (``make_agent``'s) on the Ollama that
+    ``settings`` name, with their context window and rounds."""
+    def make(settings: Settings, tools: ToolRegistry | None = None) -> Agent:
+        return make_agent(OllamaLLM(settings), tools, num_ctx=settings.llm_num_ctx,
+                          max_tool_rounds=settings.max_tool_rounds)
+    return make
 
 
-def test_tool_call_round_trip_sends_schemas_context_and_keep_alive(fake_ollama: FakeOllama, tmp_path: Path) -> None:
+def test_tool_call_round_trip_sends_schemas_context_and_keep_alive(fake_ollama: FakeOllama, tmp_path: Path,
+                                                                   agent_for) -> None:
     settings = settings_for(fake_ollama.url, tmp_path, llm_num_ctx=6144, llm_keep_alive="45m")
     agent = agent_for(settings)
     fake_ollama.script += [tool_call("sentiment", text="Отличный проект!"), answer("Тон позитивный (87%).")]
@@ -65,7 +69,7 @@ def test_a_reply_carries_the_server_s_prompt_token_count(fake_ollama: FakeOllama
     assert reply.content == "Hi." and reply.usage_metadata["input_tokens"] == 10
 
 
-def test_warm_up_and_status(fake_ollama: FakeOllama, tmp_path: Path) -> None:
+def test_warm_up_and_status(fake_ollama: FakeOllama, tmp_path: Path, agent_for) -> None:
     agent = agent_for(settings_for(fake_ollama.url, tmp_path))
 
     assert agent.warm_up() is None
@@ -75,7 +79,7 @@ def test_warm_up_and_status(fake_ollama: FakeOllama, tmp_path: Path) -> None:
     assert (status.reachable, status.model_available, status.tool_calling, status.error) == (True, True, "native", None)
 
 
-def test_server_down(tmp_path: Path) -> None:
+def test_server_down(tmp_path: Path, agent_for) -> None:
     host = unused_url()
     agent = agent_for(settings_for(host, tmp_path))
 
@@ -88,7 +92,7 @@ def test_server_down(tmp_path: Path) -> None:
     assert not status.reachable and status.error == warning
 
 
-def test_model_not_pulled(fake_ollama: FakeOllama, tmp_path: Path) -> None:
+def test_model_not_pulled(fake_ollama: FakeOllama, tmp_path: Path, agent_for) -> None:
     agent = agent_for(settings_for(fake_ollama.url, tmp_path, llm_model="llama3.2:1b"))
     fix = "run `ollama pull llama3.2:1b`"
 
@@ -100,7 +104,8 @@ def test_model_not_pulled(fake_ollama: FakeOllama, tmp_path: Path) -> None:
     assert status.reachable and not status.model_available
 
 
-def test_model_that_rejects_tools_falls_back_to_json(fake_ollama: FakeOllama, tmp_path: Path) -> None:
+def test_model_that_rejects_tools_falls_back_to_json(fake_ollama: FakeOllama, tmp_path: Path,
+                                                     agent_for) -> None:
     agent = agent_for(settings_for(fake_ollama.url, tmp_path, llm_model="llama3"))
     fake_ollama.script += [answer('{"tool_calls": [{"name": "sentiment", "arguments": {"text": "супер"}}]}'),
                            answer('{"tool_calls": []}'), answer("Позитивно."),
@@ -123,7 +128,7 @@ def test_model_that_rejects_tools_falls_back_to_json(fake_ollama: FakeOllama, tm
     assert "does not support native tool calling" in (agent.warm_up() or "")
 
 
-def test_response_slower_than_the_timeout(fake_ollama: FakeOllama, tmp_path: Path) -> None:
+def test_response_slower_than_the_timeout(fake_ollama: FakeOllama, tmp_path: Path, agent_for) -> None:
     agent = agent_for(settings_for(fake_ollama.url, tmp_path, llm_timeout=0.3))
     fake_ollama.script.append(slow(2.0))
 
@@ -132,7 +137,7 @@ def test_response_slower_than_the_timeout(fake_ollama: FakeOllama, tmp_path: Pat
     assert "Ollama did not answer within 0.3 s (ASSISTANT_LLM_TIMEOUT)" in reply.text and not reply.llm_used
 
 
-def test_cancel_stops_the_stream(fake_ollama: FakeOllama, tmp_path: Path) -> None:
+def test_cancel_stops_the_stream(fake_ollama: FakeOllama, tmp_path: Path, agent_for) -> None:
     agent = agent_for(settings_for(fake_ollama.url, tmp_path))
     fake_ollama.script.append(answer("one two three four five"))
     cancel = threading.Event()
@@ -147,7 +152,7 @@ def test_cancel_stops_the_stream(fake_ollama: FakeOllama, tmp_path: Path) -> Non
     assert tokens == ["one"] and reply.text == "one\n\n_(cancelled)_"
 
 
-def test_a_model_per_conversation(fake_ollama: FakeOllama, tmp_path: Path) -> None:
+def test_a_model_per_conversation(fake_ollama: FakeOllama, tmp_path: Path, agent_for) -> None:
     settings = settings_for(fake_ollama.url, tmp_path)
     agent = agent_for(settings)
 
@@ -188,7 +193,7 @@ def real_tools(models_dir: Path) -> ToolRegistry:
 
 
 @pytest.fixture()
-def real_agent(real_tools: ToolRegistry, fake_ollama: FakeOllama, tmp_path: Path) -> Agent:
+def real_agent(real_tools: ToolRegistry, fake_ollama: FakeOllama, tmp_path: Path, agent_for) -> Agent:
     return agent_for(settings_for(fake_ollama.url, tmp_path), real_tools)
 
 
@@ -226,7 +231,8 @@ def test_real_tools_end_to_end(real_agent: Agent, fake_ollama: FakeOllama, media
     assert sentiment["tool"] == "sentiment" and len(sentiment["labels"]) == 3
 
 
-def test_real_tools_answer_without_ollama(real_tools: ToolRegistry, media: Path, tmp_path: Path) -> None:
+def test_real_tools_answer_without_ollama(real_tools: ToolRegistry, media: Path, tmp_path: Path,
+                                          agent_for) -> None:
     agent = agent_for(settings_for(unused_url(), tmp_path), real_tools)
     siren = agent.attachments("c").register(media / "audio" / "siren.m4a")
 
@@ -268,7 +274,7 @@ def real_ollama_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return settings
 
 
-def test_real_ollama_answers_and_calls_a_tool(real_ollama_settings: Settings) -> None:
+def test_real_ollama_answers_and_calls_a_tool(real_ollama_settings: Settings, agent_for) -> None:
     tools = fake_tools()
     agent = agent_for(real_ollama_settings, tools)
     assert agent.warm_up() in (None, OllamaLLM(real_ollama_settings).no_tools_note())

@@ -120,8 +120,9 @@ def may_still_fail(start: str, context: Context) -> bool:
     """Whether the start of a reply may still fail a check once it is whole: it is, so far, the
     start of an earlier reply (:func:`not_a_repeat`) or of the user's message (:func:`not_parroting`)."""
     said = normalised(start)
-    watched = [*context.said_before, *([context.question] if len(context.question.split()) >= PARROT_MIN_WORDS else [])]
-    return any(text.startswith(said) for text in watched)
+    if len(context.question.split()) >= PARROT_MIN_WORDS and context.question.startswith(said):
+        return True
+    return any(text.startswith(said) for text in context.said_before)
 
 
 def asks_for_json(text: str) -> bool:
