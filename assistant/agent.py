@@ -156,7 +156,7 @@ class Agent:
         turn_id: int | None = None
         try:  # starting the turn creates the output folder and reads memory: inside too
             state, turn_id = self._start(turn, on_progress, cancel)
-            loop = TurnLoop(state, self.tools, self.tool_prompt,
+            loop = TurnLoop(state, self.tool_prompt,
                             PromptBuilder(self.tool_prompt, self.calibration, self.num_ctx, state),
                             ToolRunner(self.tools, state, on_results), max_rounds=self.max_tool_rounds,
                             on_token=on_token,

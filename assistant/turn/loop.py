@@ -21,6 +21,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from assistant import prompts
+from assistant.attachments import Attachment
 from assistant.llm import ChatLLM, LLMError, ToolsUnsupported, message_text
 from assistant.turn import checks, decision, fallback, routing
 from assistant.turn.parsing import Answer, read_answer
@@ -33,13 +34,17 @@ from tools.registry import ToolRegistry
 
 
 class TurnLoop:
-    """Runs one turn to its reply. ``tell_no_tools`` says whether the person should be told
-    (once per conversation and model) that the model has no native tool calling."""
+    """Runs one turn to its reply: ``state`` with the tools of ``tool_prompt``, its prompts from
+    ``prompt``, its calls run by ``runner``, at most ``max_rounds`` rounds of calls the model asks
+    for, the model's words streamed to ``on_token``. ``tell_no_tools(model)`` says whether the
+    person is yet to be told that ``model`` has no native tool calling; ``recent_attachments()``
+    are the conversation's attachments (what a decision may offer)."""
 
-    def __init__(self, state: TurnState, tools: ToolRegistry, tool_prompt: ToolPrompt, prompt: PromptBuilder,
-                 runner: ToolRunner, *, max_rounds: int, on_token: Callable[[str], None] | None,
-                 tell_no_tools: Callable[[str], bool], recent_attachments: Callable[[], list[Any]]) -> None:
-        self.state, self.tools, self.tool_prompt, self.prompt, self.runner = state, tools, tool_prompt, prompt, runner
+    def __init__(self, state: TurnState, tool_prompt: ToolPrompt, prompt: PromptBuilder, runner: ToolRunner, *,
+                 max_rounds: int, on_token: Callable[[str], None] | None, tell_no_tools: Callable[[str], bool],
+                 recent_attachments: Callable[[], list[Attachment]]) -> None:
+        self.state, self.tool_prompt, self.prompt, self.runner = state, tool_prompt, prompt, runner
+        self.tools: ToolRegistry = tool_prompt.tools
         self.max_rounds, self.on_token = max_rounds, on_token
         self.tell_no_tools, self.recent_attachments = tell_no_tools, recent_attachments
 

@@ -114,9 +114,10 @@ class TurnState:
     @property
     def routed(self) -> bool:
         """Whether routing made any call in this turn."""
-        return any(record.routed for record in self.records)
+        return any(record.routed and record.call is not None for record in self.records)
 
     def record(self, record: CallRecord) -> CallRecord:
+        """Add ``record`` to the turn (one made with its outcome counts as finished)."""
         self.records.append(record)
         if record.outcome is not None:
             self.finished.append(record)
