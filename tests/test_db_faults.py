@@ -103,8 +103,8 @@ def test_a_full_disk_fails_politely_and_the_rest_of_the_input_goes_on(models_env
 def stored_conversation(path: Path, turns: int = 60) -> None:
     memory = Memory(path)
     for i in range(turns):
-        memory.append("terminal", [HumanMessage(content=f"message {i:03} " + "x" * 200),
-                                   AIMessage(content="answer")])
+        messages = [HumanMessage(content=f"message {i:03} " + "x" * 200), AIMessage(content="answer")]
+        memory.finish_turn("terminal", memory.begin_turn("terminal", messages[:1]), messages)
     memory.close()
 
 
