@@ -422,7 +422,8 @@ def status_lines(status: LLMStatus) -> list[tuple[str, str]]:
     lines = [("Ollama", f"{status.host} – {'reachable' if status.reachable else 'not reachable'}"),
              ("Model", f"{status.model} – " + ("available" if status.model_available
                                                else "not available")),
-             ("Tool calling", status.tool_calling)]
+             ("Tool calling", status.tool_calling + (f" – {status.tool_calling_reason}"
+                                                     if status.tool_calling_reason else ""))]
     if status.error:
         lines.append(("Problem", status.error))
     return lines

@@ -85,11 +85,13 @@ class Agent:
         shutil.rmtree(self.output_root / _folder(conversation_id), ignore_errors=True)
 
     def warm_up(self) -> str | None:
-        """Check and load the language model; one sentence if something is wrong. Never raises."""
+        """Check and load the language model, and have it read the system prompt (with the
+        tools, for native tool calling) once, so the first turn reads only its own tokens; one
+        sentence if something is wrong. Never raises."""
         if self.llm is None:
             return None
         try:
-            return self.llm.warm_up()
+            return self.llm.warm_up(self.system_prompt, self.schemas)
         except Exception as exc:  # noqa: BLE001 - a broken check must not stop the adapter
             log.exception("warm-up failed")
             return f"Could not check the language model: {exc}"

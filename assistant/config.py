@@ -46,6 +46,18 @@ def _ollama_url(host: str) -> str:
     return url
 
 
+#: ASSISTANT_TOOL_CALLING's values: ``auto`` decides per model from its chat template and
+#: capabilities (see :mod:`assistant.llm.strategy`); the others force one way for every model.
+TOOL_CALLING_MODES = ("auto", "native", "structured")
+
+
+def _tool_calling_mode(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in TOOL_CALLING_MODES:
+        raise ValueError("unknown mode")
+    return mode
+
+
 #: The core's settings (the tools declare their own), by the field each one fills.
 CORE_SETTINGS: dict[str, Setting] = {
     "models_dir": Setting("ASSISTANT_MODELS_DIR", None, Path),
@@ -58,6 +70,8 @@ CORE_SETTINGS: dict[str, Setting] = {
     "llm_num_ctx": Setting("ASSISTANT_LLM_NUM_CTX", 8192, int, minimum=512),
     "llm_timeout": Setting("ASSISTANT_LLM_TIMEOUT", 120.0, float, minimum=0.1),
     "llm_keep_alive": Setting("ASSISTANT_LLM_KEEP_ALIVE", "30m"),
+    "tool_calling": Setting("ASSISTANT_TOOL_CALLING", "auto", check=_tool_calling_mode,
+                            allowed=" | ".join(TOOL_CALLING_MODES)),
     "max_tool_rounds": Setting("ASSISTANT_MAX_TOOL_ROUNDS", 4, int, minimum=1),
     "db_path": Setting("ASSISTANT_DB", None, Path),
 }
@@ -79,6 +93,8 @@ class Settings:
     llm_num_ctx: int = 8192
     llm_timeout: float = 120.0
     llm_keep_alive: str = "30m"
+    #: How models are offered tools: auto (per model, from its template), native or structured.
+    tool_calling: str = "auto"
     max_tool_rounds: int = 4
     db_path: Path | None = None
     #: Each tool model's source, by the model's variable (ASSISTANT_SENTIMENT_MODEL, ...).

@@ -55,18 +55,21 @@ def llm_checks(settings: Settings) -> list[Check]:
                             f"`ollama pull {model}` (or set ASSISTANT_LLM_MODEL)"))
         return checks
     checks.append(Check("LLM model", OK, f"{model} is pulled"))
-    if status.tool_calling == "native":
-        checks.append(Check("Tool calling", OK, f"{model} supports native tool calling"))
-    elif status.tool_calling == "json-fallback":
-        checks.append(Check("Tool calling", WARN,
-                            f"{model} has no native tool calling; tools are chosen by a JSON "
-                            "prompt instead (less reliable)",
-                            "use a tool-capable model: `ollama pull llama3.1:8b` and "
-                            "ASSISTANT_LLM_MODEL=llama3.1:8b"))
-    else:
+    reason = status.tool_calling_reason
+    if status.tool_calling == "unknown":
         checks.append(Check("Tool calling", WARN,
                             "unknown: this Ollama does not report model capabilities; it is "
                             "detected on the first reply", "update Ollama (0.6.4 or later)"))
+    elif status.tool_calling == "native":
+        checks.append(Check("Tool calling", OK, f"{model}: native tool calling ({reason})"))
+    elif status.native_tools is False:
+        checks.append(Check("Tool calling", WARN,
+                            f"{model} has no native tool calling; tools are chosen by a "
+                            "structured decision (JSON schema) instead, which weak models make less well",
+                            "use a tool-capable model: `ollama pull llama3.1:8b` and "
+                            "ASSISTANT_LLM_MODEL=llama3.1:8b"))
+    else:  # a template that writes the tools into the last message, or the setting
+        checks.append(Check("Tool calling", OK, f"{model}: structured decision ({reason})"))
     return checks
 
 

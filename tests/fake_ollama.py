@@ -9,7 +9,11 @@ Use the ``fake_ollama`` fixture (registered for every test by ``tests/conftest.p
 
 Endpoints: ``GET /api/version``, ``GET /api/tags``, ``POST /api/show`` (with ``capabilities``),
 ``POST /api/chat`` (streamed NDJSON or one JSON; ``tools``; ``message.tool_calls``; an empty
-``messages`` list loads the model like Ollama does). Failure modes: an unknown model answers
+``messages`` list loads the model like Ollama does; a request of system messages alone is answered
+at once, without using the script: the agent's warm-up). Each model's chat template is
+``templates[name]`` (default ``{{ .Prompt }}``, which says nothing of tools). Like Ollama's prompt
+cache, ``prompt_eval_count`` counts only what a request adds to the previous one of the same model
+(the request's tools and messages as JSON, four characters a token). Failure modes: an unknown model answers
 404 ``model '...' not found``; a model without the "tools" capability answers 400
 ``... does not support tools`` when tools are sent; :func:`slow` delays a scripted reply.
 Every request is recorded in :attr:`FakeOllama.requests`.
@@ -18,6 +22,7 @@ Every request is recorded in :attr:`FakeOllama.requests`.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import threading
@@ -75,6 +80,8 @@ class Request:
     method: str
     path: str
     body: dict[str, Any]
+    #: For a chat request: the tokens it added to the previous request's prompt (as answered).
+    prompt_eval_count: int | None = None
 
 
 class FakeOllama(LocalHTTPServer):
@@ -83,14 +90,19 @@ class FakeOllama(LocalHTTPServer):
     def __init__(self, models: dict[str, list[str]] | None = None) -> None:
         #: Pulled models and their capabilities (names as Ollama lists them, with a tag).
         self.models = dict(models if models is not None else {"llama3.1:8b": TOOLS, "llama3:latest": NO_TOOLS})
+        #: Chat templates by model name (what /api/show reports); others get ``{{ .Prompt }}``.
+        self.templates: dict[str, str] = {}
         self.script: list[Scripted] = []
         self.requests: list[Request] = []
+        self._prompts: dict[str, str] = {}  # by model: the previous request's prompt
         self._lock = threading.Lock()
         super().__init__(_handler(self))
 
     def chat_requests(self) -> list[dict[str, Any]]:
-        """Bodies of /api/chat requests that asked for a reply (not the empty warm-up load)."""
-        return [r.body for r in self.requests if r.path == "/api/chat" and r.body.get("messages")]
+        """Bodies of /api/chat requests that asked for a reply (not the warm-up's empty load
+        nor its reading of the system prompt)."""
+        return [r.body for r in self.requests if r.path == "/api/chat" and r.body.get("messages")
+                and not all(m.get("role") == "system" for m in r.body["messages"])]
 
     def model(self, name: str) -> list[str] | None:
         """Capabilities of a pulled model (``llama3`` means ``llama3:latest``), or None."""
@@ -106,6 +118,18 @@ class FakeOllama(LocalHTTPServer):
     def record(self, request: Request) -> None:
         with self._lock:
             self.requests.append(request)
+
+    def evaluate(self, model: str, request: Request) -> int:
+        """The prompt tokens ``request`` adds to the previous prompt of ``model`` (at least 1)."""
+        prompt = json.dumps(request.body.get("tools") or []) + "".join(
+            json.dumps({"role": m.get("role"), "content": m.get("content"), "tool_calls": m.get("tool_calls")},
+                       ensure_ascii=False) for m in request.body.get("messages") or [])
+        with self._lock:
+            previous = self._prompts.get(model, "")
+            shared = len(os.path.commonprefix([previous, prompt]))
+            self._prompts[model] = prompt
+            request.prompt_eval_count = max(1, (len(prompt) - shared) // 4)
+            return request.prompt_eval_count
 
 
 def _handler(fake: FakeOllama) -> type[QuietHandler]:
@@ -127,7 +151,8 @@ def _handler(fake: FakeOllama) -> type[QuietHandler]:
         def do_POST(self) -> None:  # noqa: N802
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
-            fake.record(Request("POST", self.path, body))
+            request = Request("POST", self.path, body)
+            fake.record(request)
             model = str(body.get("model") or body.get("name") or "")
             capabilities = fake.model(model)
             if self.path not in ("/api/show", "/api/chat"):
@@ -135,7 +160,8 @@ def _handler(fake: FakeOllama) -> type[QuietHandler]:
             elif capabilities is None:
                 self.send_json(404, {"error": f"model '{model}' not found"})
             elif self.path == "/api/show":
-                self.send_json(200, {"modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
+                self.send_json(200, {"modelfile": "", "parameters": "",
+                                     "template": fake.templates.get(model if ":" in model else f"{model}:latest", "{{ .Prompt }}"),
                                      "details": {"family": "llama", "parameter_size": "8.0B"},
                                      "model_info": {"llama.context_length": 131072},
                                      "capabilities": capabilities})
@@ -145,9 +171,16 @@ def _handler(fake: FakeOllama) -> type[QuietHandler]:
                 self.send_json(200, {"model": model, "created_at": _now(), "done": True,
                                      "done_reason": "load", "message": {"role": "assistant", "content": ""}})
             else:
-                self.chat(model, body)
+                self.chat(model, request)
 
-        def chat(self, model: str, body: dict[str, Any]) -> None:
+        def chat(self, model: str, request: Request) -> None:
+            body = request.body
+            evaluated = fake.evaluate(model, request)
+            if all(m.get("role") == "system" for m in body["messages"]):  # the prompt's start, read once
+                self.send_json(200, {"model": model, "created_at": _now(), "done": True, "done_reason": "length",
+                                     "message": {"role": "assistant", "content": ""},
+                                     "prompt_eval_count": evaluated, "eval_count": 1})
+                return
             reply = fake.next_reply()
             if reply.delay:
                 time.sleep(reply.delay)
@@ -158,7 +191,7 @@ def _handler(fake: FakeOllama) -> type[QuietHandler]:
             if reply.tool_calls:
                 message["tool_calls"] = reply.tool_calls
             final = {"model": model, "created_at": _now(), "done": True, "done_reason": "stop",
-                     "total_duration": 1_000_000, "prompt_eval_count": 10, "eval_count": 5}
+                     "total_duration": 1_000_000, "prompt_eval_count": evaluated, "eval_count": 5}
             if not body.get("stream", True):
                 self.send_json(200, {**final, "message": message})
                 return

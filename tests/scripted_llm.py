@@ -18,7 +18,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage
 from pydantic import BaseModel, PrivateAttr
 
-from assistant.llm import LLMStatus, ModelInfo
+from assistant.llm import LLMStatus, ModelInfo, Strategy
 from tools.base import Label, TextTrigger, Tool, ToolContext, ToolResult
 from tools.detection import PhotoDetectionTool
 from tools.registry import ToolRegistry
@@ -81,11 +81,19 @@ class ScriptedLLM:
                 streamed += word + " "
         return answer
 
-    def status(self) -> LLMStatus:
-        mode = {True: "native", False: "json-fallback", None: "unknown"}[self.native_tools]
-        return LLMStatus("scripted", "scripted", True, True, mode)
+    def tool_calling(self) -> Strategy:
+        """Native unless the model is known to have no native tools (``native_tools=False``)."""
+        if self.native_tools is False:
+            return Strategy(False, "the scripted model has no native tool calling")
+        return Strategy(True, "the scripted model calls tools natively")
 
-    def warm_up(self) -> str | None:
+    def status(self) -> LLMStatus:
+        strategy = self.tool_calling()
+        return LLMStatus("scripted", "scripted", True, True, strategy.name, tool_calling_reason=strategy.reason,
+                         native_tools=self.native_tools)
+
+    def warm_up(self, system: Callable[[bool], str] | None = None,
+                tools: Sequence[dict[str, Any]] | None = None) -> str | None:
         self.warmed = True
         return None
 

@@ -66,15 +66,20 @@ def test_a_reply_carries_the_server_s_prompt_token_count(fake_ollama: FakeOllama
 
     fake_ollama.script.append(answer("Hi."))
     reply = OllamaLLM(settings_for(fake_ollama.url, tmp_path)).chat([HumanMessage(content="hi")])
-    assert reply.content == "Hi." and reply.usage_metadata["input_tokens"] == 10
+    (request,) = [r for r in fake_ollama.requests if r.path == "/api/chat"]
+    assert reply.content == "Hi." and reply.usage_metadata["input_tokens"] == request.prompt_eval_count > 1
 
 
 def test_warm_up_and_status(fake_ollama: FakeOllama, tmp_path: Path, agent_for) -> None:
     agent = agent_for(settings_for(fake_ollama.url, tmp_path))
 
     assert agent.warm_up() is None
-    (load,) = [r.body for r in fake_ollama.requests if r.path == "/api/chat"]
+    load, prefix = [r.body for r in fake_ollama.requests if r.path == "/api/chat"]
     assert (load["model"], load["messages"], load["keep_alive"]) == ("llama3.1:8b", [], "30m")
+    # the fixed start of every prompt, read once: the system prompt with the tools (native)
+    assert prefix["messages"] == [{"role": "system", "content": agent.system_prompt(True)}]
+    assert prefix["tools"] == agent.schemas and prefix["options"]["num_predict"] == 1
+    assert prefix["options"]["num_ctx"] == 8192  # the same window: Ollama must not reload the model
     status = agent.llm_status()
     assert (status.reachable, status.model_available, status.tool_calling, status.error) == (True, True, "native", None)
 
@@ -124,7 +129,7 @@ def test_model_that_rejects_tools_falls_back_to_json(fake_ollama: FakeOllama, tm
     assert "format" not in requests[3].body or not requests[3].body["format"]  # the answer is plain text
     result = requests[3].body["messages"][-1]
     assert result["role"] == "user" and result["content"].startswith("[Tool result of sentiment on ")
-    assert agent.llm_status().tool_calling == "json-fallback"
+    assert agent.llm_status().tool_calling == "structured"
     assert "does not support native tool calling" in (agent.warm_up() or "")
 
 
@@ -171,7 +176,7 @@ def test_a_model_per_conversation(fake_ollama: FakeOllama, tmp_path: Path, agent
     assert (reply["model"], other["model"]) == ("llama3:latest", "llama3.1:8b")
     assert not reply.get("format") and not reply.get("tools")  # no native tools, known per model from the list
     assert other["tools"]  # the other conversation's model still calls tools natively
-    assert agent.llm_status("old").tool_calling == "json-fallback" and agent.llm_status("new").tool_calling == "native"
+    assert agent.llm_status("old").tool_calling == "structured" and agent.llm_status("new").tool_calling == "native"
 
     # A restart: the choice is in the database; the new process learns again what llama3 can do.
     again = agent_for(settings)

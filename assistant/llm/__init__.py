@@ -3,6 +3,7 @@ module (``assistant.llm.ollama``) and imports its client library only when it is
 
 from assistant.llm.base import (DECISION_TOKENS, STATUS_TIMEOUT, ChatLLM, LLMError, LLMStatus, ModelInfo,
                                 ToolsUnsupported, message_text)
+from assistant.llm.strategy import Strategy
 
 __all__ = ["DECISION_TOKENS", "STATUS_TIMEOUT", "ChatLLM", "LLMError", "LLMStatus", "ModelInfo",
-           "ToolsUnsupported", "message_text"]
+           "Strategy", "ToolsUnsupported", "message_text"]

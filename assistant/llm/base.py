@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from langchain_core.messages import AIMessage, BaseMessage
 
 from assistant.errors import LLMError
+from assistant.llm.strategy import Strategy
 
 #: Seconds the status checks (`doctor`, `/model`, warm-up's first probe) wait for the server.
 STATUS_TIMEOUT = 5.0
@@ -27,8 +28,12 @@ class LLMStatus:
     model: str
     reachable: bool
     model_available: bool
-    tool_calling: str  # "native" | "json-fallback" | "unknown"
+    tool_calling: str  # "native" | "structured" | "unknown" (the model's Strategy)
     error: str | None = None
+    #: Why the model is offered tools that way (Strategy.reason).
+    tool_calling_reason: str = ""
+    #: Whether the model has native tool calling at all (None: the server does not say).
+    native_tools: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,13 @@ class ChatLLM(Protocol):
 
     #: The model's name.
     model: str
-    #: True: native tool calling; False: JSON tool selection by prompt; None: not known yet.
+    #: Whether the model has native tool calling at all (None: not known yet).
     native_tools: bool | None
+
+    def tool_calling(self) -> Strategy:
+        """How the model is offered tools: natively, or by a structured decision (decided once
+        per model, from where its chat template writes the tools)."""
+        ...
 
     def chat(self, messages: Sequence[BaseMessage], *, tools: Sequence[dict[str, Any]] | None = None,
              format: dict[str, Any] | None = None, on_token: Callable[[str], None] | None = None,
@@ -67,7 +77,12 @@ class ChatLLM(Protocol):
 
     def status(self) -> LLMStatus: ...
 
-    def warm_up(self) -> str | None: ...
+    def warm_up(self, system: Callable[[bool], str] | None = None,
+                tools: Sequence[dict[str, Any]] | None = None) -> str | None:
+        """Check the server and load the model; one sentence if something is wrong. With
+        ``system`` (the system prompt for native tool calling or not) the model also reads the
+        fixed start of every prompt once (natively with ``tools``)."""
+        ...
 
     def with_model(self, model: str) -> ChatLLM:
         """The same server's client of another model."""

@@ -16,6 +16,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from assistant.config import Settings
 from assistant.llm.base import (DECISION_TOKENS, STATUS_TIMEOUT, ChatLLM, LLMError, LLMStatus, ModelInfo,
                                 ToolsUnsupported, message_text)
+from assistant.llm.strategy import Strategy, choose
 
 #: Guards making a model's client (OllamaLLM.with_model).
 _CLIENTS_LOCK = threading.Lock()
@@ -35,8 +36,11 @@ class OllamaLLM:
         self.num_ctx = settings.llm_num_ctx
         self.timeout = settings.llm_timeout
         self.keep_alive = settings.llm_keep_alive
+        #: Whether the model has native tool calling (Ollama's capabilities; None: not known yet).
         self.native_tools: bool | None = None
-        self._chat_models: dict[bool, Any] = {}  # by "structured": decisions are kept short
+        self._template: str | None = None  # its chat template, once /api/show answered
+        self._strategy: Strategy | None = None  # decided once, from the template and capabilities
+        self._chat_models: dict[int | None, Any] = {}  # by num_predict: decisions are kept short
         self._lock = threading.Lock()
         #: Every model's client on this server, by model name (shared by all of them).
         self._clients = {} if _clients is None else _clients
@@ -60,33 +64,56 @@ class OllamaLLM:
             names = sorted(str(item.model) for item in client.list().models if item.model)
             infos = []
             for name in names:
-                capabilities = client.show(name).capabilities
-                tools = None if capabilities is None else "tools" in capabilities
-                if tools is not None:
-                    self.with_model(name).native_tools = tools
-                infos.append(ModelInfo(name, tools))
+                model = self.with_model(name)
+                model.learn(client.show(name))
+                infos.append(ModelInfo(name, model.native_tools))
         except Exception as exc:  # noqa: BLE001
             raise self.explain(exc) from exc
         return infos
 
-    def _chat(self, structured: bool = False) -> Any:
-        """The ChatOllama (for structured replies: one that stops after :data:`DECISION_TOKENS`),
-        made on first use: importing langchain-ollama takes seconds (it pulls in langsmith),
-        which must not delay an adapter's start."""
+    def learn(self, shown: Any) -> None:
+        """Take in what Ollama's /api/show says of the model (its template and capabilities)."""
+        capabilities = getattr(shown, "capabilities", None)
+        if capabilities is not None:  # Ollama before 0.6.4 does not report capabilities
+            self.native_tools = "tools" in capabilities
         with self._lock:
-            if structured not in self._chat_models:
+            self._template = getattr(shown, "template", None) or ""
+            if self._strategy is None:
+                self._strategy = choose(self.settings.tool_calling, self._template,
+                                        None if capabilities is None else list(capabilities))
+
+    def tool_calling(self) -> Strategy:
+        """How this model is offered tools, decided once from its template and capabilities
+        (:mod:`assistant.llm.strategy`); asks Ollama the first time. While Ollama cannot be
+        asked: native unless the model is known to lack it (not remembered)."""
+        if self._strategy is None:
+            import ollama
+
+            try:
+                self.learn(ollama.Client(host=self.host, timeout=STATUS_TIMEOUT).show(self.model))
+            except Exception:  # noqa: BLE001 - the request that follows reports the problem
+                return choose(self.settings.tool_calling, None,
+                              None if self.native_tools is None else ["tools"] if self.native_tools else [])
+        assert self._strategy is not None  # learn() decided it
+        return self._strategy
+
+    def _chat(self, num_predict: int | None = None) -> Any:
+        """The ChatOllama that writes at most ``num_predict`` tokens (structured replies stop
+        after :data:`DECISION_TOKENS`), made on first use: importing langchain-ollama takes
+        seconds (it pulls in langsmith), which must not delay an adapter's start."""
+        with self._lock:
+            if num_predict not in self._chat_models:
                 from langchain_ollama import ChatOllama
 
-                self._chat_models[structured] = ChatOllama(
-                    model=self.model, base_url=self.host, num_ctx=self.num_ctx,
-                    num_predict=DECISION_TOKENS if structured else None,
+                self._chat_models[num_predict] = ChatOllama(
+                    model=self.model, base_url=self.host, num_ctx=self.num_ctx, num_predict=num_predict,
                     keep_alive=self.keep_alive, client_kwargs={"timeout": self.timeout})
-            return self._chat_models[structured]
+            return self._chat_models[num_predict]
 
     def chat(self, messages: Sequence[BaseMessage], *, tools: Sequence[dict[str, Any]] | None = None,
              format: dict[str, Any] | None = None, on_token: Callable[[str], None] | None = None,
              cancel: threading.Event | None = None) -> AIMessage:
-        runnable = self._chat(structured=format is not None)
+        runnable = self._chat(DECISION_TOKENS if format is not None else None)
         if tools:
             runnable = runnable.bind_tools(list(tools))
         options = {"format": format} if format else {}
@@ -103,6 +130,7 @@ class OllamaLLM:
             error = self.explain(exc)
             if isinstance(error, ToolsUnsupported):
                 self.native_tools = False
+                self._strategy = Strategy(False, "Ollama rejected tools for it (no native tool calling)")
             raise error from exc
         if full is None:
             return AIMessage(content="")
@@ -112,7 +140,7 @@ class OllamaLLM:
                          usage_metadata=full.usage_metadata)  # the server's token counts
 
     def status(self) -> LLMStatus:
-        """Ask Ollama whether it is up, has the model, and whether the model can call tools."""
+        """Ask Ollama whether it is up, has the model, and how the model is offered tools."""
         import ollama
 
         client = ollama.Client(host=self.host, timeout=STATUS_TIMEOUT)
@@ -121,19 +149,25 @@ class OllamaLLM:
         try:
             client.list()
             status.reachable = True
-            capabilities = client.show(self.model).capabilities
+            shown = client.show(self.model)
         except Exception as exc:  # noqa: BLE001
             status.error = str(self.explain(exc))
             return status
         status.model_available = True
-        if capabilities is not None:  # Ollama before 0.6.4 does not report capabilities
-            self.native_tools = "tools" in capabilities
-            status.tool_calling = self._tool_mode()
+        self.learn(shown)
+        strategy = self.tool_calling()
+        status.tool_calling, status.tool_calling_reason = self._tool_mode(), strategy.reason
+        status.native_tools = self.native_tools
         return status
 
-    def warm_up(self) -> str | None:
+    def warm_up(self, system: Callable[[bool], str] | None = None,
+                tools: Sequence[dict[str, Any]] | None = None) -> str | None:
         """Check Ollama and load the model (kept for ``keep_alive``); one sentence if something is wrong.
 
+        With ``system`` (the system prompt the agent sends, for native tool calling or not):
+        the model also reads the fixed start of every prompt once — the system prompt, and for
+        native tool calling the ``tools`` with it — in a request that writes one token, so that
+        the first message of a session reads only its own tokens (Ollama keeps the prefix).
         Also makes the ChatOllama, so that an adapter warming up in the background has the
         first reply's imports done too."""
         import ollama
@@ -146,11 +180,26 @@ class OllamaLLM:
             # An empty chat loads the model without generating anything.
             ollama.Client(host=self.host, timeout=self.timeout).chat(
                 model=self.model, messages=[], keep_alive=self.keep_alive)
+            if system is not None:
+                self.read_prefix(system, tools)
         except Exception as exc:  # noqa: BLE001
             return str(self.explain(exc))
         if self.native_tools is False:
             return self.no_tools_note()
         return None
+
+    def read_prefix(self, system: Callable[[bool], str], tools: Sequence[dict[str, Any]] | None) -> int | None:
+        """Have the model read the system prompt (and, natively, the tools) once, through the
+        same ChatOllama path as every later request so the prompt is the same to the token;
+        returns how many prompt tokens Ollama evaluated (``prompt_eval_count``)."""
+        native = self.tool_calling().native
+        runnable = self._chat(1)
+        if native and tools:
+            runnable = runnable.bind_tools(list(tools))
+        from langchain_core.messages import SystemMessage
+
+        reply = runnable.invoke([SystemMessage(content=system(native))])
+        return (reply.usage_metadata or {}).get("input_tokens")
 
     def no_tools_note(self) -> str:
         return (f"The model {self.model} does not support native tool calling, so tools are chosen "
@@ -186,4 +235,5 @@ class OllamaLLM:
         return LLMError(f"Ollama failed: {exc.__class__.__name__}: {exc}")
 
     def _tool_mode(self) -> str:
-        return {True: "native", False: "json-fallback", None: "unknown"}[self.native_tools]
+        """``native``, ``structured``, or ``unknown`` while Ollama has not said."""
+        return self._strategy.name if self._strategy is not None else "unknown"
