@@ -109,7 +109,7 @@ def test_two_tools_in_one_round(make_agent, tools: ToolRegistry, photo: Path) ->
     agent = make_agent(llm)
     image = attach(agent, "c", photo, "image")
 
-    reply = agent.respond(Turn("c", "милый котик", [image]))
+    reply = agent.respond(Turn("c", "милый котик, правда?", [image]))
 
     assert reply.text == "Done." and len(llm.calls) == 2
     results = tool_messages(llm.calls[1].messages)
@@ -133,7 +133,7 @@ def test_a_crashing_tool_is_reported_not_raised(make_agent) -> None:
     llm = ScriptedLLM([call_tools(("sentiment", {"text": "a"})), say("The tool failed.")])
     agent = make_agent(llm, ToolRegistry([broken]))
 
-    reply = agent.respond(Turn("c", "a"))
+    reply = agent.respond(Turn("c", "judge a"))
 
     assert reply.text == "The tool failed."
     error = json.loads(tool_messages(llm.calls[1].messages)[-1].content)["error"]
@@ -278,7 +278,7 @@ def test_json_fallback_answers_an_analysed_attachment_at_once(make_agent, tools:
     image = attach(agent, "c", photo, "image")
     seen: list[tuple[str, object]] = []
 
-    reply = agent.respond(Turn("c", "прекрасно", [image]), on_token=lambda t: seen.append(("token", t)),
+    reply = agent.respond(Turn("c", "прекрасно, правда?", [image]), on_token=lambda t: seen.append(("token", t)),
                           on_results=lambda results, heard: seen.append(("results", list(results))))
 
     assert [c.format for c in llm.calls] == [None, None] and all(c.tools is None for c in llm.calls)
@@ -372,7 +372,7 @@ def test_unexpected_llm_failure_is_a_reply_not_an_exception(make_agent) -> None:
 
 def test_memory_survives_a_new_agent_and_reset_forgets(make_agent, tools: ToolRegistry, photo: Path) -> None:
     first = make_agent(ScriptedLLM([call_tools(("sentiment", {"text": "мне нравится"})), say("Позитивно.")]))
-    first.respond(Turn("c", "мне нравится"))
+    first.respond(Turn("c", "Какой тон: мне нравится"))
 
     llm = ScriptedLLM([say("Вы спрашивали про «мне нравится»."), say("Новый разговор.")])
     second = make_agent(llm)  # a fresh agent on the same database, as after a restart
@@ -381,7 +381,7 @@ def test_memory_survives_a_new_agent_and_reset_forgets(make_agent, tools: ToolRe
 
     assert [type(m).__name__ for m in history] == ["SystemMessage", "HumanMessage", "AIMessage", "ToolMessage",
                                                    "AIMessage", "HumanMessage"]
-    assert history[1].content == "мне нравится" and history[4].content == "Позитивно."
+    assert history[1].content == "Какой тон: мне нравится" and history[4].content == "Позитивно."
     assert history[3].tool_call_id == history[2].tool_calls[0]["id"]
 
     second.reset("c")

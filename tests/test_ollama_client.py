@@ -109,25 +109,27 @@ def test_model_not_pulled(fake_ollama: FakeOllama, tmp_path: Path, agent_for) ->
     assert status.reachable and not status.model_available
 
 
-def test_model_that_rejects_tools_falls_back_to_json(fake_ollama: FakeOllama, tmp_path: Path,
-                                                     agent_for) -> None:
+def test_model_without_tools_gets_the_structured_decision(fake_ollama: FakeOllama, tmp_path: Path,
+                                                          agent_for) -> None:
+    """Ollama says llama3 has no tools capability: no request offers it tools (none is
+    rejected); a decision constrained by a JSON schema, then a plain answer."""
     agent = agent_for(settings_for(fake_ollama.url, tmp_path, llm_model="llama3"))
     fake_ollama.script += [answer('{"tool_calls": [{"name": "sentiment", "arguments": {"text": "супер"}}]}'),
                            answer('{"tool_calls": []}'), answer("Позитивно."),
                            answer('{"tool_calls": []}'), answer("Ещё раз.")]
 
-    first = agent.respond(Turn("c", "Это позитивно? супер"))  # the first request with tools is rejected (400)
+    first = agent.respond(Turn("c", "Это позитивно? супер"))
     second = agent.respond(Turn("c", "А это позитивно?"))
 
-    assert first.text == "Позитивно." and "does not support native tool calling" in first.notes[0]
+    assert (first.text, first.notes) == ("Позитивно.", [])
     assert second.text == "Ещё раз." and second.notes == []
     requests = [r for r in fake_ollama.requests if r.path == "/api/chat"]
-    assert requests[0].body["tools"] and not any(r.body.get("tools") for r in requests[1:])
-    decision = requests[1].body["format"]  # Ollama's structured outputs: a JSON schema
+    assert not any(r.body.get("tools") for r in requests)
+    decision = requests[0].body["format"]  # Ollama's structured outputs: a JSON schema
     names = [call["properties"]["name"]["enum"] for call in decision["properties"]["tool_calls"]["items"]["anyOf"]]
-    assert names == [["sentiment"]] and requests[1].body["options"]["num_predict"] == DECISION_TOKENS
-    assert "format" not in requests[3].body or not requests[3].body["format"]  # the answer is plain text
-    result = requests[3].body["messages"][-1]
+    assert names == [["sentiment"]] and requests[0].body["options"]["num_predict"] == DECISION_TOKENS
+    assert "format" not in requests[2].body or not requests[2].body["format"]  # the answer is plain text
+    result = requests[2].body["messages"][-1]
     assert result["role"] == "user" and result["content"].startswith("[Tool result of sentiment on ")
     assert agent.llm_status().tool_calling == "structured"
     assert "does not support native tool calling" in (agent.warm_up() or "")
@@ -182,8 +184,9 @@ def test_a_model_per_conversation(fake_ollama: FakeOllama, tmp_path: Path, agent
     again = agent_for(settings)
     fake_ollama.script += [answer("Still the old model.")]
     reply = again.respond(Turn("old", "and now?"))
-    assert reply.text == "Still the old model." and "does not support native tool calling" in reply.notes[0]
+    assert reply.text == "Still the old model."
     assert {r["model"] for r in fake_ollama.chat_requests()[2:]} == {"llama3:latest"}
+    assert not any(r.get("tools") for r in fake_ollama.chat_requests()[2:])  # learnt from /api/show
     assert (again.model_of("old"), again.model_of("new")) == ("llama3:latest", "llama3.1:8b")
     again.reset("old")
     assert again.model_of("old") == "llama3:latest"  # /reset forgets the conversation, not its model

@@ -1,5 +1,7 @@
-"""The tool decision of a model without native tool calling: a JSON object its server's
-structured outputs enforce, offering only the calls that could add something."""
+"""The tool decision of a model offered tools by a structured decision (no native tool calling,
+or a template that writes the tools into the last user message): a JSON object its server's
+structured outputs enforce, offering only the calls that could add something; and which of a
+model's own calls could not add anything (:func:`needless`)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage
 
 from assistant.attachments import Attachment
+from assistant.turn.checks import normalised
 from tools.base import ATTACHMENT_ARGUMENT
 from tools.registry import ToolRegistry
 
@@ -16,6 +19,21 @@ from tools.registry import ToolRegistry
 DECISION_ATTACHMENTS = 32
 #: The most calls one decision may make.
 MAX_DECIDED_CALLS = 4
+
+
+def needless(call_name: str, args: Mapping[str, Any], tools: ToolRegistry, asked: str,
+             earlier: Iterable[BaseMessage]) -> bool:
+    """Whether a call the model made cannot add anything, so it is not run (a model offered
+    tools natively calls one on "thanks"): a tool on an attachment it analysed in an
+    ``earlier`` turn (the result is in the conversation), or a tool of the text alone on the
+    user's own message ``asked`` when that message does not ask what it measures."""
+    target = args.get(ATTACHMENT_ARGUMENT)
+    if isinstance(target, str):
+        return any(call["name"] == call_name and call["args"].get(ATTACHMENT_ARGUMENT) == target
+                   for message in earlier if isinstance(message, AIMessage) for call in message.tool_calls)
+    text = next((value for value in args.values() if isinstance(value, str)), None)
+    return (text is not None and normalised(text) == normalised(asked)
+            and not tools.get(call_name).asked_for(asked))
 
 
 def offers(tools: ToolRegistry, schemas: Sequence[dict[str, Any]], text: str,

@@ -88,6 +88,7 @@ class TurnLoop:
                 return fallback.cancelled_reply(state, "\n\n".join([*said, stream.shown.strip()]).strip(),
                                                 llm_used=True)
             read = self.read(answer)
+            dropped = self.drop_needless(read)
             failed = checks.first_failure(read.words, self.context())
             stream.finish("" if failed else read.words)
             if offer_tools and (read.calls or read.problems):
@@ -103,7 +104,7 @@ class TurnLoop:
                 break
             if not retried:  # empty, markup, call- or result-shaped: once more, in plain words
                 retried, offer_tools = True, False
-                self.instruct("plain_answer")
+                self.instruct("no_tool" if dropped else "plain_answer")
                 continue
             if said:
                 break
@@ -123,12 +124,14 @@ class TurnLoop:
 
     def ask(self, llm: ChatLLM, offer_tools: bool, stream: Streamer) -> AIMessage:
         """One answer of the model. Every request of a turn has the same system prompt and
-        tools (so the model's prompt cache holds); a model without native tools first makes
-        a structured decision (JSON schema enforced by its server), then answers in plain text.
+        tools (so the model's prompt cache holds); a model offered tools by a structured
+        decision (no native tools, or a template that writes the tools into the last user
+        message: :meth:`ChatLLM.tool_calling`) first makes that decision (JSON schema enforced
+        by its server), then answers in plain text with the same prefix.
         When tools were already routed or no call could add something (:func:`decision.offers`),
         that model answers at once (its words stream without waiting for a decision; a call it
         writes still runs)."""
-        if llm.native_tools is not False:
+        if llm.tool_calling().native:
             try:
                 return self.request(llm, self.prompt.build(llm.model, native=True), native=True,
                                     tools=self.tool_prompt.schemas, on_token=stream.feed)
@@ -151,6 +154,16 @@ class TurnLoop:
         answer = llm.chat(messages, cancel=self.state.cancel, **options)
         self.prompt.learn(llm.model, messages, native, answer)
         return answer
+
+    def drop_needless(self, read: Answer) -> bool:
+        """The model's calls that cannot add anything (:func:`decision.needless`) are dropped,
+        not run; True when some were (the model is then asked to answer without tools)."""
+        earlier = [m for stored in self.state.history for m in stored.messages]
+        kept = [call for call in read.calls
+                if not decision.needless(call.name, call.args, self.tools, self.state.asked, earlier)]
+        dropped = len(kept) < len(read.calls)
+        read.calls = kept
+        return dropped
 
     def decision_schema(self) -> dict[str, Any] | None:
         """The schema of a tool decision now (None: nothing could add something)."""
