@@ -3,10 +3,15 @@ plain LangChain tool loop, on the same scripted turns, in one run.
 
 Per model and loop: clean replies %, grounded % (result line right; the model's own words
 state the top result), reply language = user language %, model calls per turn, prompt tokens
-evaluated and reused prefix tokens per call (from the server's log), time to first character
+evaluated and reused prefix tokens per call (from the server's log), new prompt tokens per turn
+(median; text turns from the second on, and attachment turns; the first turn's), tools run on
+small talk, the estimated wait before the first word at 30 and at 300 prompt tokens/s (a CPU,
+a laptop GPU: the median turn's new prompt tokens read at that speed), time to first character
 the person sees (of the model's words, or the measured result lines, which channels show as
 soon as the tools have run), also for turns without attachments alone, total time per turn.
-Usage: bench_llm.py [--models NAME ...] [--loops ours plain] [--repeat N]
+``llama3.1:8b`` is Qwen's weights rendered with Ollama's llama3.1 template; loop ``native``
+runs ours with ASSISTANT_TOOL_CALLING=native on it (tools sent natively, as before issue 20).
+Usage: bench_llm.py [--models NAME ...] [--loops ours native plain] [--repeat N]
 (``--repeat 3``: the script three times over in one conversation, which outgrows a 4,096-token
 window: how each loop fares once history must be dropped.)
 """
@@ -25,7 +30,7 @@ from pathlib import Path
 from common import MEDIA, ROOT, SHARED
 
 from tests.model_builders import build_models_dir
-from tests.real_llm import _FILES, QWEN, SMOLLM, start_server
+from tests.real_llm import _FILES, LLAMA31, QWEN, SMOLLM, new_tokens_per_turn, start_server
 
 LEAKS = re.compile(r'<tool_call>|</?\|?im_(start|end)|"(name|arguments|parameters|tool_calls|outputs|labels)"\s*:'
                    r"|\(No answer")
@@ -46,6 +51,8 @@ TURNS = [
     ("Что я сказал в том голосовом сообщении?", None),
     ("Спасибо, пока!", None),
 ]
+#: The turns that need no tool at all.
+SMALL_TALK = {"Привет! Как дела?", "Thanks! What can you do?", "Спасибо, пока!"}
 
 
 def cyrillic(text: str) -> bool:
@@ -58,13 +65,14 @@ def log_entries(log: Path, start: int) -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def run_ours(url: str, model: str, db: Path, log: Path, turns: list[tuple[str, str | None]]) -> list[dict]:
+def run_ours(url: str, model: str, db: Path, log: Path, turns: list[tuple[str, str | None]],
+             tool_calling: str = "auto") -> list[dict]:
     from assistant.agent import build_agent
     from assistant.config import Settings
     from assistant.turns import Turn
 
     settings = Settings.from_env({**os.environ, "OLLAMA_HOST": url, "ASSISTANT_LLM_MODEL": model, "ASSISTANT_DB": str(db),
-                                  "ASSISTANT_LLM_NUM_CTX": "4096"})
+                                  "ASSISTANT_LLM_NUM_CTX": "4096", "ASSISTANT_TOOL_CALLING": tool_calling})
     agent = build_agent(settings)
     agent.warm_up()
     rows = []
@@ -81,7 +89,7 @@ def run_ours(url: str, model: str, db: Path, log: Path, turns: list[tuple[str, s
         reply = agent.respond(Turn("b", text, attachments),
                               on_token=lambda t: seen_now(t.strip()), on_results=seen_now)
         total = time.perf_counter() - start
-        rows.append(dict(text=text, file=file, reply=reply.text, results=reply.results, total=total,
+        rows.append(dict(text=text, file=file, reply=reply.text, results=reply.results, total=total, ours=True,
                          ttft=(first[0] - start) if first else total, calls=log_entries(log, seen)))
     return rows
 
@@ -135,11 +143,26 @@ def run_plain(url: str, model: str, native: bool, log: Path, turns: list[tuple[s
     return rows
 
 
+def new_tokens(row: dict) -> int:
+    """The prompt tokens the server evaluated anew over one turn's requests."""
+    return sum(new for _, new in new_tokens_per_turn(
+        [c for c in row["calls"] if c.get("path") == "/api/chat" and c.get("prompt_tokens") is not None])) or 0
+
+
+def ran_tools(row: dict) -> bool:
+    """Whether a tool ran in the turn: a result line (ours) or a call the model made (the plain
+    loop runs every call)."""
+    return bool(row["results"]) or (not row.get("ours") and any(c.get("tool_calls") for c in row["calls"]))
+
+
 def summarise(rows: list[dict], truth: dict[str, str]) -> dict[str, object]:
     attached = [r for r in rows if r["file"]]
     calls = [c for r in rows for c in r["calls"] if c.get("prompt_tokens") is not None]
     later = [r["ttft"] for r in rows[1:]]
     later_text = [r["ttft"] for r in rows[1:] if not r["file"]]
+    new_text = [new_tokens(r) for r in rows[1:] if not r["file"]]
+    new_attached = [new_tokens(r) for r in attached]
+    new_later = statistics.median(new_tokens(r) for r in rows[1:])
     return {
         "clean %": round(100 * sum(bool(r["reply"].strip()) and not LEAKS.search(r["reply"]) for r in rows) / len(rows)),
         "grounded line %": round(100 * sum(any(_fact(line) == truth[r["file"]] for line in r["results"])
@@ -150,6 +173,13 @@ def summarise(rows: list[dict], truth: dict[str, str]) -> dict[str, object]:
         "calls/turn": round(len(calls) / len(rows), 2),
         "prompt tok/call": round(statistics.mean(c["prompt_tokens"] - c["reused_prefix_tokens"] for c in calls)),
         "reused tok/call": round(statistics.mean(c["reused_prefix_tokens"] for c in calls)),
+        "new tok, turn 1": new_tokens(rows[0]),
+        "new tok/text turn": round(statistics.median(new_text)),
+        "new tok/attachment turn": round(statistics.median(new_attached)),
+        "tools on small talk": f"{sum(ran_tools(r) for r in rows if r['text'] in SMALL_TALK)}"
+                               f"/{sum(r['text'] in SMALL_TALK for r in rows)}",
+        "wait @30 tok/s": f"{new_later / 30:.1f} s",
+        "wait @300 tok/s": f"{new_later / 300:.1f} s",
         "ttft 1st s": round(rows[0]["ttft"], 1),
         "ttft 2+ s": round(statistics.median(later), 1),
         "ttft 2+ text s": round(statistics.median(later_text), 1),
@@ -170,8 +200,8 @@ def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", choices=(QWEN, SMOLLM), default=[QWEN, SMOLLM])
-    parser.add_argument("--loops", nargs="+", choices=("ours", "plain"), default=["ours", "plain"])
+    parser.add_argument("--models", nargs="+", choices=(QWEN, SMOLLM, LLAMA31), default=[QWEN, SMOLLM, LLAMA31])
+    parser.add_argument("--loops", nargs="+", choices=("ours", "native", "plain"), default=["ours", "native", "plain"])
     parser.add_argument("--repeat", type=int, default=1, help="run the scripted turns N times in one conversation")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_llm_"))
@@ -186,17 +216,23 @@ def main() -> None:
     try:
         table = []
         for model in args.models:
-            ours = run_ours(url, model, work / f"{model.replace(':', '_')}.sqlite3", log, TURNS * args.repeat)
-            truth = {r["file"]: _fact(r["results"][0]) for r in ours if r["file"]}
-            loops = [("ours", ours)]
+            slug = model.replace(":", "_")
+            runs = {"ours": lambda: run_ours(url, model, work / f"{slug}.sqlite3", log, TURNS * args.repeat)}
+            if "native" in args.loops and model == LLAMA31:  # as before issue 20: the tools sent natively
+                runs["ours, native"] = lambda: run_ours(url, model, work / f"{slug}-native.sqlite3", log,
+                                                        TURNS * args.repeat, tool_calling="native")
             if "plain" in args.loops:
-                loops.append(("plain LangChain", run_plain(url, model, ":tools" in _FILES[model], log, TURNS * args.repeat)))
-            for name, rows in loops:
+                runs["plain LangChain"] = lambda: run_plain(url, model, ":tools" in _FILES[model], log,
+                                                            TURNS * args.repeat)
+            truth: dict[str, str] = {}
+            for name, run in runs.items():
+                rows = run()
+                truth = truth or {r["file"]: _fact(r["results"][0]) for r in rows if r["file"]}  # ours: first
+                (work / f"{slug}-{name.split()[-1]}.json").write_text(json.dumps(rows, ensure_ascii=False, indent=1))
                 parts = [rows[:len(TURNS)], rows] if args.repeat > 1 else [rows]  # the script once, then all
                 table += [{"model": model, "loop": name, "turns": len(part), **summarise(part, truth)}
                           for part in parts]
-                (work / f"{model.replace(':', '_')}-{name.split()[0]}.json").write_text(
-                    json.dumps(rows, ensure_ascii=False, indent=1))
+                print(json.dumps(table[-1], ensure_ascii=False), file=sys.stderr, flush=True)  # as it comes
         keys = list(table[0])
         print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
         for row in table:

@@ -1,5 +1,7 @@
 """The real-LLM tier: one ``../shared/llm/mini_ollama.py`` server for the whole test session,
-serving two real small instruct models over Ollama's HTTP API (greedy, on a free port).
+serving real small instruct models over Ollama's HTTP API (greedy, on a free port): Qwen and
+SmolLM2 with their own templates, and Qwen's weights as ``llama3.1:8b`` rendered with Ollama's
+llama3.1 template (the product's default model's prompt layout: tools in the last user message).
 
 Under ``CI=true`` a server that cannot start fails the run; elsewhere those tests skip with the
 reason. ``ASSISTANT_TEST_LLM_PYTHON`` is the python with llama-cpp-python and jinja2 (default:
@@ -7,6 +9,7 @@ this one), ``ASSISTANT_TEST_LLM_DIR`` where ``fetch-models`` put the GGUFs."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -19,14 +22,46 @@ from pathlib import Path
 
 import pytest
 
-QWEN, SMOLLM = "qwen2.5-coder:0.5b", "smollm2:135m"
-_FILES = {QWEN: "qwen2.5-coder-0.5b-instruct.gguf:tools", SMOLLM: "smollm2-135m-instruct.gguf"}
+QWEN, SMOLLM, LLAMA31 = "qwen2.5-coder:0.5b", "smollm2:135m", "llama3.1:8b"
+_FILES = {QWEN: "qwen2.5-coder-0.5b-instruct.gguf:tools", SMOLLM: "smollm2-135m-instruct.gguf",
+          LLAMA31: "qwen2.5-coder-0.5b-instruct.gguf:tools"}
+#: Models rendered with one of mini_ollama's built-in Ollama templates instead of their GGUF's.
+_TEMPLATES = {LLAMA31: "llama3.1"}
 
 
 @dataclass
 class RealOllama:
     url: str
     log: Path
+
+    def entries(self, model: str, start: int = 0) -> list[dict]:
+        """The server's log lines of ``model``'s chat requests (from line ``start`` on)."""
+        lines = self.log.read_text(encoding="utf-8").splitlines()[start:] if self.log.exists() else []
+        entries = [json.loads(line) for line in lines if line.strip()]
+        return [e for e in entries if e.get("path") == "/api/chat" and e.get("body", {}).get("model") == model
+                and e.get("prompt_tokens") is not None]
+
+
+def turn_of(entry: dict) -> str:
+    """Which turn a logged request belongs to: the first user message after the last
+    assistant message (the turn's own message; what follows it are tool notes and instructions)."""
+    messages = entry["body"]["messages"]
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
+    return next((str(m.get("content")) for m in messages[last + 1:] if m.get("role") == "user"), "")
+
+
+def new_tokens_per_turn(entries: list[dict]) -> list[tuple[str, int]]:
+    """(the turn's message, prompt tokens evaluated anew over its requests), in order: what
+    the server read beyond the prefix it kept from the request before (Ollama's prompt cache)."""
+    turns: list[tuple[str, int]] = []
+    for entry in entries:
+        new = entry["prompt_tokens"] - entry["reused_prefix_tokens"]
+        key = turn_of(entry)
+        if turns and turns[-1][0] == key:
+            turns[-1] = (key, turns[-1][1] + new)
+        elif key:
+            turns.append((key, new))
+    return turns
 
 
 def _unavailable(reason: str) -> None:
@@ -36,7 +71,7 @@ def _unavailable(reason: str) -> None:
 
 
 def start_server(python: str, server: Path, models: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """mini_ollama with both models on a free port, greedy, logging to ``log``; waits until
+    """mini_ollama with every model on a free port, greedy, logging to ``log``; waits until
     it answers. Raises RuntimeError with its error output when it does not start."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -44,6 +79,8 @@ def start_server(python: str, server: Path, models: Path, log: Path) -> tuple[su
     command = [python, str(server), "--port", str(port), "--greedy", "--log", str(log)]
     for name, file in _FILES.items():
         command += ["--model", f"{name}={models / file}"]
+    for name, template in _TEMPLATES.items():
+        command += ["--template", f"{name}={template}"]
     errors = log.with_suffix(".stderr")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors.open("w"))
     url = f"http://127.0.0.1:{port}"
@@ -68,7 +105,7 @@ def real_ollama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealOllama
     python = os.environ.get("ASSISTANT_TEST_LLM_PYTHON", sys.executable)
     if not server.exists():
         _unavailable(f"{server} not found")
-    missing = [name.split(":")[0] for name in _FILES.values() if not (models / name.split(":")[0]).exists()]
+    missing = sorted({name.split(":")[0] for name in _FILES.values() if not (models / name.split(":")[0]).exists()})
     if missing:
         _unavailable(f"{', '.join(missing)} not in {models} (run ../shared/llm/fetch-models {models})")
     check = subprocess.run([python, "-c", "import llama_cpp, jinja2"], capture_output=True, text=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.real_llm import QWEN, SMOLLM, RealOllama
+from tests.real_llm import LLAMA31, QWEN, SMOLLM, RealOllama, new_tokens_per_turn
 
 #: What must never reach a person: call syntax, call- or result-shaped JSON, chat markup.
 LEAKS = re.compile(r'<tool_call>|</?\|?im_(start|end)|"(name|arguments|parameters|tool_calls|outputs|labels)"\s*:'
@@ -64,3 +64,30 @@ def test_smollm_subset(real_ollama: RealOllama, models_env, media: Path) -> None
     assert any(line.startswith("audio · ") for line in replies[0]["results"])
     assert replies[1]["results"] == []  # small talk: no tool offered, none run again
     assert any(line.startswith("sentiment · ") for line in replies[2]["results"])
+
+
+def test_llama31_template_reads_each_prompt_once(real_ollama: RealOllama, models_env, media: Path) -> None:
+    """Ollama's llama3.1 template (tools in the last user message) gets the structured decision:
+    no tool on small talk, and each turn reads little more than its own words (issue 20)."""
+    start = len(real_ollama.log.read_text(encoding="utf-8").splitlines()) if real_ollama.log.exists() else 0
+    replies = session(real_ollama, LLAMA31, [
+        f"/attach {media / 'images' / 'ext_tabby_cat.jpg'}", "What is in this photo?",
+        "Thanks! Tell me a fun fact about it.",
+        f"/attach {media / 'audio' / 'siren.m4a'}", "What do you hear in this recording?",
+        "How are you today?",
+        "Спасибо, пока!",
+    ])
+    assert len(replies) == 5
+    photo, thanks, audio, small_talk, goodbye = replies
+    assert any(line.startswith("image · ") for line in photo["results"])
+    assert any(line.startswith("audio · ") for line in audio["results"])
+    assert thanks["results"] == small_talk["results"] == goodbye["results"] == []  # no tool run
+    entries = real_ollama.entries(LLAMA31, start)
+    assert entries and not any(entry["body"].get("tools") for entry in entries)
+    turns = new_tokens_per_turn(entries)
+    assert len(turns) == 5, turns
+    text_turns = [new for (_, new), reply in zip(turns, replies) if not reply["results"]]
+    attachment_turns = [new for (_, new), reply in zip(turns, replies) if reply["results"]]
+    # Today's numbers under Ollama's own use of the template: 1,346 and 1,096 (issue 20).
+    assert max(text_turns) <= 300 and sorted(text_turns)[len(text_turns) // 2] <= 150, turns
+    assert max(attachment_turns) <= 700, turns

@@ -43,11 +43,8 @@ class Strategy:
 
     @property
     def name(self) -> str:
+        """``native`` or ``structured`` (what /model and doctor show, with the reason)."""
         return "native" if self.native else "structured"
-
-    def describe(self) -> str:
-        how = "native tool calling" if self.native else "structured decision (tools listed in the system prompt)"
-        return f"{how}: {self.reason}"
 
 
 def tools_placement(template: str | None) -> str | None:
