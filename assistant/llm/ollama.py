@@ -38,7 +38,6 @@ class OllamaLLM:
         self.keep_alive = settings.llm_keep_alive
         #: Whether the model has native tool calling (Ollama's capabilities; None: not known yet).
         self.native_tools: bool | None = None
-        self._template: str | None = None  # its chat template, once /api/show answered
         self._strategy: Strategy | None = None  # decided once, from the template and capabilities
         self._chat_models: dict[int | None, Any] = {}  # by num_predict: decisions are kept short
         self._lock = threading.Lock()
@@ -77,9 +76,8 @@ class OllamaLLM:
         if capabilities is not None:  # Ollama before 0.6.4 does not report capabilities
             self.native_tools = "tools" in capabilities
         with self._lock:
-            self._template = getattr(shown, "template", None) or ""
             if self._strategy is None:
-                self._strategy = choose(self.settings.tool_calling, self._template,
+                self._strategy = choose(self.settings.tool_calling, getattr(shown, "template", None),
                                         None if capabilities is None else list(capabilities))
 
     def tool_calling(self) -> Strategy:
