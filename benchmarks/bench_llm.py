@@ -11,7 +11,7 @@ the person sees (of the model's words, or the measured result lines, which chann
 soon as the tools have run), also for turns without attachments alone, total time per turn.
 ``llama3.1:8b`` is Qwen's weights rendered with Ollama's llama3.1 template; loop ``native``
 runs ours with ASSISTANT_TOOL_CALLING=native on it (tools sent natively, as before issue 20).
-Usage: bench_llm.py [--models NAME ...] [--loops ours native plain] [--repeat N]
+Usage: bench_llm.py [--models NAME ...] [--loops ours native plain] [--repeat N] [--script full|issue20]
 (``--repeat 3``: the script three times over in one conversation, which outgrows a 4,096-token
 window: how each loop fares once history must be dropped.)
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 from common import MEDIA, ROOT, SHARED
 
 from tests.model_builders import build_models_dir
-from tests.real_llm import _FILES, LLAMA31, QWEN, SMOLLM, new_tokens_per_turn, start_server
+from tests.real_llm import _FILES, LLAMA31, QWEN, SMOLLM, start_server
 
 LEAKS = re.compile(r'<tool_call>|</?\|?im_(start|end)|"(name|arguments|parameters|tool_calls|outputs|labels)"\s*:'
                    r"|\(No answer")
@@ -51,8 +51,19 @@ TURNS = [
     ("Что я сказал в том голосовом сообщении?", None),
     ("Спасибо, пока!", None),
 ]
+#: Issue 20's session (``--script issue20``): seven turns, three of them needing no tool.
+ISSUE20_TURNS = [
+    ("What is in this photo?", "images/ext_tabby_cat.jpg"),
+    ("Thanks! Tell me a fun fact about it.", None),
+    ("What do you hear in this recording?", "audio/siren.m4a"),
+    ("Какая тональность у этого отзыва: «Ужасный сервис, больше никогда не приду»?", None),
+    ("How are you today?", None),
+    ("What was in that recording again?", None),
+    ("Спасибо, пока!", None),
+]
 #: The turns that need no tool at all.
-SMALL_TALK = {"Привет! Как дела?", "Thanks! What can you do?", "Спасибо, пока!"}
+SMALL_TALK = {"Привет! Как дела?", "Thanks! What can you do?", "Спасибо, пока!", "How are you today?",
+              "Thanks! Tell me a fun fact about it."}
 
 
 def cyrillic(text: str) -> bool:
@@ -144,9 +155,10 @@ def run_plain(url: str, model: str, native: bool, log: Path, turns: list[tuple[s
 
 
 def new_tokens(row: dict) -> int:
-    """The prompt tokens the server evaluated anew over one turn's requests."""
-    return sum(new for _, new in new_tokens_per_turn(
-        [c for c in row["calls"] if c.get("path") == "/api/chat" and c.get("prompt_tokens") is not None])) or 0
+    """The prompt tokens the server evaluated anew over one turn's requests (beyond the prefix
+    it kept from the request before)."""
+    return sum(c["prompt_tokens"] - c["reused_prefix_tokens"] for c in row["calls"]
+               if c.get("path") == "/api/chat" and c.get("prompt_tokens") is not None)
 
 
 def ran_tools(row: dict) -> bool:
@@ -203,7 +215,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=(QWEN, SMOLLM, LLAMA31), default=[QWEN, SMOLLM, LLAMA31])
     parser.add_argument("--loops", nargs="+", choices=("ours", "native", "plain"), default=["ours", "native", "plain"])
     parser.add_argument("--repeat", type=int, default=1, help="run the scripted turns N times in one conversation")
+    parser.add_argument("--script", choices=("full", "issue20"), default="full",
+                        help="the 14 scripted turns, or issue 20's seven")
     args = parser.parse_args()
+    turns = ISSUE20_TURNS if args.script == "issue20" else TURNS
     work = Path(tempfile.mkdtemp(prefix="bench_llm_"))
     models_dir = build_models_dir(work / "models", SHARED / "models")
 
@@ -217,19 +232,19 @@ def main() -> None:
         table = []
         for model in args.models:
             slug = model.replace(":", "_")
-            runs = {"ours": lambda: run_ours(url, model, work / f"{slug}.sqlite3", log, TURNS * args.repeat)}
+            runs = {"ours": lambda: run_ours(url, model, work / f"{slug}.sqlite3", log, turns * args.repeat)}
             if "native" in args.loops and model == LLAMA31:  # as before issue 20: the tools sent natively
                 runs["ours, native"] = lambda: run_ours(url, model, work / f"{slug}-native.sqlite3", log,
-                                                        TURNS * args.repeat, tool_calling="native")
+                                                        turns * args.repeat, tool_calling="native")
             if "plain" in args.loops:
                 runs["plain LangChain"] = lambda: run_plain(url, model, ":tools" in _FILES[model], log,
-                                                            TURNS * args.repeat)
+                                                            turns * args.repeat)
             truth: dict[str, str] = {}
             for name, run in runs.items():
                 rows = run()
                 truth = truth or {r["file"]: _fact(r["results"][0]) for r in rows if r["file"]}  # ours: first
                 (work / f"{slug}-{name.split()[-1]}.json").write_text(json.dumps(rows, ensure_ascii=False, indent=1))
-                parts = [rows[:len(TURNS)], rows] if args.repeat > 1 else [rows]  # the script once, then all
+                parts = [rows[:len(turns)], rows] if args.repeat > 1 else [rows]  # the script once, then all
                 table += [{"model": model, "loop": name, "turns": len(part), **summarise(part, truth)}
                           for part in parts]
                 print(json.dumps(table[-1], ensure_ascii=False), file=sys.stderr, flush=True)  # as it comes

@@ -43,10 +43,12 @@ class RealOllama:
 
 
 def turn_of(entry: dict) -> str:
-    """Which turn a logged request belongs to: the first user message after the last
-    assistant message (the turn's own message; what follows it are tool notes and instructions)."""
+    """Which turn a logged request belongs to: the first user message after the last answer
+    (an assistant message without tool calls): the turn's own message; what follows it are
+    tool calls, results and instructions."""
     messages = entry["body"]["messages"]
-    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant" and not m.get("tool_calls")),
+               default=-1)
     return next((str(m.get("content")) for m in messages[last + 1:] if m.get("role") == "user"), "")
 
 
