@@ -602,3 +602,21 @@ def test_the_model_reads_what_a_text_tool_judged(make_agent, tools: ToolRegistry
 def test_a_detection_tool_is_asked_for_by_its_trigger() -> None:
     assert PhotoDetectionTool.asked_for("where is the cat?") and PhotoDetectionTool.asked_for("Что на фото?")
     assert not PhotoDetectionTool.asked_for("thanks, bye")
+
+
+def test_a_call_on_an_attachment_analysed_earlier_is_not_run(make_agent, tools: ToolRegistry, photo: Path) -> None:
+    """A question about something already analysed runs no tool: the result is in the
+    conversation; the model is asked to answer at the end of the same prompt."""
+    llm = ScriptedLLM([say("A tabby cat."), call_tools(("image", {"attachment_id": "att_1"})),
+                       say("It was a tabby cat.")])
+    agent = make_agent(llm)
+    image = attach(agent, "c", photo, "image")
+    agent.respond(Turn("c", "What is this?", [image]))
+
+    reply = agent.respond(Turn("c", "What was in that photo again?"))
+
+    assert (reply.text, reply.results) == ("It was a tabby cat.", [])
+    assert len(tools.get("image").calls) == 1  # type: ignore[attr-defined]
+    first, second = llm.calls[1:]
+    assert second.messages[:len(first.messages)] == first.messages
+    assert second.messages[-1].content.startswith("[No tool is needed")
