@@ -15,7 +15,7 @@ from assistant.llm.ollama import OllamaLLM
 from assistant.llm.strategy import LAST_MESSAGE, SYSTEM_BLOCK, choose, tools_placement
 from assistant.turns import Turn
 from tests.fake_ollama import TOOLS, FakeOllama, answer, tool_call
-from tests.test_ollama_client import agent_for, settings_for
+from tests.test_ollama_client import agent_for, settings_for  # noqa: F401 - agent_for: a fixture
 
 TEMPLATES = Path(__file__).parent / "fixtures" / "templates"
 
@@ -60,7 +60,7 @@ def test_decided_once_per_model_from_api_show(fake_ollama: FakeOllama, tmp_path:
     assert forced.tool_calling().native and forced.status().tool_calling == "native"
 
 
-def test_llama3_template_reads_each_prompt_once(fake_ollama: FakeOllama, tmp_path: Path) -> None:
+def test_llama3_template_reads_each_prompt_once(fake_ollama: FakeOllama, tmp_path: Path, agent_for) -> None:
     """Under llama3.1's template: no ``tools`` in any request (they would be re-read in the
     last message of each); the system prompt lists them and is read once, at warm-up; each
     request of a turn extends the previous one (the decision's instruction alone is replaced),
@@ -91,7 +91,8 @@ def test_llama3_template_reads_each_prompt_once(fake_ollama: FakeOllama, tmp_pat
     assert asked[0].prompt_eval_count < warm.prompt_eval_count / 4
 
 
-def test_a_native_model_s_call_on_small_talk_is_not_run(fake_ollama: FakeOllama, tmp_path: Path) -> None:
+def test_a_native_model_s_call_on_small_talk_is_not_run(fake_ollama: FakeOllama, tmp_path: Path,
+                                                        agent_for) -> None:
     """Qwen's template keeps the tools in the system block: native, tools read at warm-up; a
     call of a text tool on the user's own "thanks" is not run, and the model is asked to answer
     at the end of the same prompt."""
