@@ -137,6 +137,10 @@ def test_models_fetch_gets_its_model(bytes_tool: str, tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(registry, "TOOL_PACKAGES", [bytes_tool])  # only it: nothing downloads
     registry._discover.cache_clear()
+    voice = tmp_path / "voice.onnx"  # a local voice file is only checked, not downloaded
+    voice.write_bytes(b"onnx")
+    Path(f"{voice}.json").write_text("{}")
+    monkeypatch.setenv("ASSISTANT_TTS_VOICES", f"en={voice}")
     assert main(["models", "fetch", "--to", str(tmp_path / "fetched")]) == 0
     assert "Fetching the byte counter model from builtin" in capsys.readouterr().out
     assert (tmp_path / "fetched" / "bytes" / "scale.txt").is_file()
