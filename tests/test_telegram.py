@@ -14,8 +14,11 @@ import hashlib
 import logging
 import re
 import shutil
+import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +43,7 @@ from assistant.memory import Memory
 from assistant.config import Settings
 from assistant.session import ViewState
 from assistant.turns import Reply, Turn
+from tests.conftest import ROOT
 from tests.fake_bot_api import BOT_USER, Call, FakeBotAPI, make_user, visible_text
 from tests.fake_ollama import FakeOllama, answer
 from tests.scripted_llm import ScriptedLLM, call_tools, fake_tools, say
@@ -890,6 +894,51 @@ def test_real_agent_without_llm_answers_a_photo(api: FakeBotAPI, media: Path, mo
     assert "forgotten" in reset
     sent_media = api.sent("sendPhoto") + api.sent("sendDocument")
     assert sent_media, "the annotated photo from detection is sent back"
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["Ctrl-C", "Ctrl-C twice"])
+def test_ctrl_c_while_a_tool_works_stops_the_bot_cleanly(api: FakeBotAPI, media: Path, models_env: Path,
+                                                         fake_ollama: FakeOllama, tmp_path: Path,
+                                                         signals: int) -> None:
+    """`assistant telegram` stopped (SIGINT) while the video tool works: the turn stops at the
+    tool's next step and is stored as cancelled, and the process ends normally; a second
+    SIGINT leaves at once (130), the turn then told as interrupted at the next start. A second
+    signal used to abort the process (SIGABRT, a worker thread inside native code at
+    interpreter shutdown)."""
+    fake_ollama.script.append(answer("Cars."))
+    env = {**os.environ, "TELEGRAM_BOT_TOKEN": api.token, "TELEGRAM_API_BASE_URL": api.url,
+           "ASSISTANT_TELEGRAM_ALLOWED_USERS": str(OWNER), "ASSISTANT_TELEGRAM_VOICE": "off",
+           "OLLAMA_HOST": fake_ollama.url}
+    api.message(OWNER, video=media / "video/car_traffic_small.mp4", caption="what happens here?")
+    process = subprocess.Popen([sys.executable, "-m", "assistant", "telegram"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:  # the video tool is at work
+            if list((tmp_path / "outputs").rglob("*.partial.mp4")):
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the video tool never started")
+        for _ in range(signals):
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+        out, err = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    assert process.returncode in ((0,) if signals == 1 else (0, 130)), err[-2000:]
+    assert "terminate called" not in err and "Traceback" not in err
+    memory = Memory(tmp_path / "test.sqlite3")
+    conversation = f"telegram:{OWNER}"
+    if process.returncode == 130:  # left at once: the turn is open, told as interrupted next time
+        assert "Stopped at once" in err
+        assert memory.open_conversations("") == [conversation]
+        return
+    assert memory.open_conversations("") == []  # the turn is closed...
+    (stored,) = memory.turns(conversation)
+    assert "cancelled" in str(stored.messages[-1].content)  # ...as cancelled
 
 
 def test_a_voice_note_is_answered_from_its_words(api: FakeBotAPI, media: Path, shared_models: Path,

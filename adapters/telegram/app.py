@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from telegram import Update
 from telegram.error import InvalidToken, NetworkError
@@ -70,11 +71,14 @@ def run(args: argparse.Namespace, settings: Settings, telegram: TelegramSettings
 
 
 def serve(application: Application, telegram: TelegramSettings) -> int:
-    """Poll until stopped: 0 after Ctrl+C; 2 when Telegram rejects the token (at start, or
+    """Poll until stopped: 0 after Ctrl+C (a turn in progress stops at its next step and
+    stores itself; a second Ctrl+C leaves at once, status 130); 2 when Telegram rejects the token (at start, or
     revoked while running: a supervisor can tell and alert); 1 when the Bot API cannot be
     reached at start."""
     try:
         application.run_polling(allowed_updates=[Update.MESSAGE])
+    except (SystemExit, KeyboardInterrupt):  # a second Ctrl+C (or SIGTERM) while stopping
+        leave_at_once()
     except InvalidToken:
         if not application.bot_data.get(TOKEN_REJECTED):  # at start
             print("assistant telegram: Telegram rejected TELEGRAM_BOT_TOKEN; check it with @BotFather.",
@@ -91,6 +95,18 @@ def serve(application: Application, telegram: TelegramSettings) -> int:
               file=sys.stderr)
         return 2
     return 0
+
+
+def leave_at_once() -> NoReturn:
+    """Leave now, without the interpreter's shutdown, which aborts (SIGABRT) while a turn's
+    worker thread is inside native code (torch, PyAV); that turn is told as interrupted at the
+    next start, and what the outbox holds is sent then."""
+    log.warning("Stopped at once (a second stop signal); a reply in progress is told as "
+                "interrupted at the next start")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def _without_traceback(record: logging.LogRecord) -> bool:

@@ -3,6 +3,7 @@ registered, interrupted turns and kept messages), stop, a token Telegram rejects
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -70,6 +71,10 @@ class TelegramBot:
                     await application.bot.send_message(chat_id, interrupted_notice(text))
 
     async def post_stop(self, application: Application) -> None:
+        """Before the process leaves: every turn still in progress stops at its next step and
+        stores itself (a worker thread still inside native code, torch or PyAV, when the
+        interpreter shuts down aborts the process), then the outbox stops."""
+        await asyncio.to_thread(self.session.stop)
         await self.delivery.stop()
 
     def token_rejected(self) -> None:
