@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
+from adapters.telegram.store import open_store
 from assistant.memory import MIGRATIONS, Memory
 from tests.conftest import ROOT
+from tests.fake_bot_api import FakeBotAPI
 from tests.fake_ollama import answer, slow
 from tests.test_repl import chat, llm_env
 
@@ -230,3 +232,48 @@ def test_an_open_turn_of_a_database_from_before_owners_is_interrupted_after_the_
     assert memory.recover_interrupted("a") == ["left open"]
     assert [t.messages[0].content for t in memory.turns("a")] == ["kept", "left open"]
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+# -- the Telegram bot's tables on a full disk ----------------------------------------------------
+
+@pytest.mark.parametrize("store_made", [True, False], ids=["store up to date", "store to be made"])
+def test_the_telegram_bot_on_a_full_disk(models_env, fake_ollama, tmp_path: Path, store_made: bool) -> None:
+    """An up-to-date store is only read, so the bot starts and serves; a store that must still
+    be made cannot be, and the bot says so in one sentence and exits 2 (it used to rewrite its
+    schema version at every start, and show a traceback)."""
+    path = tmp_path / "test.sqlite3"
+    Memory(path).close()
+    if store_made:
+        open_store(path).close()
+    other = sqlite3.connect(path)  # as in the full-disk test above: the first write fails
+    other.execute("SELECT COUNT(*) FROM turns").fetchone()
+
+    def full_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    with FakeBotAPI() as api:
+        env = {**os.environ, "TELEGRAM_BOT_TOKEN": api.token, "TELEGRAM_API_BASE_URL": api.url,
+               "ASSISTANT_TELEGRAM_ALLOWED_USERS": "1001", "OLLAMA_HOST": fake_ollama.url}
+        process = subprocess.Popen([sys.executable, "-m", "assistant", "telegram"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, preexec_fn=full_disk)
+        try:
+            deadline = time.monotonic() + 120
+            while (time.monotonic() < deadline and process.poll() is None
+                   and not any(call.method == "getUpdates" for call in api.calls)):
+                time.sleep(0.1)
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            other.close()
+
+    assert "Traceback" not in err
+    if store_made:
+        assert process.returncode == 0, err[-2000:]
+        assert "Serving as" in err
+    else:
+        assert process.returncode == 2, err[-2000:]
+        (line,) = err.strip().splitlines()  # one sentence: which file, what, what to do
+        assert line.startswith(f"assistant telegram: The conversation database {path} cannot be written (")
+        assert line.endswith("free some disk space, or make it writable, or set ASSISTANT_DB to a writable place.")

@@ -59,13 +59,13 @@ def run(args: argparse.Namespace, settings: Settings, telegram: TelegramSettings
 
     try:
         agent = build_agent(settings)
+        application = build_application(settings, agent, telegram, allow_all=allow_all)  # its tables
     except StorageError as exc:  # damaged or not writable: it names the file and what to do
         print(f"assistant telegram: {exc}", file=sys.stderr)
         return 2
     note = agent.warm_up()
     if note:
         log.warning("%s", note)
-    application = build_application(settings, agent, telegram, allow_all=allow_all)
     log.info("Telegram bot polling %s (Ctrl+C stops it)", telegram.api_base_url)
     return serve(application, telegram)
 

@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from assistant.database import transaction
+from assistant.database import storage_error, transaction
 
 
 def _move_legacy_usernames(db: sqlite3.Connection) -> None:
@@ -41,12 +41,22 @@ STORE_MIGRATIONS: tuple[tuple[str | Callable[[sqlite3.Connection], None], ...], 
 )
 
 
+def _version(db: sqlite3.Connection) -> int:
+    """The channel's schema version (0 before its first step)."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'telegram_schema'").fetchone():
+        return 0
+    row = db.execute("SELECT version FROM telegram_schema").fetchone()
+    return row[0] if row else 0
+
+
 def migrate_store(db: sqlite3.Connection) -> None:
-    """Bring the channel's tables up to :data:`STORE_MIGRATIONS` (safe with several processes)."""
-    with transaction(db):
+    """Bring the channel's tables up to :data:`STORE_MIGRATIONS` (safe with several processes).
+    An up-to-date store is only read (so the bot starts on a full disk)."""
+    if _version(db) >= len(STORE_MIGRATIONS):
+        return
+    with transaction(db):  # the version is read again under the write lock
         db.execute("CREATE TABLE IF NOT EXISTS telegram_schema (version INTEGER NOT NULL)")
-        row = db.execute("SELECT version FROM telegram_schema").fetchone()
-        version = row[0] if row else 0
+        version = _version(db)
         for step in STORE_MIGRATIONS[version:]:
             for statement in step:
                 if callable(statement):
@@ -59,8 +69,16 @@ def migrate_store(db: sqlite3.Connection) -> None:
 
 def open_store(path: Path | str) -> sqlite3.Connection:
     """The assistant's database (``:memory:`` for a private one), with the channel's tables up
-    to date; one connection, used from the event loop's thread (its queries are small)."""
-    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA busy_timeout=5000")
-    migrate_store(db)
+    to date; one connection, used from the event loop's thread (its queries are small).
+    :class:`StorageError` saying what to do when it cannot be opened or brought up to date."""
+    try:
+        db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise storage_error(path, exc) from exc
+    try:
+        db.execute("PRAGMA busy_timeout=5000")
+        migrate_store(db)
+    except sqlite3.Error as exc:
+        db.close()
+        raise storage_error(path, exc) from exc
     return db
