@@ -1,5 +1,6 @@
 """Run every benchmark script in its own process (so peak memory is per tool) and print
-one table. Usage: ``python benchmarks/run.py [NAME ...]`` (e.g. ``image audio``)."""
+one table. Usage: ``python benchmarks/run.py [NAME ...]`` (e.g. ``image audio``). The long
+session (``soak``, many minutes) runs only when named."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ONLY_WHEN_NAMED = {"soak"}
 
 
 def main(names: list[str]) -> int:
     scripts = sorted(HERE.glob("bench_*.py"))
-    if names:
-        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in names]
+    wanted = set(names) or {s.stem.removeprefix("bench_") for s in scripts} - ONLY_WHEN_NAMED
+    scripts = [s for s in scripts if s.stem.removeprefix("bench_") in wanted]
     failed = 0
     for script in scripts:
         print(f"== {script.stem}", flush=True)
