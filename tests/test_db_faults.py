@@ -21,7 +21,8 @@ from assistant.memory import MIGRATIONS, Memory
 from tests.conftest import ROOT
 from tests.fake_bot_api import FakeBotAPI
 from tests.fake_ollama import answer, slow
-from tests.test_repl import chat, llm_env
+from tests.test_memory import database_of_version
+from tests.test_repl import asking, chat
 
 
 def doctor(env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -188,18 +189,8 @@ def test_doctor_checks_a_sound_database(models_env, tmp_path: Path) -> None:
 
 def test_a_turn_another_process_is_answering_is_not_interrupted(models_env, fake_ollama) -> None:
     fake_ollama.script.append(slow(60, answer("This answer comes later.")))
-    first = subprocess.Popen([sys.executable, "-m", "assistant", "chat", "--conversation", "k"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, cwd=ROOT, env=llm_env(fake_ollama))
+    first = asking(fake_ollama, "Tell me a long story.", "--conversation", "k")
     try:
-        assert first.stdin is not None
-        first.stdin.write("Tell me a long story.\n")
-        first.stdin.flush()
-        deadline = time.monotonic() + 240
-        while not fake_ollama.chat_requests() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert fake_ollama.chat_requests(), "the question never reached the model"
-
         # A second process starts on the same database, and even answers in the conversation.
         second = chat(["hello"], "--no-llm", "--conversation", "k")
         assert second.returncode == 0, second.stderr[-2000:]
@@ -215,12 +206,7 @@ def test_a_turn_another_process_is_answering_is_not_interrupted(models_env, fake
 
 
 def test_an_open_turn_of_a_database_from_before_owners_is_interrupted_after_the_upgrade(tmp_path: Path) -> None:
-    path = tmp_path / "v5.sqlite3"
-    old = sqlite3.connect(path, isolation_level=None)
-    for step in MIGRATIONS[:5]:  # the schema before turns had owners
-        for statement in step:
-            old.execute(statement)
-    old.execute("PRAGMA user_version = 5")
+    old = database_of_version(tmp_path / "v5.sqlite3", 5)  # the schema before turns had owners
     message = '[{"type": "human", "data": {"content": "%s", "type": "human"}}]'
     old.execute("INSERT INTO turns (conversation_id, messages, created, state) VALUES ('a', ?, 0, 'done')",
                 (message % "kept",))
@@ -228,10 +214,10 @@ def test_an_open_turn_of_a_database_from_before_owners_is_interrupted_after_the_
                 (message % "left open",))
     old.close()
 
-    memory = Memory(path)
+    memory = Memory(tmp_path / "v5.sqlite3")
     assert memory.recover_interrupted("a") == ["left open"]
     assert [t.messages[0].content for t in memory.turns("a")] == ["kept", "left open"]
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert sqlite3.connect(tmp_path / "v5.sqlite3").execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
 # -- the Telegram bot's tables on a full disk ----------------------------------------------------

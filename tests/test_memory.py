@@ -188,13 +188,19 @@ def test_conversation_model_is_kept_and_survives_reset(tmp_path: Path) -> None:
     assert reopened.conversation_model("a") is None
 
 
-def test_a_database_of_the_previous_version_upgrades_and_keeps_its_turns(tmp_path: Path) -> None:
-    path = tmp_path / "v3.sqlite3"
+def database_of_version(path: Path, version: int) -> sqlite3.Connection:
+    """A database at ``path`` made with the schema of ``version`` (an older release's), open."""
     old = sqlite3.connect(path, isolation_level=None)
-    for step in MIGRATIONS[:3]:  # the schema before attachments were stored
+    for step in MIGRATIONS[:version]:
         for statement in step:
             old.execute(statement)
-    old.execute("PRAGMA user_version = 3")
+    old.execute(f"PRAGMA user_version = {version}")
+    return old
+
+
+def test_a_database_of_the_previous_version_upgrades_and_keeps_its_turns(tmp_path: Path) -> None:
+    path = tmp_path / "v3.sqlite3"
+    old = database_of_version(path, 3)  # the schema before attachments were stored
     old.execute("INSERT INTO turns (conversation_id, messages, created, state) VALUES (?, ?, 0, 'done')",
                 ("a", '[{"type": "human", "data": {"content": "photo att_1", "type": "human"}}]'))
     old.close()

@@ -39,6 +39,24 @@ def sent_texts(server: FakeOllama) -> list[str]:
     return [str(message.get("content", "")) for message in server.chat_requests()[-1]["messages"]]
 
 
+def asking(server: FakeOllama, line: str, *args: str, timeout: float = 240) -> subprocess.Popen[str]:
+    """`assistant chat` (with ``args``) started with ``line`` sent, once the question has reached
+    the model; the caller ends the process."""
+    process = subprocess.Popen([sys.executable, "-m", "assistant", "chat", *args], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                               env=llm_env(server))
+    assert process.stdin is not None
+    process.stdin.write(f"{line}\n")
+    process.stdin.flush()
+    deadline = time.monotonic() + timeout
+    while not server.chat_requests() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not server.chat_requests():
+        process.kill()
+        raise AssertionError("the question never reached the model")
+    return process
+
+
 def test_text_answer_streams_without_heavy_imports(models_env, fake_ollama) -> None:
     fake_ollama.script.append(answer("Hello! I can look at photos, audio and video for you."))
     result = chat(["Hi there"], env=llm_env(fake_ollama, PYTHONPROFILEIMPORTTIME="1"))
@@ -168,17 +186,8 @@ def test_memory_persists_across_runs(models_env, fake_ollama) -> None:
 def test_ctrl_c_cancels_the_reply_not_the_program(models_env, fake_ollama) -> None:
     fake_ollama.script.append(slow(5, answer("This answer comes far too late.")))
     fake_ollama.script.append(answer("Still here."))
-    process = subprocess.Popen([sys.executable, "-m", "assistant", "chat"], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                               env=llm_env(fake_ollama))
+    process = asking(fake_ollama, "Tell me a long story.")
     try:
-        assert process.stdin is not None
-        process.stdin.write("Tell me a long story.\n")
-        process.stdin.flush()
-        deadline = time.monotonic() + 120
-        while not fake_ollama.chat_requests() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert fake_ollama.chat_requests(), "the question never reached the model"
         process.send_signal(signal.SIGINT)
         out, err = process.communicate("Are you there?\n", timeout=120)
     finally:
