@@ -10,24 +10,11 @@ Model load includes importing ai-edge-litert (TensorFlow is never imported). Res
 
 from __future__ import annotations
 
-import wave
-from pathlib import Path
 
-from common import MEDIA, SHARED, emit, median_ms, repeat_arg, scratch_dir, timed
+from common import MEDIA, SHARED, emit, median_ms, repeat_arg, scratch_dir, timed, write_wav
 
 YAMNET = SHARED / "models" / "yamnet"
 PIANO = MEDIA / "audio" / "librosa_piano_ragtime.ogg"
-
-
-def _write_wav(path: Path, samples, rate: int) -> Path:
-    import numpy as np
-
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
 
 
 def main() -> None:
@@ -44,7 +31,7 @@ def main() -> None:
 
     piano = decode_audio(PIANO)
     ten_seconds = piano[:10 * SAMPLE_RATE]
-    clip = _write_wav(scratch / "piano_10s.wav", ten_seconds, SAMPLE_RATE)
+    clip = write_wav(scratch / "piano_10s.wav", ten_seconds, SAMPLE_RATE)
     store = AttachmentStore()
     clip_id, piano_id = store.register(clip).id, store.register(PIANO).id
     ctx = ToolContext(store, scratch)

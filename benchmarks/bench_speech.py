@@ -15,25 +15,13 @@ Results are JSON lines; ``s_per_speech_s`` is processing seconds per second of a
 
 from __future__ import annotations
 
-import wave
 from pathlib import Path
 
-from common import MEDIA, SHARED, emit, median_ms, repeat_arg, scratch_dir, timed
+from common import MEDIA, SHARED, emit, median_ms, repeat_arg, scratch_dir, timed, write_wav
 
 WHISPER = SHARED / "models" / "whisper-base"
 ENGLISH = MEDIA / "audio" / "librosa_speech_en_female_198-209-0000.ogg"
 RUSSIAN = MEDIA / "audio" / "speech_ru_simple_asr_test_ru.wav"
-
-
-def _write_wav(path: Path, samples, rate: int) -> Path:
-    import numpy as np
-
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
 
 
 def main() -> None:
@@ -53,8 +41,8 @@ def main() -> None:
     while sum(map(len, joined)) < 60 * SAMPLE_RATE:
         joined += [english, pause]
     long_wave = np.concatenate(joined)[:60 * SAMPLE_RATE]
-    clips = {"14s": _write_wav(scratch / "en_14s.wav", english, SAMPLE_RATE),
-             "60s": _write_wav(scratch / "mixed_60s.wav", long_wave, SAMPLE_RATE)}
+    clips = {"14s": write_wav(scratch / "en_14s.wav", english, SAMPLE_RATE),
+             "60s": write_wav(scratch / "mixed_60s.wav", long_wave, SAMPLE_RATE)}
     seconds = {"14s": len(english) / SAMPLE_RATE, "60s": len(long_wave) / SAMPLE_RATE}
 
     tool = SpeechTool(ModelSource(str(WHISPER), "ASSISTANT_SPEECH_MODEL"), device="cpu")

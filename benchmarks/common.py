@@ -84,3 +84,17 @@ def emit(tool: str, **numbers: object) -> None:
     numbers["peak_rss_mb"] = round(peak_rss_mb(), 1)
     print(json.dumps({"tool": tool, **{k: (round(v, 3) if isinstance(v, float) else v)
                                        for k, v in numbers.items()}}, ensure_ascii=False), flush=True)
+
+
+def write_wav(path: Path, samples, rate: int) -> Path:
+    """Mono float samples in [-1, 1] as a 16-bit WAV file."""
+    import wave
+
+    import numpy as np
+
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
