@@ -50,7 +50,10 @@ class Analyzer:
         if not texts:
             return
         try:
-            results = self._loaded("sentiment").classify(texts)
+            tool = self._loaded("sentiment")
+            batched = getattr(tool, "classify", None)  # here; on a tools service, text by text
+            results = batched(texts) if batched else [
+                tool.call({"text": text}, ToolContext(self.store, self.output_dir)) for text in texts]
         except ToolError as exc:
             for text in texts:
                 self._error(text, str(exc))

@@ -18,6 +18,7 @@ from tools.base import ModelSource
 from tools.settings import Setting, read_settings
 from tools.media import MB, megabytes  # noqa: F401 - the one size unit, for adapters
 from tools.registry import model_specs, tool_settings
+from tools import remote
 
 
 
@@ -74,6 +75,11 @@ CORE_SETTINGS: dict[str, Setting] = {
                             allowed=" | ".join(TOOL_CALLING_MODES)),
     "max_tool_rounds": Setting("ASSISTANT_MAX_TOOL_ROUNDS", 4, int, minimum=1),
     "db_path": Setting("ASSISTANT_DB", None, Path),
+    "heavy_jobs": Setting("ASSISTANT_HEAVY_JOBS", 1, int, minimum=1),
+    "tools_url": remote.URL,
+    "tools_token": remote.TOKEN,
+    "remote_tools": remote.REMOTE_TOOLS,
+    "tools_timeout": remote.TIMEOUT,
 }
 
 
@@ -97,6 +103,14 @@ class Settings:
     tool_calling: str = "auto"
     max_tool_rounds: int = 4
     db_path: Path | None = None
+    #: Turns with media analysed at the same time (the heavy-job queue's width).
+    heavy_jobs: int = 1
+    #: A tools service to run the tools on (None: here), its token, which tools go there
+    #: (empty: all) and how long it may stay silent.
+    tools_url: str | None = None
+    tools_token: str | None = None
+    remote_tools: tuple[str, ...] = ()
+    tools_timeout: float = remote.TIMEOUT.default
     #: Each tool model's source, by the model's variable (ASSISTANT_SENTIMENT_MODEL, ...).
     models: Mapping[str, ModelSource] = field(default_factory=dict)
     #: Each tool setting's value, by variable (ASSISTANT_DETECTION_THRESHOLD, ...).

@@ -188,9 +188,11 @@ class Session:
     """One agent as every channel uses it: per-conversation order, turns in worker threads
     with cancel, the heavy-job queue."""
 
-    def __init__(self, agent: Agent, *, heavy_jobs: int = 1) -> None:
+    def __init__(self, agent: Agent, *, heavy_jobs: int | None = None) -> None:
+        """``heavy_jobs``: turns with media at a time (default: the tools' capacity,
+        ASSISTANT_HEAVY_JOBS)."""
         self.agent = agent
-        self.heavy = HeavyQueue(heavy_jobs)
+        self.heavy = HeavyQueue(agent.tools.capacity if heavy_jobs is None else heavy_jobs)
         self._lock = threading.Lock()
         #: Per conversation with someone in line: done when the last one in line has left.
         self._tails: dict[str, Future[None]] = {}

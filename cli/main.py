@@ -20,6 +20,7 @@ examples:
   assistant analyze --text "Отличный проект!"
   assistant telegram                     run the Telegram bot (TELEGRAM_BOT_TOKEN)
   assistant doctor                       check Ollama, the models and the device
+  assistant serve-tools --host 0.0.0.0   run the tools for other machines (ASSISTANT_TOOLS_TOKEN)
   assistant models fetch --to ./models   download every model for offline use
 
 Configuration is by environment variables (ASSISTANT_*, OLLAMA_HOST, TELEGRAM_*);
@@ -75,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     telegram.add_argument("--allow-all", action="store_true",
                           help="serve every Telegram user when ASSISTANT_TELEGRAM_ALLOWED_USERS is unset")
 
+    serve = commands.add_parser(
+        "serve-tools", help="serve the tools over HTTP (for ASSISTANT_TOOLS_URL elsewhere)",
+        description="Run the tools as a service for assistants on other machines "
+                    "(ASSISTANT_TOOLS_URL=http://HOST:PORT there). Without ASSISTANT_TOOLS_TOKEN "
+                    "it serves only this machine (loopback).")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
+    serve.add_argument("--tools", metavar="A,B", help="serve only these tools (default: all)")
+
     commands.add_parser("doctor", help="check Ollama, the models, the device and the database",
                         description="Say what works and what to do about what does not.")
 
@@ -114,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from adapters.repl import run
 
             problems += voice_problems()
+        elif args.command == "serve-tools":
+            from adapters.tools_service.serve import run
         elif args.command == "telegram":
             from adapters.telegram import SETTINGS, run
 

@@ -14,6 +14,7 @@ import pytest
 from assistant.attachments import AttachmentStore
 from assistant.session import HeavyQueue, Session, Throttle, TurnView, split_text
 from assistant.turns import CANCELLED, Reply, Turn
+from tools.registry import ToolRegistry
 
 
 class StubAgent:
@@ -24,6 +25,7 @@ class StubAgent:
         self.started: list[str] = []
         self.finished: list[str] = []
         self._stores: dict[str, AttachmentStore] = {}
+        self.tools = ToolRegistry([])  # the heavy-job queue is as wide as its capacity
 
     def attachments(self, conversation_id: str) -> AttachmentStore:
         return self._stores.setdefault(conversation_id, AttachmentStore())

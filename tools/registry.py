@@ -89,8 +89,10 @@ def _each_once(items: Iterable[T], key: Callable[[T], str]) -> list[T]:
 class ToolRegistry:
     """The built tools an agent or the CLI can call, by name."""
 
-    def __init__(self, tools: Iterable[Tool[Any]]) -> None:
+    def __init__(self, tools: Iterable[Tool[Any]], capacity: int = 1) -> None:
         self._tools = {tool.name: tool for tool in tools}
+        #: How many turns with media these tools take at a time (the heavy-job queue's width).
+        self.capacity = capacity
 
     @classmethod
     def build(cls, sources: Mapping[str, ModelSource], values: Mapping[str, Any],

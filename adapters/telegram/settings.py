@@ -25,7 +25,7 @@ class BotOptions:
     """Timing and capacity knobs (the defaults suit a small machine; tests shorten them)."""
 
     album_wait: float = 1.0  # an album is complete this long after its last message
-    heavy_jobs: int = 1  # turns with media analysed at the same time
+    heavy_jobs: int | None = None  # turns with media at a time (None: ASSISTANT_HEAVY_JOBS)
     draft_interval: float = 0.75  # private chats: at most one draft update this often
     draft_refresh: float = 20.0  # ... and the same draft again this often (drafts last ~30 s)
     edit_interval: float = 3.5  # groups: at most one edit this often (~20 requests a minute)
