@@ -155,20 +155,28 @@ class _Detr:
     def detect(self, image: Any, threshold: float, size: dict[str, int] | None = None
                ) -> list[Detection]:
         """Objects in an RGB image (PIL image or ``H×W×3`` uint8 array), boxes in its pixels."""
+        return self.detect_many([image], threshold, size)[0]
+
+    def detect_many(self, images: list[Any], threshold: float, size: dict[str, int] | None = None
+                    ) -> list[list[Detection]]:
+        """:meth:`detect` for several images of one shape in one forward pass (a tools service
+        batches frames and photos from several calls this way)."""
         import torch
 
-        height, width = image.shape[:2] if hasattr(image, "shape") else (image.height, image.width)
+        first = images[0]
+        height, width = first.shape[:2] if hasattr(first, "shape") else (first.height, first.width)
         extra = {"size": size} if size else {}
-        inputs = self.processor(images=image, return_tensors="pt", **extra).to(self.device)
+        inputs = self.processor(images=images, return_tensors="pt", **extra).to(self.device)
         with torch.inference_mode():
             outputs = self.model(**inputs)
         found = self.processor.post_process_object_detection(
-            outputs, threshold=threshold, target_sizes=[(height, width)])[0]
+            outputs, threshold=threshold, target_sizes=[(height, width)] * len(images))
         names = self.model.config.id2label
-        return [Detection(label=names.get(index, f"class {index}"), score=round(score, 4),
-                          box=[round(value, 1) for value in box])
-                for score, index, box in zip(found["scores"].tolist(), found["labels"].tolist(),
-                                             found["boxes"].tolist())]
+        return [[Detection(label=names.get(index, f"class {index}"), score=round(score, 4),
+                           box=[round(value, 1) for value in box])
+                 for score, index, box in zip(one["scores"].tolist(), one["labels"].tolist(),
+                                              one["boxes"].tolist())]
+                for one in found]
 
 
 class _SharedDetr:

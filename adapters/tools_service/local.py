@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,17 @@ class _NoFile:
 
 
 class LocalBackend:
-    """The tools of ``registry`` (those in ``names``, or all), run in this process."""
+    """The tools of ``registry`` (those in ``names``, or all), run in this process.
+
+    ``batched``: wraps a tool's loaded model in one that takes concurrent calls (Ray Serve's
+    DETR batches); the tools' calls then run side by side instead of one at a time."""
 
     def __init__(self, registry: ToolRegistry, names: Collection[str] = (),
-                 device: str | None = None) -> None:
+                 device: str | None = None, batched: Callable[[Any], Any] | None = None) -> None:
         self.tools = {tool.name: tool for tool in registry if not names or tool.name in names}
+        self.batched = batched
+        self._wrapped: set[str] = set()
+        self._wrapping = threading.Lock()
         self._device_setting = device
         self._device: str | None = None
         self.running = 0  # calls whose tool is still at work (a stopped one until it stops)
@@ -105,12 +111,24 @@ class LocalBackend:
         finally:
             stop.set()
 
+    def _run(self, name: str, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        tool = self.tools[name]
+        if self.batched is None:
+            return tool.call(arguments, ctx)  # one call of a tool at a time
+        params = tool.validate(arguments)
+        with self._wrapping:
+            if name not in self._wrapped:
+                tool.ensure_loaded()
+                tool._model = self.batched(tool._model)  # noqa: SLF001 - what ``run`` uses
+                self._wrapped.add(name)
+        return tool.run(params, ctx)
+
     def _call(self, name: str, arguments: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
         """The result or error event of one call (counted in :attr:`running` while it runs)."""
         with self._count:
             self.running += 1
         try:
-            return {"result": self.tools[name].call(arguments, ctx)}
+            return {"result": self._run(name, arguments, ctx)}
         except ToolError as exc:
             return {"error": exc}
         except Stopped:
@@ -120,6 +138,7 @@ class LocalBackend:
         finally:
             with self._count:
                 self.running -= 1
+
 
 
 def result_files(result: ToolResult) -> dict[str, bytes]:
