@@ -16,7 +16,7 @@ from pathlib import Path
 
 from assistant.config import Settings
 from tools.base import ModelSource, ModelSpec, short_reason
-from tools.registry import model_specs, users_of
+from tools.registry import model_specs, tool_names, users_of
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 
@@ -77,9 +77,50 @@ def llm_checks(settings: Settings) -> list[Check]:
 
 def model_checks(settings: Settings) -> list[Check]:
     """Where each tool's model comes from, and whether it is there (files only; the checks
-    are the tools' own, from their ``ModelSpec``)."""
+    are the tools' own, from their ``ModelSpec``). Models of tools that run on a tools
+    service are that service's business (see :func:`service_checks`)."""
+    remote = set(_remote_tools(settings))
     return [_model_check(", ".join(users_of(spec)), spec, settings.model(spec.variable))
+            if not set(users_of(spec)) <= remote
+            else Check(f"Model: {', '.join(users_of(spec))}", SKIP, "on the tools service")
             for spec in model_specs()]
+
+
+def _remote_tools(settings: Settings) -> list[str]:
+    if not settings.tools_url:
+        return []
+    return list(settings.remote_tools) or tool_names()
+
+
+def service_checks(settings: Settings) -> list[Check]:
+    """With ASSISTANT_TOOLS_URL: the service answers, takes the token, and runs each tool
+    meant to run there."""
+    from tools.base import ToolError
+    from tools.remote import ToolsService
+
+    if not settings.tools_url:
+        return []
+    service = ToolsService(settings.tools_url, settings.tools_token, settings.tools_timeout)
+    try:
+        health = service.health()
+    except ToolError as exc:
+        fix = ("set ASSISTANT_TOOLS_TOKEN to the service's token" if "token" in str(exc)
+               else "start it (`assistant serve-tools` or `serve run deploy/serve.yaml`) or fix "
+                    "ASSISTANT_TOOLS_URL")
+        return [Check("Tools service", FAIL, str(exc), fix)]
+    finally:
+        service.close()
+    token = "token accepted" if settings.tools_token else "no token (loopback)"
+    checks = [Check("Tools service", OK, f"{settings.tools_url}: {token}, device "
+                                         f"{health.get('device')}")]
+    for name in _remote_tools(settings):
+        if name in health.get("tools", []):
+            loaded = "model loaded" if health.get("loaded", {}).get(name) else "loads on first use"
+            checks.append(Check(f"Remote tool: {name}", OK, f"served ({loaded})"))
+        else:
+            checks.append(Check(f"Remote tool: {name}", FAIL, f"not served by {settings.tools_url}",
+                                f"serve it there (`--tools`) or leave it out of ASSISTANT_REMOTE_TOOLS"))
+    return checks
 
 
 def _model_check(tools: str, spec: ModelSpec, source: ModelSource) -> Check:
@@ -186,8 +227,9 @@ def settings_checks(problems: list[str]) -> list[Check]:
 
 def collect(settings: Settings, problems: list[str] | None = None) -> list[Check]:
     """Every check; ``problems`` are the bad settings (each then has its default)."""
-    return [*settings_checks(problems or []), *llm_checks(settings), *model_checks(settings),
-            *voice_checks(settings), device_check(settings), database_check(settings)]
+    return [*settings_checks(problems or []), *llm_checks(settings), *service_checks(settings),
+            *model_checks(settings), *voice_checks(settings), device_check(settings),
+            database_check(settings)]
 
 
 _MARKS = {OK: ("✔", "green"), WARN: ("!", "yellow"), FAIL: ("✘", "red"), SKIP: ("–", "dim")}

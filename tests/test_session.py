@@ -6,6 +6,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -234,3 +235,31 @@ def test_split_text_cuts_lines_then_words() -> None:
     assert split_text("aaa bbb ccc", 7) == ["aaa bbb", "ccc"]
     assert split_text("a" * 10, 4) == ["aaaa", "aaaa", "aa"]
     assert split_text("   ", 10) == []
+
+
+def test_the_heavy_queue_is_as_wide_as_the_tools_capacity(tmp_path: Path) -> None:
+    """ASSISTANT_HEAVY_JOBS (the tools' capacity: a tools service with room for two) lets two
+    turns with media work at once; the third waits first in line."""
+    release = threading.Event()
+    photo = tmp_path / "cat.jpg"
+    photo.write_bytes(b"\xff\xd8\xff fake jpeg")
+
+    def answer(turn, on_token, on_progress, cancel) -> Reply:
+        release.wait(10)
+        return Reply(text="done")
+
+    agent = StubAgent(answer)
+    agent.tools.capacity = 2
+    session = Session(agent)
+    views = {name: TurnView() for name in "abc"}
+    turns = {name: Turn(name, "look", [agent.attachments(name).register(photo, kind="image")])
+             for name in "abc"}
+    jobs = {name: session.start(turns[name], views[name]) for name in "ab"}
+    while len(agent.started) < 2:  # both at work at once
+        time.sleep(0.01)
+    jobs["c"] = session.start(turns["c"], views["c"])
+    while views["c"].state.queued != 1:
+        time.sleep(0.01)
+    assert len(agent.started) == 2
+    release.set()
+    assert [jobs[name].reply.result(10).text for name in "abc"] == ["done"] * 3

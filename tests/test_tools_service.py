@@ -5,6 +5,7 @@ random-weight stand-ins of the others), compared with the same tools run here.""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -275,3 +276,35 @@ def test_serve_tools_refuses_other_interfaces_without_a_token(monkeypatch: pytes
     assert "refusing to serve on 0.0.0.0 without a token" in capsys.readouterr().err
     assert main(["serve-tools", "--tools", "video,nope"]) == 2
     assert "no tool is named nope" in capsys.readouterr().err
+
+
+def test_doctor_checks_the_service_the_token_and_each_remote_tool(
+        models_env: Path, server: Server, fake_ollama: Any, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from assistant import doctor
+
+    monkeypatch.setenv("OLLAMA_HOST", fake_ollama.url)
+    monkeypatch.setenv("ASSISTANT_TOOLS_URL", server.url)
+    monkeypatch.setenv("ASSISTANT_REMOTE_TOOLS", "video,speech")
+    for token in (TOKEN, "wrong"):
+        monkeypatch.setenv("ASSISTANT_TOOLS_TOKEN", token)
+        status = doctor.run(argparse.Namespace(command="doctor"), Settings.from_env())
+        out = capsys.readouterr().out
+        lines = {text.split(":", 1)[0]: text for text in out.splitlines() if text.startswith("[")}
+        if token == TOKEN:
+            assert status == 0, out
+            assert lines["[ok] Tools service"].endswith("token accepted, device cpu")
+            for name in ("video", "speech"):  # loaded if an earlier test called it
+                assert re.search(rf"^\[ok\] Remote tool: {name}: served \((model loaded|loads on first use)\)$",
+                                 out, re.MULTILINE)
+            assert "[skip] Model: speech: on the tools service" in out
+            assert "[ok] Model: detect, video: found at" in out  # detect runs here
+            assert "[ok] Model: image: found at" in out
+        else:
+            assert status == 1
+            assert lines["[fail] Tools service"] == (
+                f"[fail] Tools service: The tools service at {server.url} refused the tools service: "
+                "wrong token (ASSISTANT_TOOLS_TOKEN).")
+            assert "fix: set ASSISTANT_TOOLS_TOKEN to the service's token" in out

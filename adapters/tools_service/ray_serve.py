@@ -47,9 +47,10 @@ class ModelServer:
         self.backend = LocalBackend(build_tools(settings, local=True), names, settings.device,
                                     batched=self._batched_model if "detect" in names else None)
         self.loop: asyncio.AbstractEventLoop | None = None  # the replica's, known once it runs
+        self.detr = {"images": 0, "forward_passes": 0}  # how well the batching works (health)
 
     async def health(self) -> dict[str, Any]:
-        return await self.backend.health()
+        return {**await self.backend.health(), **({"detr": self.detr} if self.detr["images"] else {})}
 
     async def run(self, name: str, arguments: dict[str, Any], attachment_id: str | None,
                   file_name: str, data: bytes | None) -> AsyncIterator[dict[str, Any]]:
@@ -91,6 +92,8 @@ class ModelServer:
             detr, _, threshold, size = requests[indices[0]]
             images = [requests[index][1] for index in indices]
             results = await asyncio.to_thread(detr.detect_many, images, threshold, size)
+            self.detr["images"] += len(images)
+            self.detr["forward_passes"] += 1
             for index, result in zip(indices, results):
                 found[index] = result
         return found
@@ -141,8 +144,9 @@ class _RayBackend:
         answers = await asyncio.gather(*(handle.health.remote() for handle in handles))
         loaded = {name: state for answer in answers for name, state in answer["loaded"].items()}
         devices = sorted({answer["device"] for answer in answers})
+        detr = [answer["detr"] for answer in answers if "detr" in answer]
         return {"loaded": loaded, "device": ", ".join(devices),
-                "running": sum(answer["running"] for answer in answers)}
+                "running": sum(answer["running"] for answer in answers), **({"detr": detr[0]} if detr else {})}
 
     async def run(self, name: str, arguments: dict[str, Any], upload: Upload | None,
                   output_dir: Path) -> AsyncIterator[dict[str, Any]]:
