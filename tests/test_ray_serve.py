@@ -5,16 +5,11 @@ local Ray (2 CPUs, no dashboard, a small object store, loopback), the same clien
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-import yaml
 
 from assistant.attachments import AttachmentStore
 from assistant.config import Settings
@@ -23,13 +18,10 @@ from tools.base import ToolContext, ToolError
 from tools.registry import ToolRegistry
 from tools.remote import RemoteTool, ToolsService
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "ray-test-token"
-PORT = 8000  # the config file's
+from tests.serving import TOKEN, ray_config, start_ray_serve, stop_ray_serve
 
 try:
-    import ray
-    from ray import serve
+    import ray  # noqa: F401
 except ImportError as exc:  # the [serve] extra is not installed
     if os.environ.get("CI") == "true":
         raise RuntimeError("CI=true: the Ray Serve tests need the [serve] extra") from exc
@@ -37,51 +29,12 @@ except ImportError as exc:  # the [serve] extra is not installed
                 allow_module_level=True)
 
 
-def config_for_this_machine(models_dir: Path, folder: Path) -> Path:
-    """deploy/serve.yaml for this machine: loopback, the test models, no GPU, one replica."""
-    config = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
-    config["http_options"]["host"] = "127.0.0.1"
-    app = config["applications"][0]
-    app["runtime_env"]["env_vars"].update(
-        ASSISTANT_MODELS_DIR=str(models_dir), ASSISTANT_TOOLS_TOKEN=TOKEN, ASSISTANT_DEVICE="cpu",
-        ASSISTANT_CACHE_DIR=os.environ["ASSISTANT_CACHE_DIR"], PYTHONPATH=str(ROOT),
-        OMP_NUM_THREADS="1")
-    for deployment in app["deployments"]:
-        deployment["ray_actor_options"].pop("num_gpus", None)
-        if "autoscaling_config" in deployment:
-            deployment["autoscaling_config"]["max_replicas"] = 1
-    path = folder / "serve.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.fixture(scope="module")
 def ray_service(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One local Ray with the tools deployed from the config file; torn down after."""
-    config = config_for_this_machine(models_dir, tmp_path_factory.mktemp("ray"))
-    context = ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024,
-                       namespace="serve", log_to_driver=False, _node_ip_address="127.0.0.1")
-    try:
-        subprocess.run([str(Path(sys.executable).parent / "serve"), "run", "--non-blocking",
-                        "--address", context.address_info["address"], str(config)],
-                       cwd=ROOT, check=True, capture_output=True, timeout=120)
-        url = f"http://127.0.0.1:{PORT}"
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                health = httpx.get(f"{url}/health", headers={"Authorization": f"Bearer {TOKEN}"},
-                                   timeout=5)
-                if health.status_code == 200 and len(health.json()["tools"]) == 6:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Ray Serve did not serve the tools: {serve.status()}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    url = start_ray_serve(ray_config(models_dir, tmp_path_factory.mktemp("ray")))
+    yield url
+    stop_ray_serve()
 
 
 @pytest.fixture(scope="module")

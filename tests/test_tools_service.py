@@ -4,13 +4,7 @@ random-weight stand-ins of the others), compared with the same tools run here.""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,54 +21,7 @@ from tools.base import BadCall, ToolContext, ToolError
 from tools.registry import ToolRegistry
 from tools.remote import Cancelled, RemoteTool, ToolsService
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "test-token-1234"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def service_env(models_dir: Path, tmp: Path, **extra: str) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("ASSISTANT_")}
-    env.update(ASSISTANT_MODELS_DIR=str(models_dir), ASSISTANT_DEVICE="cpu",
-               ASSISTANT_DB=str(tmp / "service.sqlite3"), ASSISTANT_CACHE_DIR=os.environ["ASSISTANT_CACHE_DIR"],
-               ASSISTANT_TOOLS_TOKEN=TOKEN, **extra)
-    return env
-
-
-class Server:
-    """``assistant serve-tools`` in a subprocess, ready when its health answers."""
-
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "serve-tools", "--port", str(self.port), *args],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"serve-tools exited: {self.process.stderr.read().decode()}")
-            try:
-                if httpx.get(f"{self.url}/health", headers={"Authorization": f"Bearer {TOKEN}"},
-                             timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("serve-tools did not start within 60 s")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+from tests.serving import TOKEN, Server, free_port, service_env
 
 
 @pytest.fixture(scope="module")
