@@ -73,9 +73,12 @@ class Server:
                 self.process.wait()
 
 
-def ray_config(models_dir: Path, folder: Path, *, detr_replicas: int | None = None) -> Path:
-    """deploy/serve.yaml for this machine: loopback, the test models, no GPU, at most one replica
-    of each model (``detr_replicas`` of DETR, if given); written into ``folder``."""
+def ray_config(models_dir: Path, folder: Path, *, detr_replicas: int | None = None,
+               threads: int | None = None) -> Path:
+    """deploy/serve.yaml for this machine: loopback, the test models, no GPU, CPU reservations
+    that fit 2 CPUs, at most one replica of each model (``detr_replicas`` of DETR, if given),
+    ``threads`` for PyTorch in each (Ray's default: one per whole CPU reserved, so one);
+    written into ``folder``."""
     import yaml
 
     config: dict[str, Any] = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
@@ -85,8 +88,11 @@ def ray_config(models_dir: Path, folder: Path, *, detr_replicas: int | None = No
         ASSISTANT_MODELS_DIR=str(models_dir), ASSISTANT_TOOLS_TOKEN=TOKEN, ASSISTANT_DEVICE="cpu",
         ASSISTANT_CACHE_DIR=os.environ.get("ASSISTANT_CACHE_DIR", str(folder / "cache")),
         PYTHONPATH=str(ROOT))
+    if threads is not None:
+        app["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] = str(threads)
     for deployment in app["deployments"]:
         deployment["ray_actor_options"].pop("num_gpus", None)
+        deployment["ray_actor_options"]["num_cpus"] = 0.2
         if "autoscaling_config" in deployment:
             deployment["autoscaling_config"]["max_replicas"] = 1
         if deployment["name"] == "detect_video" and detr_replicas is not None:
@@ -109,7 +115,12 @@ def start_ray_serve(config: Path, timeout: float = 180) -> str:
                         "--address", context.address_info["address"], str(config)],
                        cwd=ROOT, check=True, capture_output=True, timeout=120)
         url = "http://127.0.0.1:8000"  # the config file's port
-        wait_healthy(url, TOKEN, timeout, tools=6)
+        try:
+            wait_healthy(url, TOKEN, timeout, tools=6)
+        except RuntimeError as exc:
+            from ray import serve
+
+            raise RuntimeError(f"{exc}: {serve.status()}") from None
         return url
     except BaseException:
         stop_ray_serve()

@@ -83,6 +83,6 @@ def test_the_tools_on_ray_serve_give_what_they_give_here(ray_service: str, local
     for result in results:
         assert result.labels == single.labels  # type: ignore[attr-defined]
 
-    with pytest.raises(ToolError, match="wrong token"):
+    with pytest.raises(ToolError, match="refused the token"):
         RemoteTool(local_tools.get("image"), ToolsService(ray_service, "nope")).call(
             {"attachment_id": photo.id}, ToolContext(store, tmp_path))

@@ -129,13 +129,13 @@ def test_a_file_over_the_services_limit_is_one_clear_sentence(local_tools: ToolR
 
 
 def test_a_wrong_or_missing_token(local_tools: ToolRegistry, server: Server, tmp_path: Path) -> None:
-    for token, word in (("wrong", "wrong"), (None, "no")):
+    for token, word in (("wrong", "is wrong"), (None, "is not set")):
         client = ToolsService(server.url, token)
         with pytest.raises(ToolError) as caught:
             RemoteTool(local_tools.get("sentiment"), client).call({"text": "хорошо"},
                                                                   ToolContext(AttachmentStore(), tmp_path))
-        assert str(caught.value) == (f"The tools service at {server.url} refused the tools service: "
-                                     f"{word} token (ASSISTANT_TOOLS_TOKEN).")
+        assert str(caught.value) == (f"The sentiment tool's service at {server.url} refused the token "
+                                     f"(ASSISTANT_TOOLS_TOKEN {word}).")
 
 
 def test_the_tools_and_health(server: Server, service: ToolsService) -> None:
@@ -190,7 +190,7 @@ def test_a_service_killed_mid_job(local_tools: ToolRegistry, models_dir: Path, m
     finally:
         doomed.stop()
     assert str(caught.value).startswith(f"The video tool's service at {doomed.url} ")
-    with pytest.raises(ToolError, match=f"The tools service at {doomed.url} cannot be reached"):
+    with pytest.raises(ToolError, match=f"The video tool's service at {doomed.url} cannot be reached"):
         RemoteTool(local_tools.get("video"), ToolsService(doomed.url, TOKEN)).call(
             {"attachment_id": clip.id}, ToolContext(store, tmp_path))
 
@@ -211,7 +211,7 @@ def test_a_turn_keeps_what_it_found_when_the_service_is_down(models_env: Path, m
     reply = agent.respond(Turn(conversation_id="c", text="", attachments=[photo, clip]))
     lines = "\n".join(reply.results)
     assert lines.startswith("image · ")
-    assert f"The tools service at {url} cannot be reached (is it running?)." in lines
+    assert f"The video tool's service at {url} cannot be reached (is it running?)." in lines
 
 
 def test_serve_tools_refuses_other_interfaces_without_a_token(monkeypatch: pytest.MonkeyPatch,
@@ -252,6 +252,6 @@ def test_doctor_checks_the_service_the_token_and_each_remote_tool(
         else:
             assert status == 1
             assert lines["[fail] Tools service"] == (
-                f"[fail] Tools service: The tools service at {server.url} refused the tools service: "
-                "wrong token (ASSISTANT_TOOLS_TOKEN).")
+                f"[fail] Tools service: The tools service at {server.url} refused the token "
+                "(ASSISTANT_TOOLS_TOKEN is wrong).")
             assert "fix: set ASSISTANT_TOOLS_TOKEN to the service's token" in out

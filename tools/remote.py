@@ -19,6 +19,7 @@ httpx is imported when the first call is made (this module is imported with the 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 from collections.abc import Iterator, Mapping
@@ -32,6 +33,8 @@ from tools.media import megabytes
 
 if TYPE_CHECKING:
     import httpx
+
+log = logging.getLogger(__name__)
 
 #: Headers of a call with a file: its arguments (ASCII JSON) and the file's name (URL-quoted).
 ARGUMENTS_HEADER = "x-tool-arguments"
@@ -134,18 +137,19 @@ class ToolsService:
                     self.timeout, connect=min(self.timeout, 5.0)))
             return self._client
 
-    def health(self, fresh: bool = False) -> dict[str, Any]:
-        """``GET /health``: the tools served, the models loaded, the device, the file limit."""
+    def health(self, fresh: bool = False, what: str = "the tools service") -> dict[str, Any]:
+        """``GET /health``: the tools served, the models loaded, the device, the file limit
+        (asked once; errors name ``what`` asked)."""
         if self._health is None or fresh:
-            with self._errors("the tools service"):
+            with self._errors(what):
                 response = self.client.get("/health")
-                self._check(response, "the tools service")
+                self._check(response, what)
                 self._health = response.json()
         return self._health
 
     def serves(self, name: str) -> None:
         """:class:`ToolError` unless the service runs the tool ``name``."""
-        if name not in self.health().get("tools", []):
+        if name not in self.health(what=f"the {name} tool").get("tools", []):
             raise ToolError(f"The tools service at {self.url} does not run the {name} tool "
                             f"(it runs: {', '.join(self.health().get('tools', [])) or 'none'}).")
 
@@ -168,9 +172,7 @@ class ToolsService:
             if "error" in event:
                 raise error_from(event)
             result = result_type(tool, event["type"]).model_validate(event["result"])
-            outputs = [str(self._download(event["job"], name, ctx.output_dir))
-                       for name in result.outputs]
-            self._forget(event["job"])
+        outputs = self._fetch(event["job"], result.outputs, ctx.output_dir)
         return result.model_copy(update={"outputs": outputs})
 
     def close(self) -> None:
@@ -203,20 +205,31 @@ class ToolsService:
         raise ToolError(f"The {name} tool's service at {self.url} stopped answering in the middle "
                         "of the job; try again.")
 
+    def _fetch(self, job: str, names: list[str], folder: Path) -> list[str]:
+        """The job's files, downloaded into ``folder``; the result stands without those that
+        could not be fetched (a service that died just now), which are logged."""
+        import httpx
+
+        paths = []
+        try:
+            for name in names:
+                paths.append(str(self._download(job, name, folder)))
+            self.client.delete(f"/jobs/{job}")
+        except (httpx.HTTPError, ToolError) as exc:
+            log.warning("files of job %s at %s not fetched: %s", job, self.url, short_reason(exc))
+        return paths
+
     def _download(self, job: str, name: str, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / name
         partial = target.with_name(target.name + ".part")
         with self.client.stream("GET", f"/jobs/{job}/files/{quote(name)}") as response:
-            self._check(response, "a file of the tools service")
+            self._check(response, "the tools service")
             with partial.open("wb") as out:
                 for chunk in response.iter_bytes():
                     out.write(chunk)
         partial.replace(target)
         return target
-
-    def _forget(self, job: str) -> None:
-        self.client.delete(f"/jobs/{job}")
 
     def _check(self, response: httpx.Response, what: str) -> None:
         """A refused request as one sentence naming ``what`` and the URL."""
@@ -228,11 +241,12 @@ class ToolsService:
         except ValueError:
             body = {"error": response.text.strip()[:200] or f"HTTP {response.status_code}"}
         if response.status_code == 401:
-            raise ToolError(f"The tools service at {self.url} refused {what}: "
-                            f"{'wrong' if self.token else 'no'} token (ASSISTANT_TOOLS_TOKEN).")
+            why = "is wrong" if self.token else "is not set"
+            raise ToolError(f"{_service_of(what)} at {self.url} refused the token "
+                            f"(ASSISTANT_TOOLS_TOKEN {why}).")
         if "kind" in body and response.status_code in (400, 404, 413, 422):
             raise error_from(body)
-        raise ToolError(f"The tools service at {self.url} refused {what}: {body.get('error')}")
+        raise ToolError(f"{_service_of(what)} at {self.url} refused the call: {body.get('error')}")
 
     def _errors(self, what: str) -> Any:
         return _http_errors(self.url, _service_of(what), self.timeout)
@@ -297,7 +311,10 @@ class RemoteTool:
 
     @property
     def loaded(self) -> bool:
-        return bool(self.service.health().get("loaded", {}).get(self.local.name))
+        try:
+            return bool(self.service.health(fresh=True).get("loaded", {}).get(self.local.name))
+        except ToolError:
+            return False
 
     def source(self) -> str:
         return f"{self.service.url} (tools service)"

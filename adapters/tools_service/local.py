@@ -8,6 +8,7 @@ deployments of Ray Serve (each one runs its own tools this way).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
@@ -99,7 +100,8 @@ class LocalBackend:
             except Stopped:
                 return
             if not stop.is_set():
-                loop.call_soon_threadsafe(events.put_nowait, event)
+                with contextlib.suppress(RuntimeError):  # the server stopped meanwhile
+                    loop.call_soon_threadsafe(events.put_nowait, event)
 
         threading.Thread(target=work, name=f"tool {name}", daemon=True).start()
         try:

@@ -47,7 +47,7 @@ class ModelServer:
         self.backend = LocalBackend(build_tools(settings, local=True), names, settings.device,
                                     batched=self._batched_model if "detect" in names else None)
         self.loop: asyncio.AbstractEventLoop | None = None  # the replica's, known once it runs
-        self.detr = {"images": 0, "forward_passes": 0}  # how well the batching works (health)
+        self.detr = {"images": 0, "forward_passes": 0, "largest_batch": 0}  # the batching, in health
 
     async def health(self) -> dict[str, Any]:
         return {**await self.backend.health(), **({"detr": self.detr} if self.detr["images"] else {})}
@@ -94,6 +94,7 @@ class ModelServer:
             results = await asyncio.to_thread(detr.detect_many, images, threshold, size)
             self.detr["images"] += len(images)
             self.detr["forward_passes"] += 1
+            self.detr["largest_batch"] = max(self.detr["largest_batch"], len(images))
             for index, result in zip(indices, results):
                 found[index] = result
         return found
