@@ -192,7 +192,8 @@ class Session:
         """``heavy_jobs``: turns with media at a time (default: the tools' capacity,
         ASSISTANT_HEAVY_JOBS)."""
         self.agent = agent
-        self.heavy = HeavyQueue(agent.tools.capacity if heavy_jobs is None else heavy_jobs)
+        capacity = getattr(agent.tools, "capacity", 1)  # a registry's; 1 for plain tool lists
+        self.heavy = HeavyQueue(capacity if heavy_jobs is None else heavy_jobs)
         self._lock = threading.Lock()
         #: Per conversation with someone in line: done when the last one in line has left.
         self._tails: dict[str, Future[None]] = {}
