@@ -17,9 +17,9 @@ import pytest
 from assistant.attachments import AttachmentStore
 from assistant.config import Settings
 from assistant.runtime import build_tools
-from tools.base import BadCall, ToolContext, ToolError
+from tools.base import BadCall, Cancelled, ToolContext, ToolError
 from tools.registry import ToolRegistry
-from tools.remote import Cancelled, RemoteTool, ToolsService
+from tools.remote import RemoteTool, ToolsService
 
 from tests.serving import TOKEN, Server, free_port, service_env
 
@@ -107,7 +107,10 @@ def test_the_errors_are_those_of_a_local_call(local_tools: ToolRegistry, service
         remote.call({"attachment_id": clip.id}, ctx)
     with pytest.raises(ToolError) as here:
         local_tools.get("video").call({"attachment_id": clip.id}, ctx)
-    assert str(caught.value) == str(here.value)
+    def without_folders(text: str) -> str:  # the file is in a folder of its own there
+        return re.sub(r"'/[^']*/broken.mp4'", "'broken.mp4'", text)
+
+    assert without_folders(str(caught.value)) == without_folders(str(here.value))
 
 
 def test_a_file_over_the_services_limit_is_one_clear_sentence(local_tools: ToolRegistry, service: ToolsService,
@@ -161,7 +164,7 @@ def test_cancel_stops_the_job_on_the_service(local_tools: ToolRegistry, service:
         cancel.set()
 
     remote = RemoteTool(local_tools.get("video"), service)
-    with pytest.raises(Cancelled, match="video was cancelled"):
+    with pytest.raises(Cancelled, match="cancelled by the user while it ran"):
         remote.call({"attachment_id": clip.id, "fps": 30, "max_frames": 60, "threshold": 0.5},
                     ToolContext(store, tmp_path, report, cancel=cancel))
     deadline = time.monotonic() + 30

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from tools.base import (ATTACHMENT_ARGUMENT, BadCall, ModelLoadError, Setting, Tool, ToolContext,
+from tools.base import (ATTACHMENT_ARGUMENT, BadCall, Cancelled, ModelLoadError, Tool, ToolContext,
                         ToolError, ToolResult, short_reason)
+from tools.settings import Setting
 from tools.media import megabytes
 
 if TYPE_CHECKING:
@@ -113,10 +114,6 @@ def result_type(tool: Any, name: str) -> type[ToolResult]:
 
 # -- the client ---------------------------------------------------------------------------
 
-class Cancelled(ToolError):
-    """The turn was cancelled while its tool ran on the service (the job there is stopped)."""
-
-
 class ToolsService:
     """A tools service at ``url``: its health and the tools' calls (thread-safe)."""
 
@@ -194,7 +191,7 @@ class ToolsService:
         cancel) closes the stream, which stops the job on the service."""
         for line in lines:
             if ctx.cancel is not None and ctx.cancel.is_set():
-                raise Cancelled(f"{name} was cancelled.")
+                raise Cancelled()  # as a local run stops; leaving closes the stream
             if not line.strip():
                 continue
             event = json.loads(line)
