@@ -23,27 +23,18 @@ import os
 import statistics
 import threading
 import time
-import wave
 from pathlib import Path
 from typing import Any
 
-from common import MEDIA, SHARED, emit, interleaved_medians, scratch_dir
+from common import MEDIA, SHARED, emit, interleaved_medians, scratch_dir, write_wav
 
 
 def clip_10s(folder: Path) -> Path:
     """The first 10 s of the English reading, as a 16 kHz WAV."""
-    import numpy as np
-
     from tools.media import SAMPLE_RATE, decode_audio
 
     samples = decode_audio(MEDIA / "audio" / "librosa_speech_en_female_198-209-0000.ogg")
-    path = folder / "reading-10s.wav"
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes((np.clip(samples[:10 * SAMPLE_RATE], -1, 1) * 32767).astype("<i2").tobytes())
-    return path
+    return write_wav(folder / "reading-10s.wav", samples[:10 * SAMPLE_RATE], SAMPLE_RATE)
 
 
 def at_once(fn: Any, count: int) -> float:
