@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from tools.base import ModelSource
 from tools.settings import Setting, read_settings
-from tools.media import MB, megabytes  # noqa: F401 - the one size unit, for adapters
+from tools.media import MB
 from tools.registry import model_specs, tool_settings
 from tools import remote
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from assistant.config import Setting, read_settings
 from assistant.speakable import bounded, reply_language, speakable
+from tools.settings import Setting, read_settings
 
 if TYPE_CHECKING:
     from assistant.memory import Memory

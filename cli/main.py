@@ -150,7 +150,7 @@ def read_problems(settings: object) -> list[str]:
 
 def voice_problems() -> list[str]:
     """The problems of the voice-reply settings (ASSISTANT_TTS_*), for the commands that speak."""
-    from assistant.config import read_settings
+    from tools.settings import read_settings
     from assistant.voice import SETTINGS
 
     return read_settings(SETTINGS.values(), os.environ)[1]

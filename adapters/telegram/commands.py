@@ -10,9 +10,9 @@ from telegram.constants import ChatType
 from telegram.ext import ContextTypes
 
 from adapters.telegram.incoming import command_target, conversation_id
-from assistant.config import megabytes
 from assistant.errors import LLMError
 from assistant.voice import VOICE_MODES
+from tools.media import megabytes
 
 if TYPE_CHECKING:
     from adapters.telegram.bot import TelegramBot
@@ -103,7 +103,7 @@ class Commands:
     async def tools(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/tools: the tools the agent can use."""
         async with self.shared.in_order(update.effective_chat.id):
-            lines = [f"• **{tool.name}**: {first_sentence(tool.description)}" for tool in self.shared.agent.tools]
+            lines = [f"• **{tool.name}**: {tool.headline()}" for tool in self.shared.agent.tools]
             await self.shared.send_text(context, update.effective_chat.id,
                                         "I can use these tools:\n" + "\n".join(lines))
 
@@ -167,9 +167,3 @@ class Commands:
                                         "I don't know that command; /help lists what I understand.", plain=True)
 
     # -- messages -------------------------------------------------------------------------------
-
-def first_sentence(text: str) -> str:
-    """The first sentence of a tool's description."""
-    text = " ".join(text.split())
-    end = text.find(". ")
-    return text if end < 0 else text[:end + 1]

@@ -19,8 +19,8 @@ from adapters.telegram.markdown import NO_PREVIEW, Chunk, render_markdown
 from adapters.telegram.outbox import Media, Outbox, Outgoing
 from adapters.telegram.ratelimit import retry
 from adapters.telegram.settings import MESSAGE_LIMIT, PUBLIC_UPLOAD_LIMIT, BotOptions
-from assistant.config import megabytes
 from assistant.session import split_text
+from tools.media import megabytes
 
 log = logging.getLogger("assistant.telegram")
 

@@ -24,11 +24,11 @@ from adapters.telegram.live import LiveReply, live_reply
 from adapters.telegram.markdown import Chunk, render_markdown, reply_markdown
 from adapters.telegram.outbox import Media
 from adapters.telegram.settings import PUBLIC_DOWNLOAD_LIMIT
-from assistant.config import megabytes
 from assistant.errors import ToolError
 from assistant.session import TurnView
 from assistant.turns import Reply, Turn
 from assistant.voice import VoiceError
+from tools.media import megabytes
 
 if TYPE_CHECKING:
     from adapters.telegram.bot import TelegramBot

@@ -8,8 +8,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from assistant.config import MB, Setting, Settings, read_settings
+from assistant.config import Settings
 from assistant.voice import VOICE_MODES
+from tools.media import MB
+from tools.settings import Setting, read_settings
 
 PUBLIC_API = "https://api.telegram.org"
 #: The public Bot API serves downloads up to 20 MB; a self-hosted server has no such limit.
