@@ -24,7 +24,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from langchain_core.messages import AIMessage
@@ -36,7 +35,6 @@ from adapters.telegram import (MB, PUBLIC_API, PUBLIC_DOWNLOAD_LIMIT, Access, Bo
 from adapters.telegram.access import SQLiteUsernames
 from adapters.telegram.outbox import Outbox
 from adapters.telegram.store import open_store
-from assistant.agent import Agent
 from assistant.attachments import AttachmentStore
 from assistant.llm.ollama import OllamaLLM
 from assistant.memory import Memory
@@ -46,13 +44,20 @@ from assistant.turns import Reply, Turn
 from tests.conftest import ROOT
 from tests.fake_bot_api import BOT_USER, Call, FakeBotAPI, make_user, visible_text
 from tests.fake_ollama import FakeOllama, answer
-from tests.scripted_llm import ScriptedLLM, call_tools, fake_tools, say
+from tests.scripted_llm import FakeTool, ScriptedLLM, call_tools, say
 
 OWNER = 1001  # allowed by id; the chat id of a private chat is the user's id
 FRIEND = 1002  # allowed by @username
 STRANGER = 6666
 GROUP = -100777  # a supergroup OWNER writes in
 FAST = BotOptions(album_wait=0.3, draft_interval=0.05, edit_interval=0.1, action_interval=0.5)
+
+
+def described(name: str, description: str) -> FakeTool:
+    """A fake tool with this description (what /tools shows the first sentence of)."""
+    tool = FakeTool(name, frozenset(), name)
+    tool.description = description  # type: ignore[misc]
+    return tool
 
 
 class StubAgent:
@@ -68,8 +73,8 @@ class StubAgent:
         self.files: list[list[tuple[str, str, str]]] = []  # per turn: (kind, name, sha256)
         self.paths: list[Path] = []  # every attachment's file, as the bot downloaded it
         self.resets: list[str] = []
-        self.tools = [SimpleNamespace(name="sentiment", description="Mood of a text. Russian too."),
-                      SimpleNamespace(name="detect", description="Objects in a photo.")]
+        self.tools = [described("sentiment", "Mood of a text. Russian too."),
+                      described("detect", "Objects in a photo.")]
         self._stores: dict[str, AttachmentStore] = {}
 
     def attachments(self, conversation_id: str) -> AttachmentStore:
@@ -137,11 +142,6 @@ def _stub_files_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(StubAgent, "root", tmp_path / "attachments", raising=False)
 
 
-def real_agent(db: Path, llm) -> Agent:
-    """The real agent with the fake tools, on the database ``db``."""
-    return Agent(fake_tools(), Memory(db), llm, output_root=db.parent / "outputs")
-
-
 @pytest.fixture()
 def api() -> FakeBotAPI:
     with FakeBotAPI() as server:
@@ -198,7 +198,7 @@ def test_commands(api: FakeBotAPI) -> None:
     scenario(api, agent, body)
     start, help_, tools, reset, unknown = api.texts(OWNER)
     assert "photo" in start and "/reset" in help_
-    assert "<b>sentiment</b>: Mood of a text." in tools and "<b>detect</b>" in tools
+    assert "<b>sentiment</b>: Mood of a text." in tools and "Russian too" not in tools and "<b>detect</b>" in tools
     assert agent.resets == [f"telegram:{OWNER}"] and "forgotten" in reset
     assert "/help" in unknown
     assert agent.turns == []
@@ -334,10 +334,9 @@ def test_photo_voice_video_audio_and_documents_become_attachments(api: FakeBotAP
 
 
 def test_follow_up_about_a_photo_from_5_turns_earlier_after_a_restart(api: FakeBotAPI, media: Path,
-                                                                      tmp_path: Path) -> None:
-    db = tmp_path / "bot.sqlite3"
+                                                                      make_agent) -> None:
     photos = ["inet_zebra.jpg", "inet_pizza.jpg", "inet_goldfish.jpg", "inet_school_bus.jpg", "ext_tabby_cat.jpg"]
-    first = real_agent(db, ScriptedLLM([say(f"Photo {n}.") for n in range(1, 6)]))
+    first = make_agent(ScriptedLLM([say(f"Photo {n}.") for n in range(1, 6)]))
     for name in photos:
         api.message(OWNER, photo=media / "images" / name)
 
@@ -350,7 +349,7 @@ def test_follow_up_about_a_photo_from_5_turns_earlier_after_a_restart(api: FakeB
     # A restart: a new agent on the same database. The first photo is asked about 5 turns later.
     llm = ScriptedLLM([call_tools(("detect", {"attachment_id": "att_1"})), say("The first photo shows a zebra."),
                        say("A new photo.")])
-    second = real_agent(db, llm)
+    second = make_agent(llm)
     folder = second.attachment_dir(f"telegram:{OWNER}")
     api.message(OWNER, text="Find the objects in the first photo")
     api.message(OWNER, photo=media / "images" / "inet_pizza.jpg")
@@ -462,11 +461,6 @@ def test_photo_refused_as_media_is_sent_as_a_document(api: FakeBotAPI, media: Pa
 
 # -- streaming and /cancel -------------------------------------------------------------------
 
-def scripted_agent(tmp_path: Path, llm: ScriptedLLM) -> Agent:
-    """The real agent with a scripted model that streams word by word (and fake tools)."""
-    return Agent(fake_tools(), Memory(tmp_path / "memory.sqlite3"), llm, output_root=tmp_path / "outputs")
-
-
 def hold_until(condition: Callable[[], bool]) -> None:
     """Called from the model's stream (a worker thread): wait until the bot has shown it."""
     deadline = time.monotonic() + 10
@@ -478,7 +472,7 @@ def drafts(api: FakeBotAPI, chat_id: int) -> list[Call]:
     return api.sent("sendMessageDraft", chat_id)
 
 
-def test_private_chat_streams_drafts_before_the_final_message(api: FakeBotAPI, tmp_path: Path) -> None:
+def test_private_chat_streams_drafts_before_the_final_message(api: FakeBotAPI, make_agent) -> None:
     answer = "A zebra has black and white stripes"
     llm = ScriptedLLM([say(answer)], pace=lambda streamed: hold_until(
         lambda: any(c.params["text"] == streamed.strip() for c in drafts(api, OWNER))))
@@ -487,7 +481,7 @@ def test_private_chat_streams_drafts_before_the_final_message(api: FakeBotAPI, t
     async def body() -> None:
         await api.wait_for(lambda: api.texts(OWNER))
 
-    scenario(api, scripted_agent(tmp_path, llm), body)
+    scenario(api, make_agent(llm), body)
     shown = [c.params["text"] for c in drafts(api, OWNER)]
     words = answer.split(" ")
     growing = [" ".join(words[:n]) for n in range(1, len(words))]
@@ -498,7 +492,7 @@ def test_private_chat_streams_drafts_before_the_final_message(api: FakeBotAPI, t
     assert api.texts(OWNER) == [answer]
 
 
-def test_group_streams_by_editing_one_message(api: FakeBotAPI, tmp_path: Path) -> None:
+def test_group_streams_by_editing_one_message(api: FakeBotAPI, make_agent) -> None:
     def streamed_message() -> str:
         sent = api.sent("sendMessage", GROUP)
         return visible_text(api.shown(GROUP, sent[0].result["message_id"])) if sent else ""
@@ -512,7 +506,7 @@ def test_group_streams_by_editing_one_message(api: FakeBotAPI, tmp_path: Path) -
     async def body() -> None:
         await api.wait_for(lambda: "one bus" in streamed_message())  # the last word: the reply
 
-    scenario(api, scripted_agent(tmp_path, llm), body)
+    scenario(api, make_agent(llm), body)
     assert not api.sent("sendMessageDraft")  # drafts are for private chats
     (streamed,) = api.sent("sendMessage", GROUP)  # one message, edited as the text grew ...
     edits = api.sent("editMessageText", GROUP)
@@ -524,7 +518,7 @@ def test_group_streams_by_editing_one_message(api: FakeBotAPI, tmp_path: Path) -
 
 
 def test_the_draft_shows_what_was_measured_before_the_model_answers(api: FakeBotAPI, media: Path,
-                                                                      tmp_path: Path) -> None:
+                                                                      make_agent) -> None:
     def speak(messages: list) -> AIMessage:  # the model speaks once the draft showed the result
         hold_until(lambda: any("image · tabby 87%" in c.params["text"] for c in drafts(api, OWNER)))
         return AIMessage(content="A tabby cat, fairly sure.")
@@ -534,13 +528,13 @@ def test_the_draft_shows_what_was_measured_before_the_model_answers(api: FakeBot
     async def body() -> None:
         await api.wait_for(lambda: api.texts(OWNER))
 
-    scenario(api, scripted_agent(tmp_path, ScriptedLLM([speak])), body)
+    scenario(api, make_agent(ScriptedLLM([speak])), body)
     first = next(visible_text(c.params["text"]) for c in drafts(api, OWNER) if "tabby" in c.params["text"])
     assert first == "image · tabby 87%"  # the measured line alone, before any word of the model
     assert api.texts(OWNER) == ["A tabby cat, fairly sure.\n\n<code>image · tabby 87%</code>"]
 
 
-def test_a_draft_answered_429_is_skipped_and_the_reply_arrives(api: FakeBotAPI, tmp_path: Path) -> None:
+def test_a_draft_answered_429_is_skipped_and_the_reply_arrives(api: FakeBotAPI, make_agent) -> None:
     def after_the_draft_of(streamed: str) -> None:
         if streamed == "one ":  # the first draft is answered 429
             hold_until(lambda: any(c.method == "sendMessageDraft" for c in api.calls))
@@ -554,7 +548,7 @@ def test_a_draft_answered_429_is_skipped_and_the_reply_arrives(api: FakeBotAPI, 
     async def body() -> None:
         await api.wait_for(lambda: api.texts(OWNER))
 
-    scenario(api, scripted_agent(tmp_path, llm), body)
+    scenario(api, make_agent(llm), body)
     failed = [c for c in api.calls if c.method == "sendMessageDraft"][0]
     assert failed.error and "retry after" in failed.error.lower() and failed.params["text"] == "one"
     assert drafts(api, OWNER)[0].params["text"] == "one two"  # "one" was skipped, not retried
@@ -571,10 +565,10 @@ def test_the_streamed_view_fits_one_message() -> None:
     assert live_chunk(ViewState(queued=2)).plain.startswith("⏳ Another file is being analysed; yours is number 2")
 
 
-def test_cancel_stops_the_reply_in_progress(api: FakeBotAPI, tmp_path: Path) -> None:
+def test_cancel_stops_the_reply_in_progress(api: FakeBotAPI, make_agent) -> None:
     llm = ScriptedLLM([say("one two three four")])
     llm.pace = lambda streamed: hold_until(lambda: llm.cancel is not None and llm.cancel.is_set())
-    agent = scripted_agent(tmp_path, llm)
+    agent = make_agent(llm)
     api.message(OWNER, text="/cancel")
 
     async def body() -> None:
@@ -942,11 +936,9 @@ def test_ctrl_c_while_a_tool_works_stops_the_bot_cleanly(api: FakeBotAPI, media:
 
 
 def test_a_voice_note_is_answered_from_its_words(api: FakeBotAPI, media: Path, shared_models: Path,
-                                                 tmp_path: Path) -> None:
+                                                 make_agent) -> None:
     from langchain_core.messages import HumanMessage
 
-    from assistant.agent import Agent
-    from tests.scripted_llm import FakeTool, ScriptedLLM, say
     from tools.base import ModelSource
     from tools.registry import ToolRegistry
     from tools.speech import SpeechTool
@@ -959,8 +951,7 @@ def test_a_voice_note_is_answered_from_its_words(api: FakeBotAPI, media: Path, s
 
     speech = SpeechTool(ModelSource(str(shared_models / "whisper-base"), "ASSISTANT_SPEECH_MODEL"), "cpu")
     tools = ToolRegistry([FakeTool("audio", frozenset({"audio", "voice"}), "Speech"), speech])
-    agent = Agent(tools, Memory(tmp_path / "memory.sqlite3"), ScriptedLLM([answer, answer]),
-                  output_root=tmp_path / "out")
+    agent = make_agent(ScriptedLLM([answer, answer]), tools=tools)
     api.message(OWNER, voice=media / "audio/voice_note_ru.oga")
     api.message(OWNER, voice=media / "audio/voice_note_ru.oga", forwarded_from="Anna")
 
@@ -1148,7 +1139,7 @@ def test_allowed_chats_are_group_ids() -> None:
     settings = TelegramSettings.from_env({"ASSISTANT_TELEGRAM_ALLOWED_CHATS": "-1001234567890, -42"})
     assert settings.allowed_chats == (-1001234567890, -42)
     from adapters.telegram import SETTINGS
-    from assistant.config import read_settings
+    from tools.settings import read_settings
 
     _values, problems = read_settings(SETTINGS, {"ASSISTANT_TELEGRAM_ALLOWED_CHATS": "-42,12345,@group"})
     (problem,) = problems
@@ -1159,15 +1150,15 @@ def test_allowed_chats_are_group_ids() -> None:
 # -- a model per chat ------------------------------------------------------------------------
 
 def test_model_lists_switches_and_is_kept_across_restarts(api: FakeBotAPI, fake_ollama: FakeOllama,
-                                                         tmp_path: Path) -> None:
-    settings = Settings(ollama_host=fake_ollama.url, db_path=tmp_path / "bot.sqlite3")
+                                                         make_agent) -> None:
+    settings = Settings(ollama_host=fake_ollama.url)
     for text in ("/model", "/model nosuch", "/model llama3"):
         api.message(OWNER, text=text)
 
     async def switch() -> None:
         await api.wait_for(lambda: len(api.texts(OWNER)) == 3)
 
-    scenario(api, real_agent(settings.db_path, OllamaLLM(settings)), switch)
+    scenario(api, make_agent(OllamaLLM(settings)), switch)
     listing, unknown, switched = api.texts(OWNER)
     assert listing.startswith("This chat uses <code>llama3.1:8b</code>.")
     assert "• <code>llama3.1:8b</code> (in use): native tool calling" in listing
@@ -1183,7 +1174,7 @@ def test_model_lists_switches_and_is_kept_across_restarts(api: FakeBotAPI, fake_
     async def later() -> None:
         await api.wait_for(lambda: len(api.texts(OWNER)) == 5)
 
-    scenario(api, real_agent(settings.db_path, OllamaLLM(settings)), later)
+    scenario(api, make_agent(OllamaLLM(settings)), later)
     hello, again = api.texts(OWNER)[3:]
     assert hello == "Hello from llama3."
     assert {request["model"] for request in fake_ollama.chat_requests()} == {"llama3:latest"}
