@@ -236,20 +236,18 @@ def _folder(conversation_id: str) -> str:
 
 
 def build_agent(settings: Settings, *, use_llm: bool = True) -> Agent:
-    """The agent with every tool, Ollama (unless ``use_llm`` is False) and SQLite memory."""
+    """The agent with every tool, the language model ASSISTANT_LLM_API names (unless ``use_llm``
+    is False) and SQLite memory."""
+    from assistant.llm.base import make_llm
     from assistant.runtime import build_tools
 
-    llm: ChatLLM | None = None
-    if use_llm:
-        from assistant.llm.ollama import OllamaLLM
-
-        llm = OllamaLLM(settings)
+    llm: ChatLLM | None = make_llm(settings) if use_llm else None
     db_path = settings.db_path or Settings.from_env({}).db_path
     assert db_path is not None  # from_env always sets it
     return Agent(build_tools(settings), Memory(db_path), llm,
                  output_root=db_path.parent / "outputs", num_ctx=settings.llm_num_ctx,
                  max_tool_rounds=settings.max_tool_rounds,
                  max_file_bytes=settings.max_file_bytes,
-                 status_host=settings.ollama_host, status_model=settings.llm_model,
+                 status_host=settings.llm_host, status_model=settings.llm_model,
                  attachment_root=db_path.parent / "attachments",
                  attachment_bytes=settings.attachments_bytes)

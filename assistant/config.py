@@ -37,7 +37,7 @@ def _default_db_path() -> Path:
     return user_data_path("local-assistant", appauthor=False) / "conversations.sqlite3"
 
 
-def _ollama_url(host: str) -> str:
+def ollama_url(host: str) -> str:
     """OLLAMA_HOST may be ``host:port`` or ``0.0.0.0``; the client needs a URL."""
     url = _normalise_host(host)
     parts = urlsplit(url)  # raises ValueError for a broken IPv6 address
@@ -59,20 +59,45 @@ def _tool_calling_mode(text: str) -> str:
     return mode
 
 
+def _base_url(url: str) -> str:
+    """ASSISTANT_LLM_BASE_URL: an http(s) URL of an OpenAI-compatible API (``.../v1``)."""
+    parts = urlsplit(url)  # raises ValueError for a broken IPv6 address
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL")
+    parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    return url.rstrip("/")
+
+
+#: The language-model servers the assistant can talk to (ASSISTANT_LLM_API).
+LLM_APIS = ("ollama", "openai")
+
+
+def _llm_api(name: str) -> str:
+    if name.lower() not in LLM_APIS:
+        raise ValueError
+    return name.lower()
+
+
 #: The core's settings (the tools declare their own), by the field each one fills.
 CORE_SETTINGS: dict[str, Setting] = {
     "models_dir": Setting("ASSISTANT_MODELS_DIR", None, Path),
     "device": Setting("ASSISTANT_DEVICE", None),
     "max_file_mb": Setting("ASSISTANT_MAX_FILE_MB", 200.0, float, minimum=0.001),
     "attachments_mb": Setting("ASSISTANT_ATTACHMENTS_MB", 500.0, float, minimum=0.001),
-    "ollama_host": Setting("OLLAMA_HOST", "http://127.0.0.1:11434", check=_ollama_url,
+    "ollama_host": Setting("OLLAMA_HOST", "http://127.0.0.1:11434", check=ollama_url,
                            allowed="host, host:port or http(s)://host:port"),
+    "llm_api": Setting("ASSISTANT_LLM_API", "ollama", check=_llm_api, allowed=" or ".join(LLM_APIS)),
+    "llm_base_url": Setting("ASSISTANT_LLM_BASE_URL", "http://127.0.0.1:8000/v1", check=_base_url,
+                            allowed="an http(s) URL such as http://host:8000/v1"),
+    "llm_api_key": Setting("ASSISTANT_LLM_API_KEY", ""),
     "llm_model": Setting("ASSISTANT_LLM_MODEL", "llama3.1:8b"),
     "llm_num_ctx": Setting("ASSISTANT_LLM_NUM_CTX", 8192, int, minimum=512),
     "llm_timeout": Setting("ASSISTANT_LLM_TIMEOUT", 120.0, float, minimum=0.1),
     "llm_keep_alive": Setting("ASSISTANT_LLM_KEEP_ALIVE", "30m"),
     "tool_calling": Setting("ASSISTANT_TOOL_CALLING", "auto", check=_tool_calling_mode,
                             allowed=" | ".join(TOOL_CALLING_MODES)),
+    "llm_max_reply_seconds": Setting("ASSISTANT_LLM_MAX_REPLY_SECONDS", 600.0, float, minimum=1),
+    "llm_max_reply_tokens": Setting("ASSISTANT_LLM_MAX_REPLY_TOKENS", 4096, int, minimum=16),
     "max_tool_rounds": Setting("ASSISTANT_MAX_TOOL_ROUNDS", 4, int, minimum=1),
     "db_path": Setting("ASSISTANT_DB", None, Path),
     "heavy_jobs": Setting("ASSISTANT_HEAVY_JOBS", 1, int, minimum=1),
@@ -95,12 +120,19 @@ class Settings:
     #: Received files (Telegram downloads) kept per conversation, in MB; the oldest go first.
     attachments_mb: float = 500.0
     ollama_host: str = "http://127.0.0.1:11434"
+    #: Which server answers: "ollama" (OLLAMA_HOST) or "openai" (any OpenAI-compatible API).
+    llm_api: str = "ollama"
+    llm_base_url: str = "http://127.0.0.1:8000/v1"
+    llm_api_key: str = field(default="", repr=False)  # a secret: never in a repr or a log
     llm_model: str = "llama3.1:8b"
     llm_num_ctx: int = 8192
     llm_timeout: float = 120.0
     llm_keep_alive: str = "30m"
     #: How models are offered tools: auto (per model, from its template), native or structured.
     tool_calling: str = "auto"
+    #: The bound of one reply, in seconds and in streamed tokens: past it the reply is cut off.
+    llm_max_reply_seconds: float = 600.0
+    llm_max_reply_tokens: int = 4096
     max_tool_rounds: int = 4
     db_path: Path | None = None
     #: Turns with media analysed at the same time (the heavy-job queue's width).
@@ -115,6 +147,11 @@ class Settings:
     models: Mapping[str, ModelSource] = field(default_factory=dict)
     #: Each tool setting's value, by variable (ASSISTANT_DETECTION_THRESHOLD, ...).
     tool_values: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def llm_host(self) -> str:
+        """Where the language model's server is: OLLAMA_HOST, or ASSISTANT_LLM_BASE_URL."""
+        return self.llm_base_url if self.llm_api == "openai" else self.ollama_host
 
     @property
     def max_file_bytes(self) -> int:

@@ -34,7 +34,10 @@ class Check:
 # -- the language model ---------------------------------------------------------------------
 
 def llm_checks(settings: Settings) -> list[Check]:
-    """Ollama reachable, the model pulled, and whether it calls tools natively."""
+    """Ollama reachable, the model pulled, and whether it calls tools natively (or the same of
+    an OpenAI-compatible server, with ASSISTANT_LLM_API=openai)."""
+    if settings.llm_api == "openai":
+        return openai_checks(settings)
     from assistant.llm.ollama import OllamaLLM
 
     status = OllamaLLM(settings).status()
@@ -70,6 +73,30 @@ def llm_checks(settings: Settings) -> list[Check]:
                             "ASSISTANT_LLM_MODEL=llama3.1:8b"))
     else:  # a template that writes the tools into the last message, or the setting
         checks.append(Check("Tool calling", OK, f"{model}: structured decision ({reason})"))
+    return checks
+
+
+def openai_checks(settings: Settings) -> list[Check]:
+    """The server at ASSISTANT_LLM_BASE_URL answers, takes the key (never shown), serves the model."""
+    from assistant.llm.openai import OpenAILLM
+
+    status = OpenAILLM(settings).status()
+    key = "with an API key" if settings.llm_api_key else "without an API key"
+    if not status.reachable:
+        return [Check("LLM server", FAIL, status.error or f"not reachable at {status.host}",
+                      "start it, or set ASSISTANT_LLM_BASE_URL to where it listens"),
+                Check("LLM model", SKIP, f"{status.model}: not checked while the server is down")]
+    if status.error and not status.model_available and "refused the API key" in status.error:
+        return [Check("LLM server", FAIL, status.error, "set ASSISTANT_LLM_API_KEY to a key it accepts"),
+                Check("LLM model", SKIP, f"{status.model}: not checked without a valid key")]
+    checks = [Check("LLM server", OK, f"reachable at {status.host} ({key})")]
+    if not status.model_available:
+        checks.append(Check("LLM model", FAIL, status.error or f"{status.model} is not served",
+                            "set ASSISTANT_LLM_MODEL to a model the server lists"))
+        return checks
+    checks.append(Check("LLM model", OK, f"{status.model} is served"))
+    checks.append(Check("Tool calling", SKIP, "not reported by an OpenAI-compatible server; learnt from the "
+                        "first reply (without it, tools are chosen by a JSON prompt)"))
     return checks
 
 

@@ -3,15 +3,21 @@ protocol, what a status check says, and the errors a person can act on."""
 
 from __future__ import annotations
 
+import html
+import re
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 
 from assistant.errors import LLMError
 from assistant.llm.strategy import Strategy
+
+if TYPE_CHECKING:
+    from assistant.config import Settings
 
 #: Seconds the status checks (`doctor`, `/model`, warm-up's first probe) wait for the server.
 STATUS_TIMEOUT = 5.0
@@ -48,6 +54,23 @@ class ModelInfo:
         return {True: "native tool calling",
                 False: "no native tool calling (a JSON prompt chooses the tools)",
                 None: "tool calling not reported"}[self.tools]
+
+
+class ReplyCut(LLMError):
+    """A reply went past its bound (:class:`ReplyLimits`) and was cut off; what had streamed
+    stays shown, and the message says which bound and how to change it."""
+
+
+@dataclass(frozen=True)
+class ReplyLimits:
+    """The bound of one streamed reply: a server that streams forever is cut off here."""
+
+    seconds: float = 600.0
+    tokens: int = 4096
+
+    @classmethod
+    def of(cls, settings: Settings) -> ReplyLimits:
+        return cls(settings.llm_max_reply_seconds, settings.llm_max_reply_tokens)
 
 
 class ToolsUnsupported(LLMError):
@@ -91,6 +114,68 @@ class ChatLLM(Protocol):
     def models(self) -> list[ModelInfo]:
         """The models the server has; :class:`LLMError` when it cannot be asked."""
         ...
+
+
+def make_llm(settings: Settings) -> ChatLLM:
+    """The client of the server ASSISTANT_LLM_API names (its library is imported on first use)."""
+    if settings.llm_api == "openai":
+        from assistant.llm.openai import OpenAILLM
+
+        return OpenAILLM(settings)
+    from assistant.llm.ollama import OllamaLLM
+
+    return OllamaLLM(settings)
+
+
+def collect_stream(chunks: Iterator[AIMessageChunk], *, limits: ReplyLimits,
+                   on_token: Callable[[str], None] | None = None,
+                   cancel: threading.Event | None = None) -> AIMessageChunk | None:
+    """A streamed reply added up (text, tool-call deltas, token counts), its text passed to
+    ``on_token`` as it comes; stops when ``cancel`` is set. Raises :class:`ReplyCut` once the
+    reply streams past ``limits`` (each streamed piece counts as a token). The stream is closed
+    on the way out, so the server stops generating."""
+    full: AIMessageChunk | None = None
+    started, pieces = time.monotonic(), 0
+    try:
+        for chunk in chunks:
+            full = chunk if full is None else full + chunk
+            text = message_text(chunk.content)
+            if text and on_token is not None:
+                on_token(text)
+            if cancel is not None and cancel.is_set():
+                break
+            pieces += bool(text or chunk.tool_call_chunks)
+            if pieces > limits.tokens:
+                raise ReplyCut(f"The reply was cut off after {limits.tokens} tokens "
+                               f"(ASSISTANT_LLM_MAX_REPLY_TOKENS).")
+            if time.monotonic() - started > limits.seconds:
+                raise ReplyCut(f"The reply was cut off after {limits.seconds:g} s "
+                               f"(ASSISTANT_LLM_MAX_REPLY_SECONDS).")
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    return full
+
+
+def as_reply(full: AIMessageChunk | None) -> AIMessage:
+    """A streamed reply as the message the agent reads (the server's token counts kept)."""
+    if full is None:
+        return AIMessage(content="")
+    return AIMessage(content=message_text(full.content), tool_calls=full.tool_calls,
+                     usage_metadata=full.usage_metadata)
+
+
+def error_text(body: str, limit: int = 200) -> str:
+    """A server's error body as one short line: an HTML page (a proxy's 502 page) by its title
+    or first words, never its markup."""
+    text = body.strip()
+    if re.match(r"(?is)\s*(<!doctype|<html|<head|<body|<\?xml|<h1|<title)", text):
+        title = re.search(r"(?is)<title[^>]*>(.*?)</title>", text)
+        text = title.group(1) if title else re.sub(r"(?s)<(script|style).*?</\1>|<[^>]+>", " ", text)
+        text = html.unescape(text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
 
 
 def message_text(content: Any) -> str:

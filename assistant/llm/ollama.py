@@ -7,19 +7,41 @@ Every failure a person can fix becomes an :class:`LLMError` whose message says h
 
 from __future__ import annotations
 
+import importlib
+import os
 import threading
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any
 
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 
-from assistant.config import Settings
-from assistant.llm.base import (DECISION_TOKENS, STATUS_TIMEOUT, ChatLLM, LLMError, LLMStatus, ModelInfo,
-                                ToolsUnsupported, message_text)
+from assistant.config import Settings, ollama_url
+from assistant.llm.base import (DECISION_TOKENS, STATUS_TIMEOUT, LLMError, LLMStatus, ModelInfo, ReplyLimits,
+                                ToolsUnsupported, as_reply, collect_stream, error_text)
 from assistant.llm.strategy import Strategy, choose
 
 #: Guards making a model's client (OllamaLLM.with_model).
 _CLIENTS_LOCK = threading.Lock()
+_IMPORT_LOCK = threading.Lock()
+
+
+def import_ollama() -> ModuleType:
+    """The ``ollama`` module, imported safely: on import it builds a default client from
+    OLLAMA_HOST and raises for a malformed one (``localhost:abc``). Every client here is given
+    its host, and a bad OLLAMA_HOST is reported as a bad setting, so the import must not see it."""
+    with _IMPORT_LOCK:
+        host = os.environ.get("OLLAMA_HOST")
+        try:
+            if host is not None:
+                ollama_url(host)
+            return importlib.import_module("ollama")
+        except ValueError:  # the bad value is left out while the module is imported
+            del os.environ["OLLAMA_HOST"]
+            try:
+                return importlib.import_module("ollama")
+            finally:
+                os.environ["OLLAMA_HOST"] = host
 
 
 class OllamaLLM:
@@ -36,6 +58,7 @@ class OllamaLLM:
         self.num_ctx = settings.llm_num_ctx
         self.timeout = settings.llm_timeout
         self.keep_alive = settings.llm_keep_alive
+        self.limits = ReplyLimits.of(settings)
         #: Whether the model has native tool calling (Ollama's capabilities; None: not known yet).
         self.native_tools: bool | None = None
         self._strategy: Strategy | None = None  # decided once, from the template and capabilities
@@ -56,7 +79,7 @@ class OllamaLLM:
     def models(self) -> list[ModelInfo]:
         """The models Ollama has, each with whether it can call tools (learnt per model);
         :class:`LLMError` when Ollama cannot be asked."""
-        import ollama
+        ollama = import_ollama()
 
         client = ollama.Client(host=self.host, timeout=STATUS_TIMEOUT)
         try:
@@ -85,8 +108,7 @@ class OllamaLLM:
         (:mod:`assistant.llm.strategy`); asks Ollama the first time. While Ollama cannot be
         asked: native unless the model is known to lack it (not remembered)."""
         if self._strategy is None:
-            import ollama
-
+            ollama = import_ollama()
             try:
                 self.learn(ollama.Client(host=self.host, timeout=STATUS_TIMEOUT).show(self.model))
             except Exception:  # noqa: BLE001 - the request that follows reports the problem
@@ -101,6 +123,7 @@ class OllamaLLM:
         seconds (it pulls in langsmith), which must not delay an adapter's start."""
         with self._lock:
             if num_predict not in self._chat_models:
+                import_ollama()  # before langchain-ollama imports it
                 from langchain_ollama import ChatOllama
 
                 self._chat_models[num_predict] = ChatOllama(
@@ -115,31 +138,22 @@ class OllamaLLM:
         if tools:
             runnable = runnable.bind_tools(list(tools))
         options = {"format": format} if format else {}
-        full: AIMessageChunk | None = None
         try:
-            for chunk in runnable.stream(list(messages), **options):
-                full = chunk if full is None else full + chunk
-                text = message_text(chunk.content)
-                if text and on_token is not None:
-                    on_token(text)
-                if cancel is not None and cancel.is_set():
-                    break
+            full = collect_stream(runnable.stream(list(messages), **options), limits=self.limits,
+                                  on_token=on_token, cancel=cancel)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a message with a fix
             error = self.explain(exc)
             if isinstance(error, ToolsUnsupported):
                 self.native_tools = False
                 self._strategy = Strategy(False, "Ollama rejected tools for it (no native tool calling)")
             raise error from exc
-        if full is None:
-            return AIMessage(content="")
-        if tools:
+        if full is not None and tools:
             self.native_tools = True
-        return AIMessage(content=message_text(full.content), tool_calls=full.tool_calls,
-                         usage_metadata=full.usage_metadata)  # the server's token counts
+        return as_reply(full)
 
     def status(self) -> LLMStatus:
         """Ask Ollama whether it is up, has the model, and how the model is offered tools."""
-        import ollama
+        ollama = import_ollama()
 
         client = ollama.Client(host=self.host, timeout=STATUS_TIMEOUT)
         status = LLMStatus(self.host, self.model, reachable=False, model_available=False,
@@ -168,7 +182,7 @@ class OllamaLLM:
         the first message of a session reads only its own tokens (Ollama keeps the prefix).
         Also makes the ChatOllama, so that an adapter warming up in the background has the
         first reply's imports done too."""
-        import ollama
+        ollama = import_ollama()
 
         self._chat()
         status = self.status()
@@ -208,7 +222,8 @@ class OllamaLLM:
     def explain(self, exc: BaseException) -> LLMError:
         """A client exception as an :class:`LLMError` that says what to do."""
         import httpx
-        import ollama
+
+        ollama = import_ollama()
 
         if isinstance(exc, LLMError):
             return exc
@@ -229,7 +244,7 @@ class OllamaLLM:
                 other = "set ASSISTANT_LLM_MODEL" if self.model == self.settings.llm_model else "/model switches"
                 return LLMError(f"The model {self.model} is not available in Ollama – run "
                                 f"`ollama pull {self.model}` (or {other}).")
-            return LLMError(f"Ollama answered with an error: {message}")
+            return LLMError(f"Ollama answered with an error (HTTP {exc.status_code}): {error_text(message)}")
         return LLMError(f"Ollama failed: {exc.__class__.__name__}: {exc}")
 
     def _tool_mode(self) -> str:
