@@ -11,8 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: `fake_ollama` (scripted) and `real_ollama` (real small models) speak Ollama's HTTP API.
-pytest_plugins = ["tests.fake_ollama", "tests.real_llm"]
+#: `fake_ollama` (scripted) and `real_ollama` (real small models) speak Ollama's HTTP API;
+#: `fake_openai` (scripted) the OpenAI chat API.
+pytest_plugins = ["tests.fake_ollama", "tests.fake_openai", "tests.real_llm"]
 
 
 def _shared() -> Path:

@@ -15,7 +15,9 @@ at once, without using the script: the agent's warm-up). Each model's chat templ
 cache, ``prompt_eval_count`` counts only what a request adds to the previous one of the same model
 (the request's tools and messages as JSON, four characters a token). Failure modes: an unknown model answers
 404 ``model '...' not found``; a model without the "tools" capability answers 400
-``... does not support tools`` when tools are sent; :func:`slow` delays a scripted reply.
+``... does not support tools`` when tools are sent; :func:`slow` delays a scripted reply;
+:func:`failure` answers an HTTP error (``html=True``: a proxy's HTML page); :func:`endless`
+streams words forever.
 Every request is recorded in :attr:`FakeOllama.requests`.
 """
 
@@ -50,6 +52,8 @@ class Scripted:
     delay: float = 0.0
     status: int = 200
     error: str = ""
+    html: bool = False  # the error as an HTML page (a proxy's), not Ollama's JSON
+    every: float | None = None  # endless: a word every this many seconds, until the client leaves
 
 
 def answer(text: str) -> Scripted:
@@ -71,8 +75,13 @@ def slow(seconds: float, reply: Scripted | None = None) -> Scripted:
     return reply
 
 
-def failure(status: int, error: str) -> Scripted:
-    return Scripted(status=status, error=error)
+def failure(status: int, error: str, *, html: bool = False) -> Scripted:
+    return Scripted(status=status, error=error, html=html)
+
+
+def endless(every: float) -> Scripted:
+    """A streamed reply that sends a word every ``every`` seconds and never ends."""
+    return Scripted(every=every)
 
 
 @dataclass
@@ -184,8 +193,14 @@ def _handler(fake: FakeOllama) -> type[QuietHandler]:
             reply = fake.next_reply()
             if reply.delay:
                 time.sleep(reply.delay)
+            if reply.status != 200 and reply.html:
+                self.send_bytes(reply.status, reply.error.encode(), "text/html")
+                return
             if reply.status != 200:
                 self.send_json(reply.status, {"error": reply.error})
+                return
+            if reply.every is not None:
+                self.endless(model, reply.every)
                 return
             message: dict[str, Any] = {"role": "assistant", "content": reply.content}
             if reply.tool_calls:
@@ -204,6 +219,21 @@ def _handler(fake: FakeOllama) -> type[QuietHandler]:
             parts.append({**final, "message": {"role": "assistant", "content": ""}})
             data = b"".join(json.dumps(part).encode() + b"\n" for part in parts)
             self.send_bytes(200, data, "application/x-ndjson")
+
+        def endless(self, model: str, every: float) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                while True:
+                    line = json.dumps({"model": model, "created_at": _now(), "done": False,
+                                       "message": {"role": "assistant", "content": "word "}}).encode() + b"\n"
+                    self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+                    self.wfile.flush()
+                    time.sleep(every)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client cut the reply off
 
     return Handler
 

@@ -12,7 +12,8 @@ Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (streamed as server
 in chunked encoding, or one JSON). Text streams a word per chunk; a tool call's arguments
 stream in :attr:`Scripted.pieces` parts over several chunks (its id and name in the first), as
 vLLM sends them; the last chunk carries ``usage``. Faults: a wrong API key answers 401, an
-unknown model 404, tools to a server without tool calling 400 (vLLM's words); a scripted
+unknown model 404, tools to a server without tool calling 400 (vLLM's words), a
+``json_schema`` response format to one without it 500 (llama-cpp-python's words); a scripted
 reply can be an HTTP error with any body and headers (:func:`failure`), break off after its
 first words (:func:`cut`), or stream words forever (:func:`endless`). Every request is
 recorded in :attr:`FakeOpenAI.requests`.
@@ -34,6 +35,10 @@ from tests.local_http import LocalHTTPServer, QuietHandler
 
 #: What vLLM answers when tools are sent and it was started without tool calling.
 VLLM_NO_TOOLS = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+
+#: What llama-cpp-python's server answers to a ``json_schema`` response_format.
+LLAMA_CPP_NO_JSON_SCHEMA = ("1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', "
+                            "'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}")
 
 
 @dataclass
@@ -81,12 +86,14 @@ def endless(every: float) -> Scripted:
 class FakeOpenAI(LocalHTTPServer):
     """A threaded fake OpenAI-compatible server on 127.0.0.1 and a free port (its API under /v1)."""
 
-    def __init__(self, models: list[str] | None = None, *, api_key: str | None = None, tools: bool = True) -> None:
+    def __init__(self, models: list[str] | None = None, *, api_key: str | None = None, tools: bool = True,
+                 json_schema: bool = True) -> None:
         self.models = list(models if models is not None else ["llama3.1:8b", "qwen2.5:7b"])
         self.api_key = api_key
         self.tools = tools  # False: like vLLM started without --enable-auto-tool-choice
+        self.json_schema = json_schema  # False: like llama-cpp-python's server (json_object + schema only)
         self.script: list[Scripted] = []
-        self.requests: list[dict[str, Any]] = []  # {"path", "headers", "body"}
+        self.requests: list[dict[str, Any]] = []  # {"path", "headers" (lower-case names), "body"}
         self._lock = threading.Lock()
         super().__init__(_handler(self))
 
@@ -109,7 +116,7 @@ def _handler(fake: FakeOpenAI) -> type[QuietHandler]:
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:  # noqa: N802
-            fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": {}})
+            fake.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": {}})
             if not self.authorised():
                 return
             if self.path == "/v1/models":
@@ -120,7 +127,7 @@ def _handler(fake: FakeOpenAI) -> type[QuietHandler]:
 
         def do_POST(self) -> None:  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-            fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+            fake.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
             if not self.authorised():
                 return
             if self.path != "/v1/chat/completions":
@@ -130,6 +137,8 @@ def _handler(fake: FakeOpenAI) -> type[QuietHandler]:
                                                "type": "NotFoundError", "code": 404}})
             elif body.get("tools") and not fake.tools:
                 self.send_json(400, {"error": {"message": VLLM_NO_TOOLS, "type": "BadRequestError", "code": 400}})
+            elif (body.get("response_format") or {}).get("type") == "json_schema" and not fake.json_schema:
+                self.send_json(500, {"error": {"message": LLAMA_CPP_NO_JSON_SCHEMA, "type": "internal_server_error"}})
             else:
                 self.reply(body, fake.next_reply())
 

@@ -212,9 +212,10 @@ class OpenAILLM:
 
 @functools.cache
 def _chat_openai() -> type:
-    """ChatOpenAI, with one server's quirk handled: an assistant message that only calls tools
-    is sent with ``"content": ""`` rather than null (the API takes both; llama-cpp-python's
-    server rejects null). Made on first use: importing langchain-openai takes seconds."""
+    """ChatOpenAI, with what self-hosted servers read: an assistant message that only calls
+    tools has ``"content": ""`` rather than null, and the reply's bound is ``max_tokens`` rather
+    than ``max_completion_tokens`` (llama-cpp-python's server rejects the null and ignores the
+    newer name; the others take both). Made on first use: importing langchain-openai takes seconds."""
     from langchain_openai import ChatOpenAI
 
     class _ChatOpenAI(ChatOpenAI):
@@ -223,6 +224,8 @@ def _chat_openai() -> type:
             for message in payload.get("messages", []):
                 if message.get("role") == "assistant" and message.get("content") is None:
                     message["content"] = ""
+            if "max_completion_tokens" in payload:
+                payload["max_tokens"] = payload.pop("max_completion_tokens")
             return payload
 
     return _ChatOpenAI
