@@ -138,16 +138,16 @@ def collect_stream(chunks: Iterator[AIMessageChunk], *, limits: ReplyLimits,
     started, pieces = time.monotonic(), 0
     try:
         for chunk in chunks:
-            full = chunk if full is None else full + chunk
             text = message_text(chunk.content)
-            if text and on_token is not None:
-                on_token(text)
-            if cancel is not None and cancel.is_set():
-                break
             pieces += bool(text or chunk.tool_call_chunks)
             if pieces > limits.tokens:
                 raise ReplyCut(f"The reply was cut off after {limits.tokens} tokens "
                                f"(ASSISTANT_LLM_MAX_REPLY_TOKENS).")
+            full = chunk if full is None else full + chunk
+            if text and on_token is not None:
+                on_token(text)
+            if cancel is not None and cancel.is_set():
+                break
             if time.monotonic() - started > limits.seconds:
                 raise ReplyCut(f"The reply was cut off after {limits.seconds:g} s "
                                f"(ASSISTANT_LLM_MAX_REPLY_SECONDS).")
