@@ -1,7 +1,9 @@
 """The real-LLM tier: one ``../shared/llm/mini_ollama.py`` server for the whole test session,
 serving real small instruct models over Ollama's HTTP API (greedy, on a free port): Qwen and
 SmolLM2 with their own templates, and Qwen's weights as ``llama3.1:8b`` rendered with Ollama's
-llama3.1 template (the product's default model's prompt layout: tools in the last user message).
+llama3.1 template (the product's default model's prompt layout: tools in the last user message);
+and one llama-cpp-python OpenAI-compatible server (``python -m llama_cpp.server``, its ``server``
+extra) serving the Qwen model over the OpenAI chat API (seeded, on a free port).
 
 Under ``CI=true`` a server that cannot start fails the run; elsewhere those tests skip with the
 reason. ``ASSISTANT_TEST_LLM_PYTHON`` is the python with llama-cpp-python and jinja2 (default:
@@ -41,6 +43,20 @@ class RealOllama:
         return [e for e in entries if e.get("path") == "/api/chat" and e.get("body", {}).get("model") == model
                 and e.get("prompt_tokens") is not None]
 
+    @property
+    def env(self) -> dict[str, str]:
+        """What points the assistant at it."""
+        return {"ASSISTANT_LLM_API": "ollama", "OLLAMA_HOST": self.url}
+
+
+@dataclass
+class RealOpenAI:
+    url: str  # the API's base URL, ending in /v1
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"ASSISTANT_LLM_API": "openai", "ASSISTANT_LLM_BASE_URL": self.url}
+
 
 def turn_of(entry: dict) -> str:
     """Which turn a logged request belongs to: the first user message after the last answer
@@ -75,21 +91,38 @@ def _unavailable(reason: str) -> None:
 def start_server(python: str, server: Path, models: Path, log: Path) -> tuple[subprocess.Popen, str]:
     """mini_ollama with every model on a free port, greedy, logging to ``log``; waits until
     it answers. Raises RuntimeError with its error output when it does not start."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     command = [python, str(server), "--port", str(port), "--greedy", "--log", str(log)]
     for name, file in _FILES.items():
         command += ["--model", f"{name}={models / file}"]
     for name, template in _TEMPLATES.items():
         command += ["--template", f"{name}={template}"]
-    errors = log.with_suffix(".stderr")
+    return _started(command, f"http://127.0.0.1:{port}", "/api/version", log.with_suffix(".stderr"))
+
+
+def start_openai_server(python: str, models: Path, errors: Path, n_ctx: int = 4096) -> tuple[subprocess.Popen, str]:
+    """llama-cpp-python's OpenAI-compatible server with the Qwen model (named as mini_ollama
+    names it) on a free port, seeded; waits until it answers; returns it and its base URL.
+    Raises RuntimeError with its error output when it does not start."""
+    port = _free_port()
+    command = [python, "-m", "llama_cpp.server", "--model", str(models / _FILES[QWEN].split(":")[0]),
+               "--model_alias", QWEN, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
+               "--seed", "1", "--verbose", "False"]
+    return _started(command, f"http://127.0.0.1:{port}/v1", "/models", errors)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _started(command: list[str], url: str, probe: str, errors: Path) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors.open("w"))
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
         try:
-            urllib.request.urlopen(url + "/api/version", timeout=2).read()
+            urllib.request.urlopen(url + probe, timeout=2).read()
             return process, url
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
@@ -120,6 +153,30 @@ def real_ollama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealOllama
         _unavailable(str(exc))
     try:
         yield RealOllama(url, log)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def real_openai(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealOpenAI]:
+    """The Qwen model behind llama-cpp-python's OpenAI-compatible server, for the whole session."""
+    models = Path(os.environ.get("ASSISTANT_TEST_LLM_DIR", Path.home() / ".cache" / "assistant-test-llm"))
+    python = os.environ.get("ASSISTANT_TEST_LLM_PYTHON", sys.executable)
+    file = _FILES[QWEN].split(":")[0]
+    if not (models / file).exists():
+        _unavailable(f"{file} not in {models} (run ../shared/llm/fetch-models {models})")
+    check = subprocess.run([python, "-c", "import llama_cpp.server.app"], capture_output=True, text=True)
+    if check.returncode != 0:
+        _unavailable(f"{python} lacks llama-cpp-python's server (pip install '.[llm-test]'): "
+                     f"{check.stderr.strip().splitlines()[-1:]}")
+    errors = tmp_path_factory.mktemp("openai") / "server.stderr"
+    try:
+        process, url = start_openai_server(python, models, errors)
+    except RuntimeError as exc:
+        _unavailable(str(exc))
+    try:
+        yield RealOpenAI(url)
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -1,6 +1,7 @@
-"""What a person sees with real (small, weak) language models behind Ollama's API: no
-tool-call syntax or JSON, the real result lines, the process alive (issue 9). One `assistant
-chat --json` session per model; the tools load from the ``models_env`` models directory."""
+"""What a person sees with real (small, weak) language models behind Ollama's API, and behind
+the OpenAI API (``real_openai``): no tool-call syntax or JSON, the real result lines, the
+process alive (issue 9). One `assistant chat --json` session per model and server; the tools
+load from the ``models_env`` models directory."""
 
 from __future__ import annotations
 
@@ -14,15 +15,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.real_llm import LLAMA31, QWEN, SMOLLM, RealOllama, new_tokens_per_turn
+from tests.real_llm import LLAMA31, QWEN, SMOLLM, RealOllama, RealOpenAI, new_tokens_per_turn
 
 #: What must never reach a person: call syntax, call- or result-shaped JSON, chat markup.
 LEAKS = re.compile(r'<tool_call>|</?\|?im_(start|end)|"(name|arguments|parameters|tool_calls|outputs|labels)"\s*:'
                    r"|\(No answer")
 
 
-def session(server: RealOllama, model: str, lines: list[str]) -> list[dict]:
-    env = {**os.environ, "OLLAMA_HOST": server.url, "ASSISTANT_LLM_MODEL": model,
+def session(server: RealOllama | RealOpenAI, model: str, lines: list[str]) -> list[dict]:
+    env = {**os.environ, **server.env, "ASSISTANT_LLM_MODEL": model,
            "ASSISTANT_VIDEO_MAX_FRAMES": "4", "ASSISTANT_LLM_NUM_CTX": "4096"}
     result = subprocess.run([sys.executable, "-m", "assistant", "chat", "--json"], cwd=ROOT, env=env,
                             input="".join(f"{line}\n" for line in lines), text=True, capture_output=True,
@@ -91,3 +92,21 @@ def test_llama31_template_reads_each_prompt_once(real_ollama: RealOllama, models
     # Today's numbers under Ollama's own use of the template: 1,346 and 1,096 (issue 20).
     assert max(text_turns) <= 300 and sorted(text_turns)[len(text_turns) // 2] <= 150, turns
     assert max(attachment_turns) <= 700, turns
+
+
+def test_qwen_over_the_openai_api(real_openai: RealOpenAI, models_env, media: Path) -> None:
+    """The same model behind an OpenAI-compatible server (llama-cpp-python's): clean, grounded,
+    no tool on small talk; the decision goes as a JSON schema, the history as OpenAI messages."""
+    replies = session(real_openai, QWEN, [
+        f"/attach {media / 'audio' / 'siren.m4a'}", "What do you hear in this recording?",
+        "Привет! Как дела?",
+        "Какая тональность у этого отзыва: «Ужасный сервис, больше никогда не приду»?",
+        f"/attach {media / 'images' / 'ext_tabby_cat.jpg'}", "Что на этом фото?",
+    ])
+    assert len(replies) == 4
+    audio, hello, review, photo = replies
+    assert any(line.startswith("audio · ") and "%" in line for line in audio["results"])
+    assert hello["results"] == []  # small talk: no tool run
+    assert any(line.startswith("sentiment · ") for line in review["results"])
+    assert any(line.startswith("image · ") for line in photo["results"])
+    assert all(reply["llm_used"] for reply in replies)
