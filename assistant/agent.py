@@ -238,7 +238,7 @@ def _folder(conversation_id: str) -> str:
 def build_agent(settings: Settings, *, use_llm: bool = True) -> Agent:
     """The agent with every tool, the language model ASSISTANT_LLM_API names (unless ``use_llm``
     is False) and SQLite memory."""
-    from assistant.llm.base import make_llm
+    from assistant.llm import make_llm
     from assistant.runtime import build_tools
 
     llm: ChatLLM | None = make_llm(settings) if use_llm else None

@@ -114,3 +114,16 @@ def test_the_ollama_client_imports_under_a_malformed_ollama_host(monkeypatch: py
 
     assert import_ollama().Client is not None
     assert os.environ["OLLAMA_HOST"] == "localhost:abc"
+
+
+@pytest.mark.parametrize(("body", "line"), [
+    (BAD_GATEWAY, "502 Bad Gateway"),
+    ("<!DOCTYPE html><body><h1>Service  Unavailable</h1><p>Back &amp; running soon</p></body>",
+     "Service Unavailable Back & running soon"),
+    ("model 'x' not found", "model 'x' not found"),
+    ("overloaded " * 40, ("overloaded " * 40)[:199].rstrip() + "…"),
+], ids=["title", "no-title", "plain", "long"])
+def test_error_text_is_one_short_line_without_markup(body: str, line: str) -> None:
+    from assistant.llm.base import error_text
+
+    assert error_text(body) == line

@@ -1,5 +1,6 @@
 """What the agent needs of a language model, whichever server answers: the :class:`ChatLLM`
-protocol, what a status check says, and the errors a person can act on."""
+protocol, what a status check says, the errors a person can act on, and what every client
+shares: reading a stream within a reply's bound, and a server's error body as one line."""
 
 from __future__ import annotations
 
