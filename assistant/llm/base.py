@@ -133,12 +133,15 @@ def collect_stream(chunks: Iterator[AIMessageChunk], *, limits: ReplyLimits,
                    cancel: threading.Event | None = None) -> AIMessageChunk | None:
     """A streamed reply added up (text, tool-call deltas, token counts), its text passed to
     ``on_token`` as it comes; stops when ``cancel`` is set. Raises :class:`ReplyCut` once the
-    reply streams past ``limits`` (each streamed piece counts as a token). The stream is closed
-    on the way out, so the server stops generating."""
+    reply streams past ``limits`` (each streamed piece counts as a token; the time runs from the
+    first piece: the wait for it, prompt evaluation included, is ASSISTANT_LLM_TIMEOUT's). The
+    stream is closed on the way out, so the server stops generating."""
     full: AIMessageChunk | None = None
-    started, pieces = time.monotonic(), 0
+    started: float | None = None
+    pieces = 0
     try:
         for chunk in chunks:
+            started = time.monotonic() if started is None else started
             text = message_text(chunk.content)
             pieces += bool(text or chunk.tool_call_chunks)
             if pieces > limits.tokens:
