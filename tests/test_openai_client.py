@@ -19,7 +19,7 @@ from assistant.config import Settings
 from assistant.llm import DECISION_TOKENS
 from assistant.llm.openai import OpenAILLM
 from assistant.memory import Memory
-from assistant.reply import STOPPED
+from assistant.turn.fallback import STOPPED
 from assistant.turns import Turn
 from tests.conftest import ROOT
 from tests.fake_openai import FakeOpenAI, answer, cut, failure, tool_call

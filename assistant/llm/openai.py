@@ -22,6 +22,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from assistant.config import Settings
 from assistant.llm.base import (DECISION_TOKENS, STATUS_TIMEOUT, LLMError, LLMStatus, ModelInfo, ReplyLimits,
                                 ToolsUnsupported, as_reply, collect_stream, error_text)
+from assistant.llm.strategy import Strategy, choose
 
 #: Guards making a model's client (OpenAILLM.with_model).
 _CLIENTS_LOCK = threading.Lock()
@@ -74,6 +75,12 @@ class OpenAILLM:
             raise self.explain(exc) from exc
         return [ModelInfo(name, self._clients[name].native_tools if name in self._clients else None)
                 for name in names]
+
+    def tool_calling(self) -> Strategy:
+        """How the model is offered tools: as ASSISTANT_TOOL_CALLING says, else natively until
+        the server refuses tools for it (the OpenAI API reports no template or capabilities)."""
+        return choose(self.settings.tool_calling, None,
+                      None if self.native_tools is None else ["tools"] if self.native_tools else [])
 
     def _client(self, timeout: float) -> Any:
         import openai
@@ -143,9 +150,10 @@ class OpenAILLM:
             status.error = self._missing(", ".join(sorted(names)) or "none")
         return status
 
-    def warm_up(self) -> str | None:
+    def warm_up(self, system: Callable[[bool], str] | None = None,
+                tools: Sequence[dict[str, Any]] | None = None) -> str | None:
         """Check the server and the model; one sentence if something is wrong. Loading the
-        model is the server's business. Also makes the ChatOpenAI, so that an adapter warming
+        model (and reading ``system`` and ``tools`` ahead) is the server's business. Also makes the ChatOpenAI, so that an adapter warming
         up in the background has the first reply's imports done too."""
         self._chat()
         status = self.status()
@@ -207,7 +215,7 @@ class OpenAILLM:
         return LLMError(f"The language model server answered with an error (HTTP {code}): {said}")
 
     def _tool_mode(self) -> str:
-        return {True: "native", False: "json-fallback", None: "unknown"}[self.native_tools]
+        return {True: "native", False: "structured", None: "unknown"}[self.native_tools]
 
 
 @functools.cache
