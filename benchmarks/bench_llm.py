@@ -12,6 +12,8 @@ soon as the tools have run), also for turns without attachments alone, total tim
 ``llama3.1:8b`` is Qwen's weights rendered with Ollama's llama3.1 template; loop ``native``
 runs ours with ASSISTANT_TOOL_CALLING=native on it (tools sent natively, as before issue 20).
 Usage: bench_llm.py [--models NAME ...] [--loops ours native plain] [--repeat N] [--script full|issue20]
+[--api ollama openai] (``openai``: our loop on the same Qwen GGUF also behind llama-cpp-python's
+OpenAI-compatible server, ASSISTANT_LLM_API=openai; it logs no prompt tokens: those columns say "–")
 (``--repeat 3``: the script three times over in one conversation, which outgrows a 4,096-token
 window: how each loop fares once history must be dropped.)
 """
@@ -30,7 +32,7 @@ from pathlib import Path
 from common import MEDIA, ROOT, SHARED
 
 from tests.model_builders import build_models_dir
-from tests.real_llm import _FILES, LLAMA31, QWEN, SMOLLM, start_server
+from tests.real_llm import _FILES, LLAMA31, QWEN, SMOLLM, start_openai_server, start_server
 
 LEAKS = re.compile(r'<tool_call>|</?\|?im_(start|end)|"(name|arguments|parameters|tool_calls|outputs|labels)"\s*:'
                    r"|\(No answer")
@@ -77,12 +79,13 @@ def log_entries(log: Path, start: int) -> list[dict]:
 
 
 def run_ours(url: str, model: str, db: Path, log: Path, turns: list[tuple[str, str | None]],
-             tool_calling: str = "auto") -> list[dict]:
+             tool_calling: str = "auto", api: str = "ollama") -> list[dict]:
     from assistant.agent import build_agent
     from assistant.config import Settings
     from assistant.turns import Turn
 
-    settings = Settings.from_env({**os.environ, "OLLAMA_HOST": url, "ASSISTANT_LLM_MODEL": model, "ASSISTANT_DB": str(db),
+    server = {"ASSISTANT_LLM_API": "openai", "ASSISTANT_LLM_BASE_URL": url} if api == "openai" else {"OLLAMA_HOST": url}
+    settings = Settings.from_env({**os.environ, **server, "ASSISTANT_LLM_MODEL": model, "ASSISTANT_DB": str(db),
                                   "ASSISTANT_LLM_NUM_CTX": "4096", "ASSISTANT_TOOL_CALLING": tool_calling})
     agent = build_agent(settings)
     agent.warm_up()
@@ -167,6 +170,20 @@ def ran_tools(row: dict) -> bool:
     return bool(row["results"]) or (not row.get("ours") and any(c.get("tool_calls") for c in row["calls"]))
 
 
+def bench_openai_api(work: Path, llm_dir: Path, turns: list[tuple[str, str | None]]) -> list[dict]:
+    """Our loop on the Qwen GGUF behind llama-cpp-python's OpenAI-compatible server (the row
+    beside the Ollama API's; the truth is the tools' own top results, as there)."""
+    process, url = start_openai_server(os.environ.get("ASSISTANT_TEST_LLM_PYTHON", sys.executable), llm_dir,
+                                       work / "openai-server.stderr")
+    try:
+        rows = run_ours(url, QWEN, work / "openai.sqlite3", work / "no-log.jsonl", turns, api="openai")
+    finally:
+        process.terminate()
+    truth = {r["file"]: _fact(r["results"][0]) for r in rows if r["file"]}
+    (work / "qwen-openai.json").write_text(json.dumps(rows, ensure_ascii=False, indent=1))
+    return [{"model": QWEN, "loop": "ours, OpenAI API", "turns": len(rows), **summarise(rows, truth)}]
+
+
 def summarise(rows: list[dict], truth: dict[str, str]) -> dict[str, object]:
     attached = [r for r in rows if r["file"]]
     calls = [c for r in rows for c in r["calls"] if c.get("prompt_tokens") is not None]
@@ -182,9 +199,10 @@ def summarise(rows: list[dict], truth: dict[str, str]) -> dict[str, object]:
         "grounded words %": round(100 * sum(truth[r["file"]].lower() in r["reply"].lower() for r in attached)
                                   / len(attached)),
         "language %": round(100 * sum(cyrillic(r["text"]) == cyrillic(r["reply"]) for r in rows) / len(rows)),
-        "calls/turn": round(len(calls) / len(rows), 2),
-        "prompt tok/call": round(statistics.mean(c["prompt_tokens"] - c["reused_prefix_tokens"] for c in calls)),
-        "reused tok/call": round(statistics.mean(c["reused_prefix_tokens"] for c in calls)),
+        "calls/turn": round(len(calls) / len(rows), 2) if calls else "–",
+        "prompt tok/call": round(statistics.mean(c["prompt_tokens"] - c["reused_prefix_tokens"] for c in calls))
+        if calls else "–",
+        "reused tok/call": round(statistics.mean(c["reused_prefix_tokens"] for c in calls)) if calls else "–",
         "new tok, turn 1": new_tokens(rows[0]),
         "new tok/text turn": round(statistics.median(new_text)),
         "new tok/attachment turn": round(statistics.median(new_attached)),
@@ -215,6 +233,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=(QWEN, SMOLLM, LLAMA31), default=[QWEN, SMOLLM, LLAMA31])
     parser.add_argument("--loops", nargs="+", choices=("ours", "native", "plain"), default=["ours", "native", "plain"])
     parser.add_argument("--repeat", type=int, default=1, help="run the scripted turns N times in one conversation")
+    parser.add_argument("--api", nargs="+", choices=("ollama", "openai"), default=["ollama"],
+                        help="openai: our loop on Qwen also through an OpenAI-compatible server")
     parser.add_argument("--script", choices=("full", "issue20"), default="full",
                         help="the 14 scripted turns, or issue 20's seven")
     args = parser.parse_args()
@@ -248,6 +268,8 @@ def main() -> None:
                 table += [{"model": model, "loop": name, "turns": len(part), **summarise(part, truth)}
                           for part in parts]
                 print(json.dumps(table[-1], ensure_ascii=False), file=sys.stderr, flush=True)  # as it comes
+        if "openai" in args.api and QWEN in args.models:
+            table += bench_openai_api(work, llm_dir, turns * args.repeat)
         keys = list(table[0])
         print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
         for row in table:
