@@ -146,7 +146,7 @@ def service_checks(settings: Settings) -> list[Check]:
             checks.append(Check(f"Remote tool: {name}", OK, f"served ({loaded})"))
         else:
             checks.append(Check(f"Remote tool: {name}", FAIL, f"not served by {settings.tools_url}",
-                                f"serve it there (`--tools`) or leave it out of ASSISTANT_REMOTE_TOOLS"))
+                                "serve it there (`--tools`) or leave it out of ASSISTANT_REMOTE_TOOLS"))
     return checks
 
 
