@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from telegram import Update
 from telegram.error import InvalidToken, NetworkError
 from telegram.ext import Application, ApplicationBuilder, CommandHandler, MessageHandler, TypeHandler, filters
 from telegram.request import HTTPXRequest
 
-from adapters.telegram.bot import TOKEN_REJECTED, TelegramBot
+from adapters.telegram.bot import TOKEN_REJECTED, TelegramBot, leave_at_once
 from adapters.telegram.commands import Commands
 from adapters.telegram.messages import Messages
 from adapters.telegram.ratelimit import RateLimiter
@@ -95,18 +94,6 @@ def serve(application: Application, telegram: TelegramSettings) -> int:
               file=sys.stderr)
         return 2
     return 0
-
-
-def leave_at_once() -> NoReturn:
-    """Leave now, without the interpreter's shutdown, which aborts (SIGABRT) while a turn's
-    worker thread is inside native code (torch, PyAV); that turn is told as interrupted at the
-    next start, and what the outbox holds is sent then."""
-    log.warning("Stopped at once (a second stop signal); a reply in progress is told as "
-                "interrupted at the next start")
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(130)
 
 
 def _without_traceback(record: logging.LogRecord) -> bool:

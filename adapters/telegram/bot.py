@@ -8,7 +8,10 @@ import contextlib
 import logging
 import os
 import secrets
-from typing import TYPE_CHECKING
+import signal
+import sys
+import threading
+from typing import TYPE_CHECKING, NoReturn
 
 from telegram import BotCommand, Message, Update
 from telegram.constants import ChatMemberStatus, ChatType
@@ -73,7 +76,11 @@ class TelegramBot:
     async def post_stop(self, application: Application) -> None:
         """Before the process leaves: every turn still in progress stops at its next step and
         stores itself (a worker thread still inside native code, torch or PyAV, when the
-        interpreter shuts down aborts the process), then the outbox stops."""
+        interpreter shuts down aborts the process), then the outbox stops. Another stop signal
+        meanwhile leaves at once (:func:`leave_at_once`)."""
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(number, lambda *_: leave_at_once())
         await asyncio.to_thread(self.session.stop)
         await self.delivery.stop()
 
@@ -169,3 +176,15 @@ class TelegramBot:
                         *, plain: bool = False) -> None:
         """``text`` (Markdown unless ``plain``) to the chat, through the outbox if need be."""
         await self.delivery.send_text(context.bot, chat_id, text, plain=plain)
+
+
+def leave_at_once() -> NoReturn:
+    """Leave now, without the interpreter's shutdown, which aborts (SIGABRT) while a turn's
+    worker thread is inside native code (torch, PyAV); that turn is told as interrupted at the
+    next start, and what the outbox holds is sent then."""
+    log.warning("Stopped at once (a second stop signal); a reply in progress is told as "
+                "interrupted at the next start")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
