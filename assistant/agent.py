@@ -128,6 +128,11 @@ class Agent:
             raise LLMError("The language model is switched off (no-LLM mode).")
         return self.llm.models()
 
+    @property
+    def server(self) -> str:
+        """What serves the language model, in words ("Ollama" in no-LLM mode too)."""
+        return self.llm.server if self.llm is not None else "Ollama"
+
     def set_model(self, conversation_id: str, name: str) -> ModelInfo:
         """Switch the conversation to the server's model ``name`` (``llama3`` is
         ``llama3:latest``, as in Ollama), kept across restarts; returns that model.
@@ -137,8 +142,10 @@ class Agent:
         match = next((model for model in models if model.name in (name, f"{name}:latest")), None)
         if match is None:
             listed = ", ".join(model.name for model in models) or "none"
-            raise LLMError(f"There is no model {name!r} in Ollama (it has: {listed}); "
-                           f"`ollama pull {name}` fetches it.")
+            if self.server == "Ollama":
+                raise LLMError(f"There is no model {name!r} in Ollama (it has: {listed}); "
+                               f"`ollama pull {name}` fetches it.")
+            raise LLMError(f"There is no model {name!r} on {self.server} (it has: {listed}).")
         assert self.llm is not None  # models() said so
         default = match.name == self.llm.model
         self.memory.set_conversation_model(conversation_id, None if default else match.name)

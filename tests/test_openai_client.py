@@ -195,6 +195,20 @@ def test_model_lists_v1_models_and_learns_tool_calling(fake_openai: FakeOpenAI, 
     assert fake_openai.chat_requests()[-1]["model"] == "qwen2.5:7b"
 
 
+def test_model_in_the_repl_names_the_server_not_ollama(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    """/model over the OpenAI API: the server and its models, never "Ollama" or `ollama pull`."""
+    env = {"ASSISTANT_LLM_API": "openai", "ASSISTANT_LLM_BASE_URL": fake_openai.url,
+           "ASSISTANT_DB": str(tmp_path / "db.sqlite3")}
+    result = subprocess.run([sys.executable, "-m", "assistant", "chat"], input="/model\n/model mistral\n",
+                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"The OpenAI-compatible server: {fake_openai.url}" in result.stdout
+    assert "Models on the OpenAI-compatible server" in result.stdout and "qwen2.5:7b" in result.stdout
+    assert "There is no model 'mistral' on the OpenAI-compatible server (it has: llama3.1:8b, qwen2.5:7b)." \
+        in result.stderr
+    assert "ollama" not in (result.stdout + result.stderr).lower()
+
+
 def doctor(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "assistant", "doctor"], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=300)

@@ -64,6 +64,8 @@ class StubAgent:
     """The agent interface the bot uses, answering with ``answer(turn, progress)``; received
     files go under ``root`` (each test's temporary folder)."""
 
+    server = "Ollama"
+
     root: Path
 
     def __init__(self, answer: Callable[..., Reply] | None = None, memory: Memory | None = None) -> None:

@@ -153,7 +153,7 @@ class Repl:
         self.ui.show_status(status)
         if status.reachable:
             try:
-                self.ui.show_models(agent.models(), status.model)
+                self.ui.show_models(agent.models(), status.model, status.server)
             except LLMError as exc:
                 self.ui.error(str(exc))
 

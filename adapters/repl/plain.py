@@ -46,8 +46,8 @@ class PlainUI:
         for label, value in status_lines(status):
             self.say(f"{label}: {value}")
 
-    def show_models(self, models: list[ModelInfo], current: str) -> None:
-        self.say("Models in Ollama (/model NAME switches this conversation's model):")
+    def show_models(self, models: list[ModelInfo], current: str, server: str = "Ollama") -> None:
+        self.say(f"Models on {server} (/model NAME switches this conversation's model):")
         for model in models:
             self.say(f"  {model.name}{' (in use)' if model.name == current else ''} – {model.describe()}")
 
@@ -88,7 +88,8 @@ class PlainUI:
 
 def status_lines(status: LLMStatus) -> list[tuple[str, str]]:
     """The language model's status as (label, value) lines for /model."""
-    lines = [("Ollama", f"{status.host} – {'reachable' if status.reachable else 'not reachable'}"),
+    server = status.server[:1].upper() + status.server[1:]
+    lines = [(server, f"{status.host} – {'reachable' if status.reachable else 'not reachable'}"),
              ("Model", f"{status.model} – " + ("available" if status.model_available
                                                else "not available")),
              ("Tool calling", status.tool_calling + (f" – {status.tool_calling_reason}"

@@ -152,7 +152,7 @@ class Commands:
             models = self.shared.agent.models()
         except LLMError as exc:
             return f"{lines[0]} {exc}"
-        lines += ["", "Models in Ollama:"]
+        lines += ["", f"Models on {self.shared.agent.server}:"]
         lines += [f"- `{model.name}`{' (in use)' if model.name == current else ''}: {model.describe()}"
                   for model in models]
         lines += ["", "/model NAME switches this chat to another one."]

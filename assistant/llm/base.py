@@ -41,6 +41,8 @@ class LLMStatus:
     tool_calling_reason: str = ""
     #: Whether the model has native tool calling at all (None: the server does not say).
     native_tools: bool | None = None
+    #: What serves the model, in words ("Ollama", "the OpenAI-compatible server").
+    server: str = "Ollama"
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class ChatLLM(Protocol):
 
     #: The model's name.
     model: str
+    #: What serves it, in words (shown by /model and doctor).
+    server: str
     #: Whether the model has native tool calling at all (None: not known yet).
     native_tools: bool | None
 

@@ -45,6 +45,8 @@ def import_ollama() -> ModuleType:
 
 
 class OllamaLLM:
+    server = "Ollama"
+
     """One Ollama model through ChatOllama, with an explicit context window and keep-alive.
 
     :meth:`with_model` gives the client of another model on the same server; there is one

@@ -38,6 +38,8 @@ class _JsonSchemaUnsupported(LLMError):
 
 
 class OpenAILLM:
+    server = "the OpenAI-compatible server"
+
     """One model of an OpenAI-compatible server (ASSISTANT_LLM_BASE_URL, ASSISTANT_LLM_API_KEY).
 
     :meth:`with_model` gives the client of another model on the same server; there is one
@@ -135,7 +137,7 @@ class OpenAILLM:
         """Whether the server answers (with this key) and serves the model. Tool calling is
         "unknown" until a request has offered tools: ``/v1/models`` does not say."""
         status = LLMStatus(self.host, self.model, reachable=False, model_available=False,
-                           tool_calling=self._tool_mode())
+                           tool_calling=self._tool_mode(), server=self.server)
         try:
             names = [model.id for model in self._client(STATUS_TIMEOUT).models.list()]
         except Exception as exc:  # noqa: BLE001
