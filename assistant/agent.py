@@ -122,6 +122,16 @@ class Agent:
         chosen = self.memory.conversation_model(conversation_id)
         return self.llm.with_model(chosen) if chosen and chosen != self.llm.model else self.llm
 
+    def tools_model(self, conversation_id: str) -> str | None:
+        """The conversation's model as its tools see it (None in the no-LLM mode: no tool may
+        then call the model server)."""
+        return self.model_of(conversation_id) if self.llm is not None else None
+
+    def unavailable_tools(self, conversation_id: str) -> dict[str, str]:
+        """The tools that cannot run in the conversation now (a vision tool without a vision
+        model), each with the sentence that says how to enable it."""
+        return self.tools.unavailable(self.tools_model(conversation_id))
+
     def models(self) -> list[ModelInfo]:
         """The models the language model's server has; :class:`LLMError` if it cannot say."""
         if self.llm is None:

@@ -66,7 +66,8 @@ class Analyzer:
             attachment = self.store.register(name)
             tool = self._loaded(self._choose(attachment))
             with self._progress(attachment) as progress:
-                ctx = ToolContext(self.store, self.output_dir, progress)
+                # A tool whose model runs on Ollama (vision) asks the configured language model's server.
+                ctx = ToolContext(self.store, self.output_dir, progress, llm_model=self.settings.llm_model)
                 result = tool.call(self._arguments(tool, attachment), ctx)
         except ToolError as exc:
             self._error(name, str(exc))

@@ -2,7 +2,7 @@
 
 Checks Ollama (reachable, the model pulled, native tool calling), where each tool's model
 comes from (a local path, or a hub id and whether it is in the local cache — by looking at
-files; no model is loaded), the device, and the database. Exit status 1 when something
+files; no model is loaded), the models tools use on Ollama (vision), the device, and the database. Exit status 1 when something
 needed is broken; a model that will be downloaded on first use is a warning, not a failure.
 """
 
@@ -169,6 +169,19 @@ def _model_check(tools: str, spec: ModelSpec, source: ModelSource) -> Check:
                  f"put the model there (see the README's models layout) or unset {source.variable}")
 
 
+def tool_checks(settings: Settings) -> list[Check]:
+    """The tools' models that live on a server (a vision model on Ollama): which, and whether
+    it is there, as each tool checks it for the configured language model."""
+    from assistant.runtime import build_tools
+
+    checks = []
+    for tool in build_tools(settings):
+        found = tool.check(settings.llm_model)
+        if found is not None:
+            checks.append(Check(f"Tool: {tool.name}", found.status, found.detail, found.fix))
+    return checks
+
+
 # -- device and database --------------------------------------------------------------------
 
 def device_check(settings: Settings) -> Check:
@@ -255,7 +268,7 @@ def settings_checks(problems: list[str]) -> list[Check]:
 def collect(settings: Settings, problems: list[str] | None = None) -> list[Check]:
     """Every check; ``problems`` are the bad settings (each then has its default)."""
     return [*settings_checks(problems or []), *llm_checks(settings), *service_checks(settings),
-            *model_checks(settings), *voice_checks(settings), device_check(settings),
+            *model_checks(settings), *voice_checks(settings), *tool_checks(settings), device_check(settings),
             database_check(settings)]
 
 

@@ -4,6 +4,7 @@ or, with ASSISTANT_TOOLS_URL, on a tools service (``tools/remote.py``)."""
 from __future__ import annotations
 
 from assistant.config import Settings
+from tools.base import ModelServer
 from tools.registry import ToolRegistry, model_specs, tool_settings
 from tools.remote import ToolsService, remote_registry
 
@@ -15,7 +16,8 @@ def build_tools(settings: Settings, *, local: bool = False) -> ToolRegistry:
     ``settings.remote_tools`` (all when empty) run on that service."""
     values = {setting.variable: settings.tool_value(setting.variable) for setting in tool_settings()}
     sources = {spec.variable: settings.model(spec.variable) for spec in model_specs()}
-    tools = ToolRegistry.build(sources, values, settings.device)
+    server = ModelServer(settings.ollama_host, settings.llm_num_ctx, settings.llm_keep_alive)
+    tools = ToolRegistry.build(sources, values, settings.device, server)
     if settings.tools_url and not local:
         service = ToolsService(settings.tools_url, settings.tools_token, settings.tools_timeout)
         tools = ToolRegistry(remote_registry(tools, service, settings.remote_tools))

@@ -7,7 +7,8 @@ Use the ``fake_ollama`` fixture (registered for every test by ``tests/conftest.p
     fake_ollama.script.append(answer("A cat."))
     settings = Settings(ollama_host=fake_ollama.url, ...)
 
-Endpoints: ``GET /api/version``, ``GET /api/tags``, ``POST /api/show`` (with ``capabilities``),
+Endpoints: ``GET /api/version``, ``GET /api/tags``, ``POST /api/show`` (with ``capabilities``
+and ``model_info``, with what :attr:`FakeOllama.model_info` adds),
 ``POST /api/chat`` (streamed NDJSON or one JSON; ``tools``; ``message.tool_calls``; an empty
 ``messages`` list loads the model like Ollama does; a request of system messages alone is answered
 at once, without using the script: the agent's warm-up). Each model's chat template is
@@ -15,9 +16,11 @@ at once, without using the script: the agent's warm-up). Each model's chat templ
 cache, ``prompt_eval_count`` counts only what a request adds to the previous one of the same model
 (the request's tools and messages as JSON, four characters a token). Failure modes: an unknown model answers
 404 ``model '...' not found``; a model without the "tools" capability answers 400
-``... does not support tools`` when tools are sent; :func:`slow` delays a scripted reply;
+``... does not support tools`` when tools are sent; a message with ``images`` to a model without
+the "vision" capability answers 500 like Ollama; :func:`slow` delays a scripted reply;
 :func:`failure` answers an HTTP error (``html=True``: a proxy's HTML page); :func:`endless`
-streams words forever.
+streams words forever. A model with a script of its own in :attr:`FakeOllama.scripts` answers
+from it (a vision model beside the chat model), the others from :attr:`FakeOllama.script`.
 Every request is recorded in :attr:`FakeOllama.requests`.
 """
 
@@ -40,6 +43,9 @@ from tests.local_http import LocalHTTPServer, QuietHandler
 #: Capabilities Ollama reports for a model with native tool calling, and for plain llama3.
 TOOLS = ["completion", "tools"]
 NO_TOOLS = ["completion"]
+#: ... for a vision-language model (qwen2.5vl: it also calls tools) and for llama3.2-vision.
+VISION = ["completion", "vision", "tools"]
+VISION_ONLY = ["completion", "vision"]
 
 
 @dataclass
@@ -102,6 +108,10 @@ class FakeOllama(LocalHTTPServer):
         #: Chat templates by model name (what /api/show reports); others get ``{{ .Prompt }}``.
         self.templates: dict[str, str] = {}
         self.script: list[Scripted] = []
+        #: Scripts of particular models (by the name requested), used before :attr:`script`.
+        self.scripts: dict[str, list[Scripted]] = {}
+        #: What /api/show adds to a model's ``model_info``, by model (``general.architecture``...).
+        self.model_info: dict[str, dict[str, Any]] = {}
         self.requests: list[Request] = []
         self._prompts: dict[str, str] = {}  # by model: the previous request's prompt
         self._lock = threading.Lock()
@@ -118,11 +128,17 @@ class FakeOllama(LocalHTTPServer):
         full = name if ":" in name else f"{name}:latest"
         return self.models.get(full)
 
-    def next_reply(self) -> Scripted:
+    def next_reply(self, model: str = "") -> Scripted:
         with self._lock:
-            if not self.script:
+            script = self.scripts.get(model, self.script)
+            if not script:
                 return failure(500, "fake ollama: no scripted reply left")
-            return self.script.pop(0)
+            return script.pop(0)
+
+    def images_sent(self, model: str | None = None) -> list[list[str]]:
+        """The ``images`` (base64) of each chat request's messages (of ``model``, if given)."""
+        return [[image for message in body["messages"] for image in message.get("images") or []]
+                for body in self.chat_requests() if model is None or body.get("model") == model]
 
     def record(self, request: Request) -> None:
         with self._lock:
@@ -169,13 +185,16 @@ def _handler(fake: FakeOllama) -> type[QuietHandler]:
             elif capabilities is None:
                 self.send_json(404, {"error": f"model '{model}' not found"})
             elif self.path == "/api/show":
+                info = {"general.architecture": "llama", "llama.context_length": 131072,
+                        **fake.model_info.get(model, {})}
                 self.send_json(200, {"modelfile": "", "parameters": "",
                                      "template": fake.templates.get(model if ":" in model else f"{model}:latest", "{{ .Prompt }}"),
-                                     "details": {"family": "llama", "parameter_size": "8.0B"},
-                                     "model_info": {"llama.context_length": 131072},
-                                     "capabilities": capabilities})
+                                     "details": {"family": info["general.architecture"], "parameter_size": "8.0B"},
+                                     "model_info": info, "capabilities": capabilities})
             elif body.get("tools") and "tools" not in capabilities:
                 self.send_json(400, {"error": f"registry.ollama.ai/library/{model} does not support tools"})
+            elif any(m.get("images") for m in body.get("messages") or []) and "vision" not in capabilities:
+                self.send_json(500, {"error": "this model is missing data required for image input"})
             elif not body.get("messages"):
                 self.send_json(200, {"model": model, "created_at": _now(), "done": True,
                                      "done_reason": "load", "message": {"role": "assistant", "content": ""}})
@@ -190,7 +209,7 @@ def _handler(fake: FakeOllama) -> type[QuietHandler]:
                                      "message": {"role": "assistant", "content": ""},
                                      "prompt_eval_count": evaluated, "eval_count": 1})
                 return
-            reply = fake.next_reply()
+            reply = fake.next_reply(model)
             if reply.delay:
                 time.sleep(reply.delay)
             if reply.status != 200 and reply.html:

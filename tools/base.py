@@ -218,6 +218,12 @@ class ToolContext:
     progress: Progress | None = None
     #: Set when the person cancels the turn: long work stops at its next :meth:`report`.
     cancel: threading.Event | None = None
+    #: What the person asked with the attachments, in their words ("" when nothing): for
+    #: tools that answer a question about what they analyse.
+    question: str = ""
+    #: The language model in use, by its name on the model server (Ollama); None when no
+    #: language model is used (the no-LLM mode): no tool may then call the model server.
+    llm_model: str | None = None
 
     def report(self, fraction: float, message: str) -> None:
         """Tell how far the work is; :class:`Cancelled` once the turn is cancelled (so that a
@@ -243,6 +249,17 @@ _UNSAFE_IN_NAMES = re.compile(r"[\x00-\x1f\x7f-\x9f/\\]")
 _MAX_STEM_BYTES = 160
 
 
+@dataclass(frozen=True)
+class ModelServer:
+    """The Ollama server the language model runs on, and the options its chat requests use:
+    a tool that sends a request of its own to a model the chat also uses sends the same
+    ``num_ctx`` and ``keep_alive``, or Ollama reloads the model for each of them."""
+
+    url: str
+    num_ctx: int
+    keep_alive: str
+
+
 @dataclass
 class ToolConfig:
     """What a tool is built from: its model source, the device, its settings' values (by
@@ -252,6 +269,9 @@ class ToolConfig:
     device: str | None
     values: Mapping[str, Any]
     shared: dict[str, Any] = field(default_factory=dict)
+    #: The model server (Ollama) for tools whose model runs there, with the language model's
+    #: request options (None: not configured).
+    model_server: ModelServer | None = None
 
     def share(self, key: str, make: Callable[[], Any]) -> Any:
         """One object per ``key`` for all tools built from this configuration."""
@@ -294,6 +314,9 @@ class Tool(ABC, Generic[P]):
     model: ClassVar[ModelSpec | None] = None
     settings: ClassVar[tuple[Setting, ...]] = ()
     analyze_options: ClassVar[tuple[AnalyzeOption, ...]] = ()
+    #: It takes seconds to minutes an input (a vision-language model on a CPU): routed after
+    #: the other tools of an attachment, so their results are shown first.
+    slow: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Check a concrete tool's declaration when its class is defined."""
@@ -320,6 +343,18 @@ class Tool(ABC, Generic[P]):
     def routed_arguments(self, attachment_id: str, attachments: AttachmentResolver) -> dict[str, Any]:
         """The arguments of the call it gets for an attachment it runs on by itself."""
         return {ATTACHMENT_ARGUMENT: attachment_id}
+
+    def unavailable(self, llm_model: str | None) -> str | None:
+        """Why the tool cannot run now where the language model in use is ``llm_model`` (None:
+        none is), as one sentence that says how to enable it; None when it can. A tool whose
+        model runs elsewhere (on Ollama) overrides it; routing, the calls offered to the model,
+        ``/tools`` and ``doctor`` honour it. Called for every attachment: it must be quick."""
+        return None
+
+    def check(self, llm_model: str | None) -> ModelCheck | None:
+        """What ``doctor`` says about a model of this tool that its :class:`ModelSpec` cannot
+        check (a model on a server), for the language model ``llm_model``; None: nothing."""
+        return None
 
     @classmethod
     def text_arguments(cls, text: str) -> dict[str, Any] | None:

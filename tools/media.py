@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tools.base import ToolError
 
@@ -338,3 +338,38 @@ def _joined_frames(frames: Iterator[av.AudioFrame], seconds: float = 1.0) -> Ite
 
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} s"
+
+
+# -- video ---------------------------------------------------------------------------------
+
+def video_keyframes(path: Path, count: int) -> tuple[float, list[tuple[float, Any]]]:
+    """The video's length in seconds, and ``count`` of its frames spread evenly over it (each
+    from the middle of its slot) as ``(time in seconds, RGB PIL image)``, the way a player
+    shows them (rotation applied). :class:`ToolError` for a file that cannot be read."""
+    import cv2
+    from PIL import Image
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise ToolError(f"{path.name}: not a video that can be read (damaged, truncated or "
+                            "in an unknown format).")
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        frame_count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        if not (0 < fps < 1000) or frame_count <= 0:
+            raise ToolError(f"{path.name}: the video's length or frame rate cannot be read "
+                            "(is it damaged or truncated?).")
+        wanted = sorted({min(frame_count - 1, int((i + 0.5) * frame_count / count))
+                         for i in range(max(1, min(count, frame_count)))})
+        frames = []
+        for index in wanted:
+            capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+            ok, frame = capture.read()
+            if ok:
+                frames.append((index / fps, Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))))
+    finally:
+        capture.release()
+    if not frames:
+        raise ToolError(f"{path.name}: no frame of the video could be decoded "
+                        "(is it damaged or truncated?).")
+    return frame_count / fps, frames

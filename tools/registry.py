@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cache
 from typing import Any, TypeVar
 
-from tools.base import (AnalyzeOption, ModelSource, ModelSpec, Tool, ToolConfig, ToolError,
+from tools.base import (AnalyzeOption, ModelServer, ModelSource, ModelSpec, Tool, ToolConfig, ToolError,
                         ToolResult)
 from tools.settings import Setting
 
@@ -96,14 +96,15 @@ class ToolRegistry:
 
     @classmethod
     def build(cls, sources: Mapping[str, ModelSource], values: Mapping[str, Any],
-              device: str | None) -> ToolRegistry:
-        """Every discovered tool, built from its model's source (by the model's variable) and
-        the settings' values (by variable). Nothing heavy is imported or loaded here."""
+              device: str | None, model_server: ModelServer | None = None) -> ToolRegistry:
+        """Every discovered tool, built from its model's source (by the model's variable), the
+        settings' values (by variable) and the model server (Ollama) for tools whose model runs
+        there. Nothing heavy is imported or loaded here."""
         shared: dict[str, Any] = {}
         tools = []
         for tool_class in tool_classes():
             source = sources.get(tool_class.model.variable) if tool_class.model else None
-            tools.append(tool_class.create(ToolConfig(source, device, values, shared)))
+            tools.append(tool_class.create(ToolConfig(source, device, values, shared, model_server)))
         return cls(tools)
 
     def get(self, name: str) -> Tool[Any]:
@@ -112,14 +113,22 @@ class ToolRegistry:
             raise ToolError(f"Unknown tool {name!r}; available: {', '.join(self._tools)}.")
         return tool
 
-    def routed(self, kind: str, text: str) -> list[Tool[Any]]:
-        """The tools an attachment of ``kind`` goes to by itself, given the user's ``text``: those
-        that take every such attachment first (a photo's class, in milliseconds), then those the
-        text asks for (its object detection, seconds on a CPU)."""
+    def routed(self, kind: str, text: str, llm_model: str | None = None) -> list[Tool[Any]]:
+        """The tools an attachment of ``kind`` goes to by itself, given the user's ``text`` and
+        the language model in use (a tool unavailable with it is left out): those that take
+        every such attachment first (a photo's class, in milliseconds), then those the text
+        asks for (its object detection, seconds on a CPU), then the slow ones (a vision model)."""
         every = [tool for tool in self._tools.values() if kind in tool.routes]
         asked = [tool for tool in self._tools.values() if kind not in tool.routes
                  and tool.trigger is not None and tool.trigger.wants(kind, text)]
-        return every + asked
+        chosen = [tool for tool in every + asked if tool.unavailable(llm_model) is None]
+        return sorted(chosen, key=lambda tool: tool.slow)  # stable: the order above otherwise
+
+    def unavailable(self, llm_model: str | None) -> dict[str, str]:
+        """The tools that cannot run where the language model in use is ``llm_model``, each with
+        the sentence that says how to enable it."""
+        reasons = {tool.name: tool.unavailable(llm_model) for tool in self._tools.values()}
+        return {name: reason for name, reason in reasons.items() if reason is not None}
 
     def for_text(self, text: str) -> list[tuple[Tool[Any], dict[str, Any]]]:
         """The tools the user's message asks to run on a passage it quotes, with their arguments."""

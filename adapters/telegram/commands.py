@@ -103,7 +103,10 @@ class Commands:
     async def tools(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/tools: the tools the agent can use."""
         async with self.shared.in_order(update.effective_chat.id):
-            lines = [f"• **{tool.name}**: {tool.headline()}" for tool in self.shared.agent.tools]
+            agent = self.shared.agent
+            off = await asyncio.to_thread(agent.unavailable_tools, conversation_id(update.effective_chat.id))
+            lines = [f"• **{tool.name}**: {tool.headline()}"
+                     + (f" (off: {off[tool.name]})" if tool.name in off else "") for tool in agent.tools]
             await self.shared.send_text(context, update.effective_chat.id,
                                         "I can use these tools:\n" + "\n".join(lines))
 

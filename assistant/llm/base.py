@@ -47,16 +47,20 @@ class LLMStatus:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A model Ollama has, and whether it can call tools natively (None: Ollama does not say)."""
+    """A model Ollama has, whether it can call tools natively and whether it sees images
+    (None: Ollama does not say)."""
 
     name: str
     tools: bool | None
+    vision: bool | None = None
 
     def describe(self) -> str:
         """What it can do, in words."""
-        return {True: "native tool calling",
-                False: "no native tool calling (a JSON prompt chooses the tools)",
-                None: "tool calling not reported"}[self.tools]
+        tools = {True: "native tool calling",
+                 False: "no native tool calling (a JSON prompt chooses the tools)",
+                 None: "tool calling not reported"}[self.tools]
+        vision = {True: "; vision: sees images", False: "; no vision", None: ""}[self.vision]
+        return tools + vision
 
 
 class ReplyCut(LLMError):

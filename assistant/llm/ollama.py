@@ -89,8 +89,11 @@ class OllamaLLM:
             infos = []
             for name in names:
                 model = self.with_model(name)
-                model.learn(client.show(name))
-                infos.append(ModelInfo(name, model.native_tools))
+                shown = client.show(name)
+                model.learn(shown)
+                capabilities = getattr(shown, "capabilities", None)
+                infos.append(ModelInfo(name, model.native_tools,
+                                       None if capabilities is None else "vision" in capabilities))
         except Exception as exc:  # noqa: BLE001
             raise self.explain(exc) from exc
         return infos
