@@ -163,8 +163,8 @@ def test_a_model_per_conversation(fake_ollama: FakeOllama, tmp_path: Path, agent
     settings = settings_for(fake_ollama.url, tmp_path)
     agent = agent_for(settings)
 
-    assert agent.models() == [ModelInfo("llama3.1:8b", True), ModelInfo("llama3:latest", False)]
-    assert agent.set_model("old", "llama3") == ModelInfo("llama3:latest", False)  # Ollama's "latest" tag
+    assert agent.models() == [ModelInfo("llama3.1:8b", True, False), ModelInfo("llama3:latest", False, False)]
+    assert agent.set_model("old", "llama3") == ModelInfo("llama3:latest", False, False)  # Ollama's "latest" tag
     with pytest.raises(LLMError, match=r"no model 'nosuch' in Ollama \(it has: llama3.1:8b, llama3:latest\); "
                                        r"`ollama pull nosuch`"):
         agent.set_model("old", "nosuch")
@@ -211,7 +211,7 @@ def test_build_agent_wires_tools_memory_and_ollama(models_env: Path, monkeypatch
 
     agent = build_agent(settings)
 
-    assert set(agent.tools.names) == {"sentiment", "audio", "image", "detect", "video", "speech"}
+    assert set(agent.tools.names) == {"sentiment", "audio", "image", "detect", "video", "speech", "vision"}
     assert agent.memory.path == settings.db_path and settings.db_path.exists()
     assert (agent.llm_status().host, agent.llm_status().model) == ("http://127.0.0.1:9", "llama3.1:8b")
     assert build_agent(settings, use_llm=False).llm is None
@@ -228,7 +228,8 @@ def test_real_tools_end_to_end(real_agent: Agent, fake_ollama: FakeOllama, media
 
     assert reply.text == "Зебра и сирена." and reply.llm_used
     first, second = fake_ollama.chat_requests()
-    assert {tool["function"]["name"] for tool in first["tools"]} == {"sentiment", "audio", "image", "detect", "video", "speech"}
+    assert {tool["function"]["name"] for tool in first["tools"]} == {"sentiment", "audio", "image", "detect", "video", "speech",
+                                                            "vision"}
     results = [json.loads(m["content"]) for m in first["messages"] if m["role"] == "tool"]
     routed = {result.get("tool"): result for result in results}
     assert set(routed) == {"image", "audio"}  # no detection: the text does not ask what or where

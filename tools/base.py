@@ -82,7 +82,7 @@ def short_reason(exc: BaseException) -> str:
 class ModelCheck:
     """What ``doctor`` learns about a model without loading it."""
 
-    status: str  # ok | warn | fail
+    status: str  # ok | warn | fail | skip (an optional model that is off)
     detail: str
     fix: str = ""
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from tools.base import (AnalyzeOption, BadCall, Label, ModelCheck, ModelServer, Tool, ToolConfig,
                         ToolContext, ToolError, ToolResult, short_reason)
@@ -85,8 +86,10 @@ class VisionResult(ToolResult):
 
 class VisionParams(BaseModel):
     attachment_id: str
-    question: str | None = Field(None, description="What to ask about it; omit to get a "
-                                 "description and any text it shows.")
+    # What to ask: for `assistant analyze --question`. Left out of what the language model reads
+    # (every request carries the schemas): in a conversation the question is the person's own
+    # words (ToolContext.question), never the model's paraphrase of them.
+    question: SkipJsonSchema[str | None] = Field(None, max_length=MAX_QUESTION_CHARS)
 
 
 @dataclass(frozen=True)
@@ -102,8 +105,7 @@ class _Model:
 
 class VisionTool(Tool[VisionParams]):
     name = "vision"
-    description = ("Ask a vision-language model about a photo or a video: what it shows, the text "
-                   "in it, a question about it. Runs only when a vision model is available.")
+    description = "A vision model answers the user's question about a photo or video, or describes it."
     Params = VisionParams
     kinds: ClassVar[frozenset[str]] = frozenset({"image", "video"})
     routes: ClassVar[frozenset[str]] = frozenset({"image", "video"})
@@ -151,20 +153,21 @@ class VisionTool(Tool[VisionParams]):
         return None
 
     def check(self, llm_model: str | None) -> ModelCheck:
-        """`doctor`: which vision model, whether Ollama has it and reports vision for it."""
+        """`doctor`: which vision model, whether Ollama has it and reports vision for it. The tool
+        is optional: without a vision model it is off ("skip", with how to enable it), not broken."""
         name = self._explicit or llm_model
         if self._server is None or name is None:
-            return ModelCheck("warn", "no model server to ask", ENABLE)
+            return ModelCheck("skip", "off: no model server to ask", ENABLE)
         model = self._describe(name, fresh=True)
         if isinstance(model, ToolError):
             if self._explicit:
                 return ModelCheck("fail", f"{name} (ASSISTANT_VISION_MODEL): {model}",
                                   f"`ollama pull {name}`, or unset ASSISTANT_VISION_MODEL")
-            return ModelCheck("warn", f"off: Ollama could not say whether {name} sees images", ENABLE)
+            return ModelCheck("skip", f"off: Ollama could not say whether {name} sees images", ENABLE)
         if self._explicit and model.vision is False:
             return ModelCheck("fail", f"{name} (ASSISTANT_VISION_MODEL) cannot see images", ENABLE)
         if not model.vision and not self._explicit:
-            return ModelCheck("warn", f"off: {name} cannot see images and ASSISTANT_VISION_MODEL "
+            return ModelCheck("skip", f"off: {name} cannot see images and ASSISTANT_VISION_MODEL "
                                       "is not set", ENABLE)
         where = "ASSISTANT_VISION_MODEL" if self._explicit else "the language model"
         seen = "sees images" if model.vision else "Ollama does not report whether it sees images"
