@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from adapters.repl import PlainUI
 from assistant.agent import Agent
 from assistant.config import Settings
 from assistant.llm.ollama import OllamaLLM
@@ -93,7 +94,9 @@ def test_a_photo_goes_to_the_vision_model_with_the_question_only(tmp_path: Path,
     assert reply.results == ["image · tabby 87%",
                              "vision · A red stop sign; the text reads STOP. Behind it, a quiet street."]
     told = [m for m in llm.calls[0].messages if getattr(m, "name", None) == "vision"]
-    assert json.loads(told[0].content)["answer"] == SIGN  # the whole answer, for the chat model
+    assert json.loads(told[0].content) == {  # the whole answer, for the chat model
+        "tool": "vision", "outputs": [], "model": "qwen2.5vl:3b", "question": "What does the sign say?",
+        "answer": SIGN, "side": 1024, "frames": []}
     assert any("qwen2.5vl:3b" in text for text in progress)
 
 
@@ -188,6 +191,10 @@ def test_the_no_llm_mode_does_not_call_ollama(tmp_path: Path, ollama: FakeOllama
 
     assert ollama.requests == [] and reply.results == ["image · tabby 87%"]
     assert agent.unavailable_tools("c") == {"vision": "vision needs Ollama, which the no-LLM mode does not call."}
+    out = io.StringIO()
+    PlainUI(io.StringIO(), out, io.StringIO()).show_tools(agent, agent.unavailable_tools("c"))  # /tools
+    assert "vision: A vision model answers" in out.getvalue()
+    assert "  off: vision needs Ollama, which the no-LLM mode does not call." in out.getvalue()
 
 
 @pytest.mark.parametrize(("model", "requests"), [("qwen2.5vl:3b", 1), ("llama3.2-vision:11b", 3)])

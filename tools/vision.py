@@ -76,6 +76,10 @@ class VisionResult(ToolResult):
     #: For a video: the times (seconds) of the keyframes it saw.
     frames: list[float] = []
 
+    def to_json(self) -> dict[str, Any]:
+        """Without the (always empty) labels: the answer is what it found."""
+        return self.model_dump(mode="json", exclude={"labels"})
+
     def result_line(self) -> str:
         return f"{self.tool} · {first_sentences(self.answer)}"
 
