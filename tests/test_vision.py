@@ -286,3 +286,22 @@ def test_doctor_says_which_vision_model_and_how_to_enable_one(ollama: FakeOllama
     assert missing.status == "fail" and "ollama pull llava:7b" in missing.fix
     _, problems = Settings.read({"ASSISTANT_VISION_MAX_SIDE": "4096"})
     assert problems == ["ASSISTANT_VISION_MAX_SIDE='4096': allowed is a whole number from 224 to 2048"]
+
+
+def test_cancel_stops_the_vision_model_mid_answer(tmp_path: Path, ollama: FakeOllama, photo: Path) -> None:
+    import threading
+
+    ollama.scripts["qwen2.5vl:3b"] = [answer(SIGN)]
+    agent, _ = make_agent(tmp_path, vision_tool(ollama.url, "qwen2.5vl:3b"), ScriptedLLM([]))
+    image = agent.attachments("c").register(photo, kind="image")
+    cancel = threading.Event()
+
+    def on_progress(fraction: float, text: str) -> None:
+        if "answering" in text:
+            cancel.set()  # the person presses /cancel while the vision model answers
+
+    reply = agent.respond(Turn("c", "", [image]), on_progress=on_progress, cancel=cancel)
+
+    assert reply.results[-1] == "vision · error: cancelled by the user while it ran"
+    assert len(ollama.chat_requests()) == 1  # the stream was left after its first words
+    assert reply.notes == ["cancelled"]

@@ -293,9 +293,12 @@ class VisionTool(Tool[VisionParams]):
                     model=model, messages=[message], stream=True, keep_alive=self._server.keep_alive,
                     options={"num_predict": self._max_tokens, "num_ctx": self._server.num_ctx}):
                 parts.append(chunk.message.content or "")
+                # Cancelled once the turn is: leaving the stream closes it, and Ollama stops.
                 ctx.report(start + (end - start) * min(0.95, len(parts) / self._max_tokens),
                            f"{model}: answering")
                 cut = cut or chunk.done_reason == "length"
+        except ToolError:  # Cancelled
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes one sentence
             raise self._explain(exc, model) from None
         answer = "".join(parts).strip()
