@@ -79,6 +79,9 @@ class StubAgent:
                       described("detect", "Objects in a photo.")]
         self._stores: dict[str, AttachmentStore] = {}
 
+    def unavailable_tools(self, conversation_id: str) -> dict[str, str]:
+        return {"detect": "it needs a model that is not set up."}
+
     def attachments(self, conversation_id: str) -> AttachmentStore:
         return self._stores.setdefault(conversation_id,
                                        AttachmentStore(folder=self.root / conversation_id.replace(":", "_")))
@@ -200,7 +203,8 @@ def test_commands(api: FakeBotAPI) -> None:
     scenario(api, agent, body)
     start, help_, tools, reset, unknown = api.texts(OWNER)
     assert "photo" in start and "/reset" in help_
-    assert "<b>sentiment</b>: Mood of a text." in tools and "Russian too" not in tools and "<b>detect</b>" in tools
+    assert "<b>sentiment</b>: Mood of a text." in tools and "Russian too" not in tools
+    assert "<b>detect</b>: Objects in a photo. (off: it needs a model that is not set up.)" in tools
     assert agent.resets == [f"telegram:{OWNER}"] and "forgotten" in reset
     assert "/help" in unknown
     assert agent.turns == []

@@ -204,13 +204,13 @@ def test_a_video_is_seen_as_keyframes(tmp_path: Path, ollama: FakeOllama, media:
     agent, _ = make_agent(tmp_path, vision_tool(ollama.url, model, frames=3), ScriptedLLM([say("Traffic.")]))
     clip = agent.attachments("c").register(media / "video" / "car_traffic_small.mp4", kind="video")
 
-    reply = agent.respond(Turn("c", "", [clip]))
+    reply = agent.respond(Turn("c", "Is it busy?", [clip]))
 
     assert [len(images) for images in ollama.images_sent(model)] == [3 // requests] * requests
     sizes = {image.size for image in sent_images(ollama, model)}
     assert sizes == {(640, 360)}  # the frames as they are (smaller than the input side)
     prompt = ollama.chat_requests()[0]["messages"][0]["content"]
-    assert "video" in prompt and "Say what happens in the video" in prompt
+    assert prompt.endswith("Request: Say what happens in the video, and any text you can read. Then: Is it busy?")
     assert reply.results == ["video · car 87%", "vision · " + (
         "Cars drive along a road." if requests == 1 else "At 5 s: Cars drive along a road. At 15 s: Cars drive along a road.")]
 

@@ -36,6 +36,8 @@ from tools.settings import Setting
 MAX_SIDE_LIMIT = 2048
 #: What is asked when the person asked nothing.
 DEFAULT_QUESTION = "Describe what you see, and any text you can read."
+#: What is asked of a video's keyframes (before the person's question, if any).
+VIDEO_REQUEST = "Say what happens in the video, and any text you can read."
 #: The model suggested where none is set up (small, reads text well, several images a request).
 SUGGESTED_MODEL = "qwen2.5vl:3b"
 #: Longest question passed on, in characters.
@@ -266,12 +268,12 @@ class VisionTool(Tool[VisionParams]):
         images = [(at, jpeg(image, side)) for at, image in frames]
         per_request = 1 if model.architecture in ONE_IMAGE_ARCHITECTURES else len(images)
         groups = [images[i:i + per_request] for i in range(0, len(images), per_request)]
+        asked = VIDEO_REQUEST + ("" if question == DEFAULT_QUESTION else f" Then: {question}")
         answers = []
         for number, group in enumerate(groups):
             times = ", ".join(f"{at:.1f} s" for at, _ in group)
             what = (f"{len(group)} frames of one {duration:.0f} s video, in order (at {times})"
                     if len(group) > 1 else f"frame of a {duration:.0f} s video at {times}")
-            asked = question if question != DEFAULT_QUESTION else "Say what happens in the video, and any text you can read."
             text = self._ask(model.name, [data for _, data in group], _prompt(what, asked), ctx,
                              number / len(groups), (number + 1) / len(groups))
             answers.append(text if len(groups) == 1 else f"At {group[0][0]:.0f} s: {text}")
