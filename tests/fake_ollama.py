@@ -17,7 +17,7 @@ cache, ``prompt_eval_count`` counts only what a request adds to the previous one
 (the request's tools and messages as JSON, four characters a token). Failure modes: an unknown model answers
 404 ``model '...' not found``; a model without the "tools" capability answers 400
 ``... does not support tools`` when tools are sent; a message with ``images`` to a model without
-the "vision" capability answers 500 like Ollama; :func:`slow` delays a scripted reply;
+the "vision" capability answers 500 (Ollama refuses it too); :func:`slow` delays a scripted reply;
 :func:`failure` answers an HTTP error (``html=True``: a proxy's HTML page); :func:`endless`
 streams words forever. A model with a script of its own in :attr:`FakeOllama.scripts` answers
 from it (a vision model beside the chat model), the others from :attr:`FakeOllama.script`.

@@ -221,7 +221,7 @@ class VisionTool(Tool[VisionParams]):
         model = self._describe(name)
         if isinstance(model, ToolError):
             self._forget(name)  # asked again next time: it may have been pulled or started
-            raise model
+            raise ToolError(str(model))  # a new one: the kept one carries no traceback
         if model.vision is False:
             raise ToolError(f"{name} cannot see images (Ollama does not report vision for it); set "
                             f"ASSISTANT_VISION_MODEL to a vision model, e.g. `ollama pull {SUGGESTED_MODEL}`.")
