@@ -93,6 +93,7 @@ def test_a_photo_goes_to_the_vision_model_with_the_question_only(tmp_path: Path,
     assert reply.text == "It is a stop sign."
     assert reply.results == ["image · tabby 87%",
                              "vision · A red stop sign; the text reads STOP. Behind it, a quiet street."]
+    assert "image: image, vision; video: video, vision" in llm.calls[0].messages[0].content  # the system prompt
     told = [m for m in llm.calls[0].messages if getattr(m, "name", None) == "vision"]
     assert json.loads(told[0].content) == {  # the whole answer, for the chat model
         "tool": "vision", "outputs": [], "model": "qwen2.5vl:3b", "question": "What does the sign say?",
@@ -140,6 +141,8 @@ def test_a_model_without_vision_is_never_sent_images(tmp_path: Path, ollama: Fak
     reply = agent.respond(Turn("c", "What is it?", [image]))
 
     assert ollama.images_sent() == [[]]  # only the chat request, without images
+    system = ollama.chat_requests()[0]["messages"][0]["content"]
+    assert "image: image;" in system and "vision" not in system  # nor does the model think it ran
     assert reply.results == ["image · tabby 87%"]  # vision is not routed
     off = agent.unavailable_tools("c")["vision"]
     assert "llama3.1:8b cannot see images" in off and "`ollama pull qwen2.5vl:3b`" in off

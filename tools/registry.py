@@ -140,14 +140,16 @@ class ToolRegistry:
         return [tool for tool in self._tools.values()
                 if kind in tool.kinds and tool.name != result.tool and tool.follows(kind, result)]
 
-    def routing_sentence(self) -> str:
+    def routing_sentence(self, llm_model: str | None = None) -> str:
         """How attachments are routed, by kind, for the system prompt
-        (``image: image, detect when asked; video: video``)."""
+        (``image: image, detect when asked; video: video``), where the language model in use is
+        ``llm_model`` (a tool unavailable with it is not named: the model must not think it ran)."""
+        tools = [tool for tool in self._tools.values() if tool.unavailable(llm_model) is None]
         by_kind: dict[str, list[str]] = {}
-        for tool in self._tools.values():
+        for tool in tools:
             for kind in sorted(tool.routes):
                 by_kind.setdefault(kind, []).append(tool.name)
-        for tool in self._tools.values():
+        for tool in tools:
             for kind in sorted(tool.trigger.kinds if tool.trigger is not None else ()):
                 by_kind.setdefault(kind, []).append(f"{tool.name} when asked")
         return "; ".join(f"{kind}: {', '.join(names)}" for kind, names in by_kind.items())
