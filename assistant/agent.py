@@ -63,7 +63,8 @@ class Agent:
         self._status_host, self._status_model = status_host, status_model
         self._lock = threading.Lock()
         self._told_no_tools: RecentSet[tuple[str, str]] = RecentSet(TOLD_NO_TOOLS)
-        self.tool_prompt = ToolPrompt(tools)  # the tools never change: their prompt is built once
+        #: The tools' prompt, built once for each set of tools unavailable with a model (by it).
+        self._tool_prompts: dict[frozenset[str], ToolPrompt] = {}
         self.calibration = TokenCalibration()  # by model: server-counted / estimated prompt tokens
 
     # -- the fixed interface -------------------------------------------------------------
@@ -122,15 +123,27 @@ class Agent:
         chosen = self.memory.conversation_model(conversation_id)
         return self.llm.with_model(chosen) if chosen and chosen != self.llm.model else self.llm
 
-    def tools_model(self, conversation_id: str) -> str | None:
-        """The conversation's model as its tools see it (None in the no-LLM mode: no tool may
-        then call the model server)."""
-        return self.model_of(conversation_id) if self.llm is not None else None
+    def tools_model(self, conversation_id: str | None = None) -> str | None:
+        """The conversation's model (the default one without a conversation) as its tools see
+        it: None in the no-LLM mode (no tool may then call the model server)."""
+        if self.llm is None:
+            return None
+        return self.model_of(conversation_id) if conversation_id is not None else self.llm.model
 
-    def unavailable_tools(self, conversation_id: str) -> dict[str, str]:
+    def unavailable_tools(self, conversation_id: str | None = None) -> dict[str, str]:
         """The tools that cannot run in the conversation now (a vision tool without a vision
         model), each with the sentence that says how to enable it."""
         return self.tools.unavailable(self.tools_model(conversation_id))
+
+    def tool_prompt(self, llm_model: str | None) -> ToolPrompt:
+        """The tools as the language model ``llm_model`` reads them: without those unavailable
+        with it (built once for each set of those)."""
+        off = frozenset(self.tools.unavailable(llm_model))
+        with self._lock:
+            prompt = self._tool_prompts.get(off)
+            if prompt is None:
+                prompt = self._tool_prompts[off] = ToolPrompt(self.tools, off)
+        return prompt
 
     def models(self) -> list[ModelInfo]:
         """The models the language model's server has; :class:`LLMError` if it cannot say."""
@@ -175,8 +188,8 @@ class Agent:
         turn_id: int | None = None
         try:  # starting the turn creates the output folder and reads memory: inside too
             state, turn_id = self._start(turn, on_progress, cancel)
-            loop = TurnLoop(state, self.tool_prompt,
-                            PromptBuilder(self.tool_prompt, self.calibration, self.num_ctx, state),
+            tool_prompt = self.tool_prompt(state.ctx.llm_model)
+            loop = TurnLoop(state, tool_prompt, PromptBuilder(tool_prompt, self.calibration, self.num_ctx, state),
                             ToolRunner(self.tools, state, on_results), max_rounds=self.max_tool_rounds,
                             on_token=on_token,
                             tell_no_tools=lambda model: self.tell_no_tools_once(turn.conversation_id, model),
@@ -203,7 +216,7 @@ class Agent:
         before it), and its id in memory, which has its start from now on."""
         ctx = ToolContext(attachments=self.attachments(turn.conversation_id),
                           output_dir=self.output_dir(turn.conversation_id), progress=on_progress,
-                          cancel=cancel)
+                          cancel=cancel, question=turn.text, llm_model=self.tools_model(turn.conversation_id))
         user = user_text(turn, ctx.attachments)
         history = self.memory.turns(turn.conversation_id)
         turn_id = self.memory.begin_turn(turn.conversation_id, [HumanMessage(content=user)])
@@ -220,16 +233,17 @@ class Agent:
 
     @property
     def schemas(self) -> list[dict[str, Any]]:
-        """The tools' function schemas, as sent with native tool calls."""
-        return self.tool_prompt.schemas
+        """The function schemas of the tools that run with the default model, as sent with
+        native tool calls."""
+        return self.tool_prompt(self.tools_model()).schemas
 
     @property
     def schema_tokens(self) -> int:
-        return self.tool_prompt.schema_tokens
+        return self.tool_prompt(self.tools_model()).schema_tokens
 
     def system_prompt(self, native: bool) -> str:
-        """The system prompt (:meth:`ToolPrompt.system`)."""
-        return self.tool_prompt.system(native)
+        """The default model's system prompt (:meth:`ToolPrompt.system`)."""
+        return self.tool_prompt(self.tools_model()).system(native)
 
     def token_ratio(self, model: str) -> float:
         """How many tokens ``model``'s server counts per estimated token (at least 1)."""

@@ -141,8 +141,10 @@ def test_a_model_without_vision_is_never_sent_images(tmp_path: Path, ollama: Fak
     reply = agent.respond(Turn("c", "What is it?", [image]))
 
     assert ollama.images_sent() == [[]]  # only the chat request, without images
-    system = ollama.chat_requests()[0]["messages"][0]["content"]
-    assert "image: image;" in system and "vision" not in system  # nor does the model think it ran
+    request = ollama.chat_requests()[0]
+    assert "image: image;" in request["messages"][0]["content"]
+    assert "image" in [tool["function"]["name"] for tool in request["tools"]]
+    assert "vision" not in json.dumps(request)  # nor does the model read of it, or think it ran
     assert reply.results == ["image · tabby 87%"]  # vision is not routed
     off = agent.unavailable_tools("c")["vision"]
     assert "llama3.1:8b cannot see images" in off and "`ollama pull qwen2.5vl:3b`" in off

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from functools import cache
 from typing import Any, TypeVar
 
@@ -140,11 +140,11 @@ class ToolRegistry:
         return [tool for tool in self._tools.values()
                 if kind in tool.kinds and tool.name != result.tool and tool.follows(kind, result)]
 
-    def routing_sentence(self, llm_model: str | None = None) -> str:
+    def routing_sentence(self, off: Collection[str] = ()) -> str:
         """How attachments are routed, by kind, for the system prompt
-        (``image: image, detect when asked; video: video``), where the language model in use is
-        ``llm_model`` (a tool unavailable with it is not named: the model must not think it ran)."""
-        tools = [tool for tool in self._tools.values() if tool.unavailable(llm_model) is None]
+        (``image: image, detect when asked; video: video``), the tools named in ``off`` left out
+        (unavailable with the language model in use: the model must not think they ran)."""
+        tools = [tool for tool in self._tools.values() if tool.name not in off]
         by_kind: dict[str, list[str]] = {}
         for tool in tools:
             for kind in sorted(tool.routes):

@@ -42,8 +42,9 @@ def offers(tools: ToolRegistry, schemas: Sequence[dict[str, Any]], text: str,
     (empty: a tool of the text alone): a tool on those of the conversation's latest
     :data:`DECISION_ATTACHMENTS` ``attachments`` of its kinds it has not tried yet in
     ``messages`` (a tool that runs when asked, only when the message ``text`` asks), and a
-    tool of the text alone when the message asks what it measures. Nothing to offer: the model
-    answers at once (a weak model offered a tool takes it, even for "hi")."""
+    tool of the text alone when the message asks what it measures; only tools of ``schemas``
+    (those that run with the model: vision without a vision model is not among them). Nothing
+    to offer: the model answers at once (a weak model offered a tool takes it, even for "hi")."""
     done = {(call["name"], call["args"].get(ATTACHMENT_ARGUMENT)) for message in messages
             if isinstance(message, AIMessage) for call in message.tool_calls
             if isinstance(call["args"].get(ATTACHMENT_ARGUMENT), str)}

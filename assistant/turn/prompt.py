@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from langchain_core.messages import BaseMessage, SystemMessage
@@ -32,17 +32,20 @@ MAX_DOCUMENT_CHARS = 8000
 
 class ToolPrompt:
     """The tools as the model reads them: their schemas (sent with native calls) and the system
-    prompt, built once (the tools never change)."""
+    prompt, built once for the tools that can run (the tools never change; those in ``off``,
+    unavailable with the language model in use, such as vision without a vision model, are left
+    out: the model neither reads their schemas nor is told they ran)."""
 
-    def __init__(self, tools: ToolRegistry) -> None:
+    def __init__(self, tools: ToolRegistry, off: Collection[str] = ()) -> None:
         self.tools = tools
-        self.schemas = tools.schemas()
+        self.off = frozenset(off)
+        self.schemas = [schema for schema in tools.schemas() if schema["function"]["name"] not in self.off]
         self.schema_tokens = len(json.dumps(self.schemas, ensure_ascii=False)) // 4
 
     def system(self, native: bool) -> str:
         """The system prompt: the same in every request (for a model without native tools it
         lists the tools itself, in the decision and in the answer alike)."""
-        system = prompts.render("system", routing=self.tools.routing_sentence())
+        system = prompts.render("system", routing=self.tools.routing_sentence(self.off))
         if native:
             return system
         tools = "\n".join(f"- {s['function']['name']}: {s['function']['description']}\n"

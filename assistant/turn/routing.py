@@ -17,11 +17,12 @@ from tools.registry import ToolRegistry
 
 
 def routed_calls(tools: ToolRegistry, state: TurnState) -> list[CallRecord]:
-    """The calls every attachment gets regardless of the model, and those the user's message
-    asks for on a passage it quotes."""
+    """The calls every attachment gets regardless of the model (but not those of a tool
+    unavailable with the language model in use: vision without a vision model), and those the
+    user's message asks for on a passage it quotes."""
     records = []
     for attachment in state.turn.attachments:
-        for tool in tools.routed(attachment.kind, state.turn.text):
+        for tool in tools.routed(attachment.kind, state.turn.text, state.ctx.llm_model):
             records += _routed_call(tool, attachment, state)
     for tool, arguments in tools.for_text(state.turn.text):
         records.append(state.record(CallRecord(Call(tool.name, arguments), tool.name,
