@@ -94,6 +94,7 @@ def test_a_photo_goes_to_the_vision_model_with_the_question_only(tmp_path: Path,
     assert reply.results == ["image · tabby 87%",
                              "vision · A red stop sign; the text reads STOP. Behind it, a quiet street."]
     assert "image: image, vision; video: video, vision" in llm.calls[0].messages[0].content  # the system prompt
+    assert "vision" in [schema["function"]["name"] for schema in llm.calls[0].tools or []]  # it may be called
     told = [m for m in llm.calls[0].messages if getattr(m, "name", None) == "vision"]
     assert json.loads(told[0].content) == {  # the whole answer, for the chat model
         "tool": "vision", "outputs": [], "model": "qwen2.5vl:3b", "question": "What does the sign say?",
