@@ -119,7 +119,8 @@ class Repl:
                 self.pending = []
                 self.ui.notice("Conversation reset: its memory and attachments are forgotten.")
             elif command == "/tools":
-                self.ui.show_tools(self.starter.agent())
+                agent = self.starter.agent()
+                self.ui.show_tools(agent, agent.unavailable_tools(self.conversation_id))
             elif command == "/model":
                 self.model(rest.strip())
             elif command == "/voice":

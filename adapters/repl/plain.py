@@ -36,11 +36,14 @@ class PlainUI:
     def error(self, text: str) -> None:
         print(f"error: {text}", file=self.stderr, flush=True)
 
-    def show_tools(self, agent: Agent) -> None:
+    def show_tools(self, agent: Agent, unavailable: dict[str, str]) -> None:
+        """Each tool, its model and whether it is loaded (or why it cannot run, and how to enable it)."""
         for tool in agent.tools:
             state = "loaded" if tool.loaded else "not loaded yet"
             self.say(f"{tool.name}: {tool.headline()} "
                      f"(model: {tool.source()}; {state})")
+            if tool.name in unavailable:
+                self.say(f"  off: {unavailable[tool.name]}")
 
     def show_status(self, status: LLMStatus) -> None:
         for label, value in status_lines(status):

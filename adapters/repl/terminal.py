@@ -82,15 +82,17 @@ class RichUI(PlainUI):
     def cancelled(self) -> None:
         self.console.print("[yellow]cancelled[/]")
 
-    def show_tools(self, agent: Agent) -> None:
+    def show_tools(self, agent: Agent, unavailable: dict[str, str]) -> None:
         from rich.table import Table
 
         table = Table(box=None, show_header=True, header_style="bold")
         for column in ("tool", "what it does", "model", ""):
             table.add_column(column)
         for tool in agent.tools:
-            table.add_row(tool.name, tool.headline(), tool.source(),
-                          "[green]loaded[/]" if tool.loaded else "[dim]loads on first use[/]")
+            state = "[green]loaded[/]" if tool.loaded else "[dim]loads on first use[/]"
+            if tool.name in unavailable:
+                state = f"[yellow]off:[/] {_escape(unavailable[tool.name])}"
+            table.add_row(tool.name, tool.headline(), _escape(tool.source()), state)
         self.console.print(table)
 
     def show_status(self, status: LLMStatus) -> None:
