@@ -311,3 +311,14 @@ def test_cancel_stops_the_vision_model_mid_answer(tmp_path: Path, ollama: FakeOl
     assert reply.results[-1] == "vision · error: cancelled by the user while it ran"
     assert len(ollama.chat_requests()) == 1  # the stream was left after its first words
     assert reply.notes == ["cancelled"]
+
+
+def test_vision_stays_here_when_the_tools_run_on_a_service(tmp_path: Path) -> None:
+    from assistant.runtime import build_tools
+    from tools.remote import RemoteTool
+
+    for remote in ((), ("image", "vision")):  # every tool, or vision named among them
+        tools = build_tools(Settings(tools_url=unused_url(), remote_tools=remote, db_path=tmp_path / "db"))
+
+        assert isinstance(tools.get("image"), RemoteTool)
+        assert isinstance(tools.get("vision"), VisionTool)  # it asks Ollama itself, with the turn's model

@@ -317,6 +317,10 @@ class Tool(ABC, Generic[P]):
     #: It takes seconds to minutes an input (a vision-language model on a CPU): routed after
     #: the other tools of an attachment, so their results are shown first.
     slow: ClassVar[bool] = False
+    #: Its model runs on the language model's server (Ollama), which it asks itself: it always
+    #: runs here, never on a tools service (which knows neither the conversation's model nor
+    #: the person's question).
+    on_model_server: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Check a concrete tool's declaration when its class is defined."""

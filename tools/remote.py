@@ -323,6 +323,8 @@ _CONTRACT = (frozenset(name for name in dir(Tool) if not name.startswith("_")) -
 
 
 def remote_registry(tools: Any, service: ToolsService, names: tuple[str, ...] = ()) -> list[Any]:
-    """``tools`` with those named in ``names`` (every one when empty) sent to ``service``."""
-    return [RemoteTool(tool, service) if not names or tool.name in names else tool for tool in tools]
+    """``tools`` with those named in ``names`` (every one when empty) sent to ``service``, but
+    for those whose model runs on the language model's server (they ask it from here)."""
+    return [RemoteTool(tool, service) if (not names or tool.name in names) and not tool.on_model_server
+            else tool for tool in tools]
 

@@ -116,6 +116,7 @@ class VisionTool(Tool[VisionParams]):
     kinds: ClassVar[frozenset[str]] = frozenset({"image", "video"})
     routes: ClassVar[frozenset[str]] = frozenset({"image", "video"})
     slow = True
+    on_model_server = True
     settings = (VISION_MODEL, MAX_SIDE, MAX_TOKENS, FRAMES, TIMEOUT)
     analyze_options = (AnalyzeOption("--question", "question", str, "TEXT",
                                      "what to ask the vision model (default: describe it and "
