@@ -42,14 +42,16 @@ class _NoFile:
 
 
 class LocalBackend:
-    """The tools of ``registry`` (those in ``names``, or all), run in this process.
+    """The tools of ``registry`` (those in ``names``, or all), run in this process; not those
+    whose model runs on the language model's server (vision: its clients ask Ollama themselves).
 
     ``batched``: wraps a tool's loaded model in one that takes concurrent calls (Ray Serve's
     DETR batches); the tools' calls then run side by side instead of one at a time."""
 
     def __init__(self, registry: ToolRegistry, names: Collection[str] = (),
                  device: str | None = None, batched: Callable[[Any], Any] | None = None) -> None:
-        self.tools = {tool.name: tool for tool in registry if not names or tool.name in names}
+        self.tools = {tool.name: tool for tool in registry
+                      if (not names or tool.name in names) and not tool.on_model_server}
         self.batched = batched
         self._wrapped: set[str] = set()
         self._wrapping = threading.Lock()
