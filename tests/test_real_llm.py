@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from tests.conftest import ROOT
 from tests.real_llm import LLAMA31, QWEN, SMOLLM, RealOllama, RealOpenAI, new_tokens_per_turn

@@ -12,7 +12,6 @@ import wave
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tests.conftest import ROOT
 
