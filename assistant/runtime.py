@@ -16,7 +16,8 @@ def build_tools(settings: Settings, *, local: bool = False) -> ToolRegistry:
     ``settings.remote_tools`` (all when empty) run on that service."""
     values = {setting.variable: settings.tool_value(setting.variable) for setting in tool_settings()}
     sources = {spec.variable: settings.model(spec.variable) for spec in model_specs()}
-    server = ModelServer(settings.ollama_host, settings.llm_num_ctx, settings.llm_keep_alive)
+    server = ModelServer(settings.ollama_host, settings.llm_num_ctx, settings.llm_keep_alive,
+                         serves_chat=settings.llm_api == "ollama")
     tools = ToolRegistry.build(sources, values, settings.device, server)
     if settings.tools_url and not local:
         service = ToolsService(settings.tools_url, settings.tools_token, settings.tools_timeout)

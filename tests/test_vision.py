@@ -322,3 +322,15 @@ def test_vision_stays_here_when_the_tools_run_on_a_service(tmp_path: Path) -> No
 
         assert isinstance(tools.get("image"), RemoteTool)
         assert isinstance(tools.get("vision"), VisionTool)  # it asks Ollama itself, with the turn's model
+
+
+def test_with_the_openai_api_the_conversations_model_is_not_taken_for_ollamas(ollama: FakeOllama) -> None:
+    """ASSISTANT_LLM_API=openai: the conversation's model is not one of Ollama's, so vision is off
+    (saying why) unless ASSISTANT_VISION_MODEL names a vision model of the Ollama it can ask."""
+    server = ModelServer(ollama.url, 8192, "5m", serves_chat=False)
+    off = VisionTool(server, None)
+    reason = off.unavailable("gpt-4o-mini")
+    assert reason is not None and "OpenAI-compatible server" in reason and "ASSISTANT_VISION_MODEL" in reason
+    check = off.check("gpt-4o-mini")
+    assert check.status == "skip" and "Ollama" not in check.detail
+    assert VisionTool(server, "qwen2.5vl:3b").unavailable("gpt-4o-mini") is None

@@ -258,6 +258,8 @@ class ModelServer:
     url: str
     num_ctx: int
     keep_alive: str
+    #: Whether the conversations' language model runs here too (not with ASSISTANT_LLM_API=openai).
+    serves_chat: bool = True
 
 
 @dataclass

@@ -61,6 +61,9 @@ MAX_TOKENS = Setting("ASSISTANT_VISION_MAX_TOKENS", 300, int, minimum=16, maximu
 FRAMES = Setting("ASSISTANT_VISION_FRAMES", 4, int, minimum=1, maximum=16)
 TIMEOUT = Setting("ASSISTANT_VISION_TIMEOUT", 300.0, float, minimum=1.0)
 
+#: Why the conversation's own model cannot be the vision model with ASSISTANT_LLM_API=openai.
+NOT_ON_OLLAMA = ("the language model runs on an OpenAI-compatible server and ASSISTANT_VISION_MODEL "
+                 "is not set")
 ENABLE = (f"`ollama pull {SUGGESTED_MODEL}` and set ASSISTANT_VISION_MODEL={SUGGESTED_MODEL} "
           "(or use a language model that has vision)")
 
@@ -150,6 +153,8 @@ class VisionTool(Tool[VisionParams]):
             return "vision needs Ollama, which the no-LLM mode does not call."
         if self._explicit:
             return None  # its problems (not pulled, no vision) are said when it runs
+        if not self._server.serves_chat:
+            return f"No vision model: {NOT_ON_OLLAMA}; {ENABLE}."
         model = self._describe(llm_model)
         if isinstance(model, ToolError):
             return (f"No vision model: Ollama could not say whether {llm_model} sees images "
@@ -165,6 +170,8 @@ class VisionTool(Tool[VisionParams]):
         name = self._explicit or llm_model
         if self._server is None or name is None:
             return ModelCheck("skip", "off: no model server to ask", ENABLE)
+        if not self._explicit and not self._server.serves_chat:
+            return ModelCheck("skip", f"off: {NOT_ON_OLLAMA}", ENABLE)
         model = self._describe(name, fresh=True)
         if isinstance(model, ToolError):
             if self._explicit:
