@@ -35,8 +35,9 @@ _QUIET_LIBRARIES = {"TF_CPP_MIN_LOG_LEVEL": "2", "TRANSFORMERS_VERBOSITY": "erro
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="assistant",
-        description="A chat-first local assistant: a Llama 3 agent (Ollama) that calls tools "
-                    "for sentiment, audio tagging, image classification and object detection.",
+        description="A chat-first local assistant: a Llama 3 agent (Ollama) that calls tools for "
+                    "sentiment, audio tagging, speech, image classification, object detection and "
+                    "vision, and can answer with its voice.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
