@@ -20,6 +20,8 @@ from assistant.llm.strategy import Strategy
 if TYPE_CHECKING:
     from assistant.config import Settings
 
+#: Guards making a model's client (PerModel.with_model).
+_CLIENTS_LOCK = threading.Lock()
 #: Seconds the status checks (`doctor`, `/model`, warm-up's first probe) wait for the server.
 STATUS_TIMEOUT = 5.0
 #: Most tokens of a structured reply (a tool decision is a few dozen): a small model caught in
@@ -82,6 +84,27 @@ class ReplyLimits:
 
 class ToolsUnsupported(LLMError):
     """The model rejects native tool calling (Ollama answers 400 "... does not support tools")."""
+
+
+class PerModel:
+    """A server's client of one model: :meth:`with_model` gives the same server's client of
+    another, one per model (kept and shared), so what a model can do is known per model."""
+
+    settings: Any
+    model: str
+
+    def _share(self, clients: dict[str, Any] | None) -> None:
+        """Join the server's clients (a new table for the first)."""
+        self._clients = {} if clients is None else clients
+        self._clients.setdefault(self.model, self)
+
+    def with_model(self, model: str) -> Any:
+        """The client of ``model`` on the same server (the same one every time)."""
+        with _CLIENTS_LOCK:
+            client = self._clients.get(model)
+            if client is None:
+                client = type(self)(self.settings, model, _clients=self._clients)
+            return client
 
 
 class ChatLLM(Protocol):

@@ -17,12 +17,10 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage
 
 from assistant.config import Settings, ollama_url
-from assistant.llm.base import (DECISION_TOKENS, STATUS_TIMEOUT, LLMError, LLMStatus, ModelInfo, ReplyLimits,
+from assistant.llm.base import (DECISION_TOKENS, STATUS_TIMEOUT, LLMError, LLMStatus, ModelInfo, PerModel, ReplyLimits,
                                 ToolsUnsupported, as_reply, collect_stream, error_text)
 from assistant.llm.strategy import Strategy, choose
 
-#: Guards making a model's client (OllamaLLM.with_model).
-_CLIENTS_LOCK = threading.Lock()
 _IMPORT_LOCK = threading.Lock()
 
 
@@ -44,13 +42,13 @@ def import_ollama() -> ModuleType:
                 os.environ["OLLAMA_HOST"] = host
 
 
-class OllamaLLM:
-    server = "Ollama"
-
+class OllamaLLM(PerModel):
     """One Ollama model through ChatOllama, with an explicit context window and keep-alive.
 
     :meth:`with_model` gives the client of another model on the same server; there is one
     client per model, so what a model can do (native tool calling) is known per model."""
+
+    server = "Ollama"
 
     def __init__(self, settings: Settings, model: str | None = None, *,
                  _clients: dict[str, OllamaLLM] | None = None) -> None:
@@ -66,17 +64,7 @@ class OllamaLLM:
         self._strategy: Strategy | None = None  # decided once, from the template and capabilities
         self._chat_models: dict[int | None, Any] = {}  # by num_predict: decisions are kept short
         self._lock = threading.Lock()
-        #: Every model's client on this server, by model name (shared by all of them).
-        self._clients = {} if _clients is None else _clients
-        self._clients.setdefault(self.model, self)
-
-    def with_model(self, model: str) -> OllamaLLM:
-        """The client of ``model`` on the same Ollama (the same one every time)."""
-        with _CLIENTS_LOCK:
-            client = self._clients.get(model)
-            if client is None:
-                client = OllamaLLM(self.settings, model, _clients=self._clients)
-            return client
+        self._share(_clients)
 
     def models(self) -> list[ModelInfo]:
         """The models Ollama has, each with whether it can call tools (learnt per model);

@@ -20,12 +20,10 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage
 
 from assistant.config import Settings
-from assistant.llm.base import (DECISION_TOKENS, STATUS_TIMEOUT, LLMError, LLMStatus, ModelInfo, ReplyLimits,
+from assistant.llm.base import (DECISION_TOKENS, STATUS_TIMEOUT, LLMError, LLMStatus, ModelInfo, PerModel, ReplyLimits,
                                 ToolsUnsupported, as_reply, collect_stream, error_text)
 from assistant.llm.strategy import Strategy, choose
 
-#: Guards making a model's client (OpenAILLM.with_model).
-_CLIENTS_LOCK = threading.Lock()
 #: Words of a 400 answer that mean the server (or model) takes no ``tools``: vLLM without
 #: --enable-auto-tool-choice, llama.cpp's server without --jinja, models without a tool template.
 _NO_TOOLS = ("tool choice", "tool_choice", "tool-call-parser", "tools param", "does not support tools",
@@ -37,13 +35,13 @@ class _JsonSchemaUnsupported(LLMError):
     ``json_object`` with a ``schema``)."""
 
 
-class OpenAILLM:
-    server = "the OpenAI-compatible server"
-
+class OpenAILLM(PerModel):
     """One model of an OpenAI-compatible server (ASSISTANT_LLM_BASE_URL, ASSISTANT_LLM_API_KEY).
 
     :meth:`with_model` gives the client of another model on the same server; there is one
     client per model, so what a model can do (native tool calling) is known per model."""
+
+    server = "the OpenAI-compatible server"
 
     def __init__(self, settings: Settings, model: str | None = None, *,
                  _clients: dict[str, OpenAILLM] | None = None) -> None:
@@ -57,16 +55,7 @@ class OpenAILLM:
         self._chat_models: dict[bool, Any] = {}  # by "structured": decisions are kept short
         self._json_object = False  # True once the server rejected a "json_schema" response_format
         self._lock = threading.Lock()
-        self._clients = {} if _clients is None else _clients
-        self._clients.setdefault(self.model, self)
-
-    def with_model(self, model: str) -> OpenAILLM:
-        """The client of ``model`` on the same server (the same one every time)."""
-        with _CLIENTS_LOCK:
-            client = self._clients.get(model)
-            if client is None:
-                client = OpenAILLM(self.settings, model, _clients=self._clients)
-            return client
+        self._share(_clients)
 
     def models(self) -> list[ModelInfo]:
         """The server's models (``/v1/models``); whether each calls tools is known only once a
